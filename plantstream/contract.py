@@ -1,0 +1,128 @@
+"""The reading contract: what every stage of plantstream agrees a reading and a context event are.
+
+Contract version 1 (see README "The reading contract"):
+
+* ``plant``      plant id, e.g. ``steel``
+* ``equipment``  ISA-95 path ``enterprise/site/area/line/unit`` (1..5 levels, ``/``-separated)
+* ``tag``        tag name, unique within the plant
+* ``ts_us``      source timestamp, UTC, integer microseconds since the Unix epoch
+* ``value``      float, int, bool or str, kept exact end to end
+* ``unit``       unit symbol as the source states it (normalized downstream)
+* ``quality``    good / uncertain / bad, plus the raw OPC-UA status code where there is one
+* ``origin``     opcua / mqtt / sparkplug
+* ``source``     id of the edge source that assigned ``seq``
+* ``seq``        per-source sequence number, strictly increasing across agent restarts
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+CONTRACT_VERSION = 1
+
+Value = float | int | bool | str
+
+
+class Quality(enum.IntEnum):
+    GOOD = 0
+    UNCERTAIN = 1
+    BAD = 2
+
+    @classmethod
+    def from_opcua_status(cls, code: int) -> Quality:
+        """OPC-UA Part 4 7.34: the two top bits of a StatusCode give its severity."""
+        severity = (code >> 30) & 0b11
+        if severity == 0:
+            return cls.GOOD
+        if severity == 1:
+            return cls.UNCERTAIN
+        return cls.BAD
+
+
+class Origin(enum.IntEnum):
+    OPCUA = 1
+    MQTT = 2
+    SPARKPLUG = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(slots=True, frozen=True)
+class Reading:
+    plant: str
+    equipment: str
+    tag: str
+    ts_us: int
+    value: Value
+    unit: str
+    quality: Quality
+    origin: Origin
+    source: str
+    seq: int
+    status_code: int | None = None
+    server_ts_us: int | None = None
+    # Stamped by the streams stage; empty at the edge.
+    lot: str | None = None
+    reason: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Kafka key: every tag of one equipment unit shares a partition, so per-tag order holds."""
+        return f"{self.plant}/{self.equipment}"
+
+    @property
+    def dedup_key(self) -> tuple[str, str, int, int]:
+        return (self.plant, self.tag, self.ts_us, self.seq)
+
+    @property
+    def time(self) -> datetime:
+        return datetime.fromtimestamp(self.ts_us / 1e6, tz=UTC)
+
+
+class ContextKind(enum.StrEnum):
+    LOT_START = "lot_start"
+    LOT_END = "lot_end"
+    GENEALOGY = "genealogy"
+    LAB_RESULT = "lab_result"
+
+
+@dataclass(slots=True, frozen=True)
+class ContextEvent:
+    """Material context: which lot is on which equipment, where it came from, what the lab found.
+
+    ``lot_kind`` is heat, slab, coil, batch, doff, spool, ... ``material`` names a material
+    spec (e.g. ``EN10025-2:S355J2``). Genealogy events carry ``parents`` and a ``relation``
+    (split, merge, transform). Lab results carry ``results``: property -> (value, unit).
+    """
+
+    kind: ContextKind
+    plant: str
+    equipment: str
+    ts_us: int
+    lot: str
+    lot_kind: str = ""
+    material: str = ""
+    parents: tuple[str, ...] = ()
+    relation: str = ""
+    results: dict[str, tuple[float, str]] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.plant}/{self.equipment}"
+
+
+def now_us() -> int:
+    return int(datetime.now(tz=UTC).timestamp() * 1_000_000)
+
+
+def validate_equipment_path(path: str) -> str:
+    parts = path.split("/")
+    if not 1 <= len(parts) <= 5 or any(not p for p in parts):
+        raise ValueError(f"equipment path {path!r} must have 1 to 5 non-empty ISA-95 levels separated by '/'")
+    return path

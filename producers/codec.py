@@ -1,0 +1,338 @@
+"""Wire codec for every plantstream Kafka message.
+
+Layout: ``b"PS"`` magic, one byte schema version, one byte message kind, then a msgpack body.
+The version sits outside the body so a consumer can refuse a message it does not understand
+without parsing it. Reading batches are columnar (one list per field, tag names and units
+dictionary-encoded) because per-message overhead, not bytes, bounds Kafka throughput from Python;
+msgpack keeps int, float, bool and str distinct, so values stay exact.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from plantstream.contract import ContextEvent, ContextKind, Origin, Quality, Reading, Value
+
+MAGIC = b"PS"
+SCHEMA_VERSION = 1
+HEADER_LEN = 4
+
+
+class Kind(enum.IntEnum):
+    READINGS = 1
+    AGGREGATES = 2
+    DEVIATION = 3
+    CONTEXT = 4
+
+
+class CodecError(ValueError):
+    """A message that cannot be decoded; ``reason`` is what goes to the dead-letter topic."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _header(kind: Kind) -> bytes:
+    return MAGIC + bytes((SCHEMA_VERSION, kind))
+
+
+def _body(data: bytes, kind: Kind) -> Any:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CodecError(f"message value is {type(data).__name__}, not bytes")
+    if len(data) < HEADER_LEN or bytes(data[:2]) != MAGIC:
+        raise CodecError("not a plantstream message (bad magic)")
+    version, got = data[2], data[3]
+    if version != SCHEMA_VERSION:
+        raise CodecError(f"unsupported schema version {version} (this build reads {SCHEMA_VERSION})")
+    if got != kind:
+        raise CodecError(f"message kind {got} where {int(kind)} ({kind.name}) was expected")
+    try:
+        return msgpack.unpackb(memoryview(data)[HEADER_LEN:], raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise CodecError(f"corrupt body: {exc}") from exc
+
+
+def peek_kind(data: bytes) -> Kind:
+    if len(data) < HEADER_LEN or data[:2] != MAGIC:
+        raise CodecError("not a plantstream message (bad magic)")
+    if data[2] != SCHEMA_VERSION:
+        raise CodecError(f"unsupported schema version {data[2]} (this build reads {SCHEMA_VERSION})")
+    try:
+        return Kind(data[3])
+    except ValueError:
+        raise CodecError(f"unknown message kind {data[3]}") from None
+
+
+@dataclass(slots=True)
+class ReadingBatch:
+    """Readings of one source on one equipment unit, columnar, in source order."""
+
+    plant: str
+    equipment: str
+    origin: Origin
+    source: str
+    tag: list[str] = field(default_factory=list)
+    unit: list[str] = field(default_factory=list)
+    ts_us: list[int] = field(default_factory=list)
+    value: list[Value] = field(default_factory=list)
+    quality: list[int] = field(default_factory=list)
+    status_code: list[int | None] = field(default_factory=list)
+    seq: list[int] = field(default_factory=list)
+    server_ts_us: list[int | None] = field(default_factory=list)
+    lot: list[str | None] = field(default_factory=list)
+    reason: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ts_us)
+
+    @property
+    def key(self) -> str:
+        return f"{self.plant}/{self.equipment}"
+
+    def append(self, r: Reading) -> None:
+        self.tag.append(r.tag)
+        self.unit.append(r.unit)
+        self.ts_us.append(r.ts_us)
+        self.value.append(r.value)
+        self.quality.append(int(r.quality))
+        self.status_code.append(r.status_code)
+        self.seq.append(r.seq)
+        self.server_ts_us.append(r.server_ts_us)
+        self.lot.append(r.lot)
+        self.reason.append(r.reason)
+
+    @classmethod
+    def of(cls, readings: Sequence[Reading]) -> ReadingBatch:
+        if not readings:
+            raise ValueError("a batch needs at least one reading")
+        first = readings[0]
+        batch = cls(first.plant, first.equipment, first.origin, first.source)
+        for r in readings:
+            if (r.plant, r.equipment, r.source) != (first.plant, first.equipment, first.source):
+                raise ValueError(
+                    f"one batch holds one plant/equipment/source; got {r.plant}/{r.equipment} from {r.source!r} "
+                    f"beside {first.plant}/{first.equipment} from {first.source!r}"
+                )
+            batch.append(r)
+        return batch
+
+    def readings(self) -> Iterator[Reading]:
+        for i in range(len(self.ts_us)):
+            yield Reading(
+                plant=self.plant,
+                equipment=self.equipment,
+                tag=self.tag[i],
+                ts_us=self.ts_us[i],
+                value=self.value[i],
+                unit=self.unit[i],
+                quality=Quality(self.quality[i]),
+                origin=self.origin,
+                source=self.source,
+                seq=self.seq[i],
+                status_code=self.status_code[i],
+                server_ts_us=self.server_ts_us[i],
+                lot=self.lot[i],
+                reason=self.reason[i],
+            )
+
+
+def _dict_encode(values: list[str]) -> tuple[list[str], list[int]]:
+    index: dict[str, int] = {}
+    codes = [index.setdefault(v, len(index)) for v in values]
+    return list(index), codes
+
+
+def _optional(col: list[Any]) -> list[Any] | None:
+    # Columns that are entirely None (the common case) cost one byte on the wire.
+    return col if any(v is not None for v in col) else None
+
+
+def encode_readings(batch: ReadingBatch | Sequence[Reading]) -> bytes:
+    if not isinstance(batch, ReadingBatch):
+        batch = ReadingBatch.of(batch)
+    tags, tag_codes = _dict_encode(batch.tag)
+    units, unit_codes = _dict_encode(batch.unit)
+    body = [
+        batch.plant,
+        batch.equipment,
+        int(batch.origin),
+        batch.source,
+        tags,
+        tag_codes,
+        units,
+        unit_codes,
+        batch.ts_us,
+        batch.value,
+        batch.quality,
+        _optional(batch.status_code),
+        batch.seq,
+        _optional(batch.server_ts_us),
+        _optional(batch.lot),
+        _optional(batch.reason),
+    ]
+    return _header(Kind.READINGS) + msgpack.packb(body, use_bin_type=True)
+
+
+_STR = str
+_INT = int
+
+
+def decode_readings(data: bytes) -> ReadingBatch:
+    body = _body(data, Kind.READINGS)
+    try:
+        (plant, equipment, origin, source, tags, tag_codes, units, unit_codes, ts, values, quality, status, seq, sts, lots, reasons) = body
+    except (TypeError, ValueError):
+        raise CodecError("readings body must be a 16-element array") from None
+    n = len(ts) if isinstance(ts, list) else -1
+    if not (isinstance(plant, _STR) and isinstance(equipment, _STR) and isinstance(source, _STR)):
+        raise CodecError("plant, equipment and source must be strings")
+    for name, col in (("tag", tag_codes), ("unit", unit_codes), ("value", values), ("quality", quality), ("seq", seq)):
+        if not isinstance(col, list) or len(col) != n:
+            raise CodecError(f"column {name!r} has {len(col) if isinstance(col, list) else 'no'} rows, expected {n}")
+    for name, opt in (("status_code", status), ("server_ts_us", sts), ("lot", lots), ("reason", reasons)):
+        if opt is not None and (not isinstance(opt, list) or len(opt) != n):
+            raise CodecError(f"column {name!r} has the wrong length")
+    try:
+        org = Origin(origin)
+        tag_col = [tags[c] for c in tag_codes]
+        unit_col = [units[c] for c in unit_codes]
+    except (ValueError, IndexError, TypeError) as exc:
+        raise CodecError(f"bad dictionary or origin: {exc}") from None
+    if not all(type(t) is _INT for t in ts):
+        raise CodecError("ts_us must be integers (microseconds)")
+    if not all(q in (0, 1, 2) for q in quality):
+        raise CodecError("quality must be 0 (good), 1 (uncertain) or 2 (bad)")
+    for i, v in enumerate(values):
+        if not isinstance(v, float | int | str):  # bool is an int
+            raise CodecError(f"value of row {i} ({tag_col[i]!r}) is {type(v).__name__}; expected float, int, bool or str")
+    none = [None] * n
+    return ReadingBatch(
+        plant=plant,
+        equipment=equipment,
+        origin=org,
+        source=source,
+        tag=tag_col,
+        unit=unit_col,
+        ts_us=ts,
+        value=values,
+        quality=quality,
+        status_code=status if status is not None else list(none),
+        seq=seq,
+        server_ts_us=sts if sts is not None else list(none),
+        lot=lots if lots is not None else list(none),
+        reason=reasons if reasons is not None else list(none),
+    )
+
+
+# --- aggregates --------------------------------------------------------------------------------
+
+AGGREGATE_FIELDS = (
+    "plant",
+    "equipment",
+    "tag",
+    "window",  # "1s" | "1m"
+    "start_us",
+    "count",
+    "bad_count",
+    "min",
+    "max",
+    "mean",
+    "last",
+    "stddev",
+    "twa",
+    "unit",
+    "lot",
+)
+
+
+@dataclass(slots=True, frozen=True)
+class Aggregate:
+    plant: str
+    equipment: str
+    tag: str
+    window: str
+    start_us: int
+    count: int
+    bad_count: int
+    min: float | None
+    max: float | None
+    mean: float | None
+    last: float | None
+    stddev: float | None
+    twa: float | None
+    unit: str
+    lot: str | None
+
+
+def encode_aggregates(aggs: Iterable[Aggregate]) -> bytes:
+    rows = [[getattr(a, f) for f in AGGREGATE_FIELDS] for a in aggs]
+    return _header(Kind.AGGREGATES) + msgpack.packb(rows, use_bin_type=True)
+
+
+def decode_aggregates(data: bytes) -> list[Aggregate]:
+    rows = _body(data, Kind.AGGREGATES)
+    if not isinstance(rows, list):
+        raise CodecError("aggregates body must be an array")
+    try:
+        return [Aggregate(*row) for row in rows]
+    except TypeError as exc:
+        raise CodecError(f"bad aggregate row: {exc}") from None
+
+
+# --- deviations and context events (low volume: maps, self-describing) -------------------------
+
+
+def encode_deviation(dev: dict[str, Any]) -> bytes:
+    return _header(Kind.DEVIATION) + msgpack.packb(dev, use_bin_type=True)
+
+
+def decode_deviation(data: bytes) -> dict[str, Any]:
+    body = _body(data, Kind.DEVIATION)
+    if not isinstance(body, dict):
+        raise CodecError("deviation body must be a map")
+    return body
+
+
+def encode_context(ev: ContextEvent) -> bytes:
+    body = {
+        "kind": ev.kind.value,
+        "plant": ev.plant,
+        "equipment": ev.equipment,
+        "ts_us": ev.ts_us,
+        "lot": ev.lot,
+        "lot_kind": ev.lot_kind,
+        "material": ev.material,
+        "parents": list(ev.parents),
+        "relation": ev.relation,
+        "results": {k: list(v) for k, v in ev.results.items()},
+        "attrs": ev.attrs,
+    }
+    return _header(Kind.CONTEXT) + msgpack.packb(body, use_bin_type=True)
+
+
+def decode_context(data: bytes) -> ContextEvent:
+    body = _body(data, Kind.CONTEXT)
+    if not isinstance(body, dict):
+        raise CodecError("context body must be a map")
+    try:
+        return ContextEvent(
+            kind=ContextKind(body["kind"]),
+            plant=body["plant"],
+            equipment=body["equipment"],
+            ts_us=int(body["ts_us"]),
+            lot=body["lot"],
+            lot_kind=body.get("lot_kind", ""),
+            material=body.get("material", ""),
+            parents=tuple(body.get("parents", ())),
+            relation=body.get("relation", ""),
+            results={k: (float(v[0]), str(v[1])) for k, v in body.get("results", {}).items()},
+            attrs=body.get("attrs", {}),
+        )
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        raise CodecError(f"bad context event: {exc!r}") from None

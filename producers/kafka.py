@@ -1,0 +1,99 @@
+"""Thin confluent-kafka wiring: an idempotent producer and topic administration.
+
+Producer defaults follow librdkafka's advice for lossless, fast delivery: idempotence with
+acks=all, lz4 compression, linger to form batches, and ``poll(0)`` on every produce instead of a
+flush per message. Delivery results arrive through ``on_delivery`` callbacks, which the edge
+buffer uses to delete only what the broker has acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from plantstream.producers.topics import Topics
+
+log = logging.getLogger(__name__)
+
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "compression.type": "lz4",
+    "linger.ms": 20,
+    "batch.size": 1_000_000,
+    "queue.buffering.max.kbytes": 262_144,
+    "message.max.bytes": 4_000_000,
+    # Retries are librdkafka's job while the broker is away; a reading older than this is
+    # reported as failed and stays in the edge buffer for the next attempt.
+    "message.timeout.ms": 120_000,
+    "reconnect.backoff.ms": 200,
+    "reconnect.backoff.max.ms": 5_000,
+}
+
+
+def make_producer(bootstrap: str, client_id: str = "plantstream", **overrides: Any) -> Producer:
+    conf = {"bootstrap.servers": bootstrap, "client.id": client_id, **PRODUCER_DEFAULTS, **overrides}
+    conf["error_cb"] = _log_kafka_error
+    return Producer(conf)
+
+
+_last_error_log: dict[str, float] = {}
+
+
+def _log_kafka_error(err: KafkaError) -> None:
+    # librdkafka repeats transport errors every reconnect; say each kind once per 30 s.
+    key = err.name()
+    now = time.monotonic()
+    if now - _last_error_log.get(key, -1e9) >= 30:
+        _last_error_log[key] = now
+        log.warning("kafka: %s", err.str(), extra={"kv": {"code": key, "fatal": err.fatal()}})
+
+
+def produce(producer: Producer, topic: str, value: bytes, key: str | bytes | None = None,
+            headers: Mapping[str, str | bytes] | None = None, on_delivery: DeliveryCallback | None = None) -> None:
+    """Produce one message, waiting (and serving callbacks) while librdkafka's queue is full."""
+    hdrs = list(headers.items()) if headers else None
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, headers=hdrs, on_delivery=on_delivery)
+            break
+        except BufferError:
+            producer.poll(0.05)
+    producer.poll(0)
+
+
+def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, timeout: float = 30.0) -> None:
+    """Create missing topics; existing ones are left as they are."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout
+    wanted = set(topics)
+    while True:
+        try:
+            existing = set(admin.list_topics(timeout=5).topics)
+            break
+        except KafkaException as exc:
+            if time.monotonic() > deadline:
+                raise ConnectionError(f"Kafka at {bootstrap} is unreachable: {exc}") from None
+            time.sleep(0.5)
+    missing = sorted(wanted - existing)
+    if not missing:
+        return
+    futures = admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing])
+    for name, fut in futures.items():
+        try:
+            fut.result(timeout=timeout)
+            log.info("created topic %s", name, extra={"kv": {"partitions": partitions}})
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+def ensure_contract_topics(bootstrap: str, topics: Topics) -> None:
+    ensure_topics(bootstrap, topics.all(), topics.partitions)
