@@ -126,3 +126,34 @@ def validate_equipment_path(path: str) -> str:
     if not 1 <= len(parts) <= 5 or any(not p for p in parts):
         raise ValueError(f"equipment path {path!r} must have 1 to 5 non-empty ISA-95 levels separated by '/'")
     return path
+
+
+class Grade(enum.StrEnum):
+    """Data grade per GB/T 43697-2024 data classification and grading."""
+
+    CORE = "core"
+    IMPORTANT = "important"
+    GENERAL = "general"
+
+
+@dataclass(slots=True, frozen=True)
+class TagMeta:
+    """What a tag is. Published by the edge from its config on a compacted topic (key plant/tag),
+    so streams (validation, units) and sinks (tag registry) learn tags without sharing files."""
+
+    plant: str
+    tag: str
+    equipment: str
+    unit: str
+    datatype: str = "float"  # float | int | bool | str
+    lo: float | None = None  # engineering range
+    hi: float | None = None
+    roc_limit: float | None = None  # max |d value / d t| per second, where configured
+    grade: Grade = Grade.GENERAL
+    description: str = ""
+    source_address: str = ""  # node id or topic, for operators
+    property: str = ""  # material-spec property this tag is checked against, if any
+
+    @property
+    def key(self) -> str:
+        return f"{self.plant}/{self.tag}"

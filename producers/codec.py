@@ -16,7 +16,7 @@ from typing import Any
 
 import msgpack
 
-from plantstream.contract import ContextEvent, ContextKind, Origin, Quality, Reading, Value
+from plantstream.contract import ContextEvent, ContextKind, Grade, Origin, Quality, Reading, TagMeta, Value
 
 MAGIC = b"PS"
 SCHEMA_VERSION = 1
@@ -28,6 +28,7 @@ class Kind(enum.IntEnum):
     AGGREGATES = 2
     DEVIATION = 3
     CONTEXT = 4
+    TAG_META = 5
 
 
 class CodecError(ValueError):
@@ -336,3 +337,27 @@ def decode_context(data: bytes) -> ContextEvent:
         )
     except (KeyError, ValueError, TypeError, IndexError) as exc:
         raise CodecError(f"bad context event: {exc!r}") from None
+
+
+# --- tag metadata ------------------------------------------------------------------------------
+
+_TAG_FIELDS = ("plant", "tag", "equipment", "unit", "datatype", "lo", "hi", "roc_limit", "grade", "description",
+               "source_address", "property")
+
+
+def encode_tag_meta(meta: TagMeta) -> bytes:
+    body = {f: getattr(meta, f) for f in _TAG_FIELDS}
+    body["grade"] = meta.grade.value
+    return _header(Kind.TAG_META) + msgpack.packb(body, use_bin_type=True)
+
+
+def decode_tag_meta(data: bytes) -> TagMeta:
+    body = _body(data, Kind.TAG_META)
+    if not isinstance(body, dict):
+        raise CodecError("tag metadata body must be a map")
+    try:
+        kw = {f: body[f] for f in _TAG_FIELDS if f in body}
+        kw["grade"] = Grade(kw.get("grade", "general"))
+        return TagMeta(**kw)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CodecError(f"bad tag metadata: {exc!r}") from None

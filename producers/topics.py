@@ -42,12 +42,17 @@ class Topics:
         return f"{self.prefix}.deviations.v1"
 
     @property
+    def tags(self) -> str:
+        """Tag metadata (TagMeta, key plant/tag); compacted: the latest per tag wins."""
+        return f"{self.prefix}.tags.v1"
+
+    @property
     def deadletter(self) -> str:
         """Undecodable or rejected records: original bytes, reason in headers."""
         return f"{self.prefix}.deadletter.v1"
 
     def all(self) -> list[str]:
-        return [self.raw, self.clean, self.context, self.aggregates, self.deviations, self.deadletter]
+        return [self.raw, self.clean, self.context, self.tags, self.aggregates, self.deviations, self.deadletter]
 
 
 DEADLETTER_REASON_HEADER = "plantstream-reason"

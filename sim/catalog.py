@@ -1,0 +1,26 @@
+"""What a simulated plant exposes: one ``SimTag`` per signal. The simulators fill ``CATALOGS``;
+the demo turns a catalog into an edge-agent config (``plantstream.edge.simconfig``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True, slots=True)
+class SimTag:
+    tag: str  # unique in the plant, e.g. "caster1.mould_level"
+    equipment: str  # ISA-95 path enterprise/site/area/line/unit
+    unit: str  # unit symbol as the simulator sends it (pint-parsable)
+    lo: float  # engineering range
+    hi: float
+    datatype: Literal["float", "int", "bool", "str"] = "float"
+    transport: Literal["opcua", "mqtt"] = "opcua"
+    node_id: str = ""  # OPC-UA NodeId string, e.g. "ns=2;s=caster1.mould_level"
+    mqtt_topic: str = ""  # for transport "mqtt"
+    grade: Literal["core", "important", "general"] = "general"
+    property: str = ""  # material-spec property this tag is checked against (e.g. "casting_speed")
+    description: str = ""
+
+
+PLANTS = ("steel", "chemical", "fiber")
