@@ -152,7 +152,7 @@ class TagMeta:
     grade: Grade = Grade.GENERAL
     description: str = ""
     source_address: str = ""  # node id or topic, for operators
-    property: str = ""  # material-spec property this tag is checked against, if any
+    spec_property: str = ""  # material-spec property this tag is checked against, if any
 
     @property
     def key(self) -> str:

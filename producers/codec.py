@@ -342,7 +342,7 @@ def decode_context(data: bytes) -> ContextEvent:
 # --- tag metadata ------------------------------------------------------------------------------
 
 _TAG_FIELDS = ("plant", "tag", "equipment", "unit", "datatype", "lo", "hi", "roc_limit", "grade", "description",
-               "source_address", "property")
+               "source_address", "spec_property")
 
 
 def encode_tag_meta(meta: TagMeta) -> bytes:

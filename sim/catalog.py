@@ -19,7 +19,7 @@ class SimTag:
     node_id: str = ""  # OPC-UA NodeId string, e.g. "ns=2;s=caster1.mould_level"
     mqtt_topic: str = ""  # for transport "mqtt"
     grade: Literal["core", "important", "general"] = "general"
-    property: str = ""  # material-spec property this tag is checked against (e.g. "casting_speed")
+    spec_property: str = ""  # material-spec property this tag is checked against (e.g. "casting_speed")
     description: str = ""
 
 
