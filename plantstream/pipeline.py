@@ -1,0 +1,172 @@
+"""Run the whole pipeline as real processes: simulators, edge agents, streams worker, sink (and the
+monitor when present). Used by ``plantstream demo`` and by the end-to-end tests, so the demo a
+user runs is exactly what the tests check."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from plantstream.config import Settings
+from plantstream.stack import port_open
+
+log = logging.getLogger(__name__)
+
+SIM_PORTS = {"steel": 4841, "chemical": 4842, "fiber": 4843}
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    logfile: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    workdir: Path
+    plants: Sequence[str] = ("steel", "chemical", "fiber")
+    seed: int = 7
+    speed: float = 1.0
+    rate: float | None = None
+    sim_ports: dict[str, int] = field(default_factory=lambda: dict(SIM_PORTS))
+    monitor_port: int | None = None
+    procs: list[Proc] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            **os.environ,
+            "PLANTSTREAM_DB_DSN": s.dsn,
+            "PLANTSTREAM_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+            "PLANTSTREAM_MQTT_URL": s.mqtt,
+            "PLANTSTREAM_TOPIC_PREFIX": s.topic_prefix,
+            "PLANTSTREAM_PARTITIONS": str(s.partitions),
+            "PLANTSTREAM_STATE_DIR": str(s.state_dir),
+            "PLANTSTREAM_LOG_FORMAT": os.environ.get("PLANTSTREAM_LOG_FORMAT", "json"),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> Proc:
+        logs = self.workdir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        logfile = logs / f"{name}.log"
+        argv = [sys.executable, "-m", "plantstream.cli", *args]
+        with open(logfile, "ab") as out:
+            popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=env or self.env(), start_new_session=True)
+        proc = Proc(name, popen, logfile)
+        self.procs.append(proc)
+        log.info("started %s", name, extra={"kv": {"pid": popen.pid, "log": str(logfile)}})
+        return proc
+
+    # --- stages ------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Topics and schema exist before anything produces or consumes."""
+        from plantstream.producers.kafka import ensure_contract_topics
+        from plantstream.producers.topics import Topics
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        ensure_contract_topics(self.settings.kafka_bootstrap, Topics(self.settings.topic_prefix, self.settings.partitions))
+        subprocess.run([sys.executable, "-m", "plantstream.cli", "db", "migrate"], env=self.env(), check=True,
+                       stdout=subprocess.DEVNULL, timeout=300)
+
+    def ledger(self, plant: str) -> Path:
+        return self.workdir / f"ledger-{plant}.jsonl"
+
+    def start_sims(self, duration: float | None = None) -> None:
+        for plant in self.plants:
+            args = ["sim", plant, "--seed", str(self.seed), "--speed", str(self.speed),
+                    "--opcua-port", str(self.sim_ports[plant]), "--mqtt-url", self.settings.mqtt,
+                    "--ledger", str(self.ledger(plant))]
+            if self.rate is not None:
+                args += ["--rate", str(self.rate)]
+            if duration is not None:
+                args += ["--duration", str(duration)]
+            self.spawn(f"sim-{plant}", *args)
+        for plant in self.plants:
+            self.wait_port(self.sim_ports[plant], f"simulator {plant}", 60)
+
+    def edge_config(self, plant: str) -> Path:
+        from plantstream.edge.simconfig import config_for_sim, dump_config
+
+        cfg = config_for_sim(plant, f"opc.tcp://127.0.0.1:{self.sim_ports[plant]}/plantstream/{plant}", self.settings.mqtt)
+        path = self.workdir / f"edge-{plant}.yaml"
+        dump_config(cfg, path)
+        return path
+
+    def start_edges(self) -> None:
+        for plant in self.plants:
+            self.spawn(f"edge-{plant}", "edge", "run", "--config", str(self.edge_config(plant)))
+
+    def start_streams(self, workers: int = 1) -> None:
+        for i in range(workers):
+            self.spawn(f"streams-{i}", "streams", "worker")
+
+    def start_sink(self) -> None:
+        self.spawn("sink", "sink", "run")
+
+    def start_monitor(self, port: int) -> None:
+        self.monitor_port = port
+        self.spawn("monitor", "monitor", "--host", "127.0.0.1", "--port", str(port))
+
+    def start_all(self, sim_duration: float | None = None, monitor_port: int | None = None) -> None:
+        self.prepare()
+        self.start_sink()
+        self.start_streams()
+        if monitor_port is not None:
+            self.start_monitor(monitor_port)
+        self.start_sims(sim_duration)
+        self.start_edges()
+
+    # --- supervision ---------------------------------------------------------------------------
+
+    def wait_port(self, port: int, what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if port_open(port):
+                return
+            self.check_alive()
+            time.sleep(0.2)
+        raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+    def check_alive(self, allow_exited: Sequence[str] = ()) -> None:
+        for p in self.procs:
+            if not p.alive() and p.name not in allow_exited and not (p.name.startswith("sim-") and p.popen.returncode == 0):
+                raise RuntimeError(f"{p.name} exited with {p.popen.returncode}; last log lines:\n{p.tail()}")
+
+    def stop(self, names: Sequence[str] | None = None, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        targets = [p for p in self.procs if names is None or p.name in names]
+        for p in targets:
+            if p.alive():
+                try:
+                    os.killpg(p.popen.pid, sig)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout
+        for p in targets:
+            try:
+                p.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.popen.pid, signal.SIGKILL)
+                p.popen.wait()
+        for p in targets:
+            self.procs.remove(p)

@@ -1,0 +1,72 @@
+"""Configuration errors name file, line and key; secrets never leak into logs or describe()."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, Field
+
+from plantstream import log
+from plantstream.config import ConfigError, Settings, load_yaml, mask_url
+
+
+class Tag(BaseModel):
+    tag: str
+    lo: float = 0.0
+    hi: float = Field(100.0, gt=0)
+
+
+class Agent(BaseModel):
+    plant: str
+    tags: list[Tag]
+
+
+def test_error_names_file_line_and_key(tmp_path: Path) -> None:
+    p = tmp_path / "agent.yaml"
+    p.write_text("plant: steel\ntags:\n  - tag: a\n    hi: 5\n  - tag: b\n    hi: -3\n")
+    with pytest.raises(ConfigError) as exc:
+        load_yaml(p, Agent)
+    assert f"{p}:6: key 'tags.1.hi'" in str(exc.value)
+
+
+def test_missing_key_and_yaml_syntax(tmp_path: Path) -> None:
+    p = tmp_path / "a.yaml"
+    p.write_text("tags: []\n")
+    with pytest.raises(ConfigError, match=r"a.yaml:1: key 'plant': Field required"):
+        load_yaml(p, Agent)
+    p.write_text("plant: steel\ntags: [\n")
+    with pytest.raises(ConfigError, match=r"a.yaml:3: invalid YAML"):
+        load_yaml(p, Agent)
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_yaml(tmp_path / "missing.yaml", Agent)
+
+
+def test_settings_from_env_masks_secrets() -> None:
+    s = Settings.from_env({"PLANTSTREAM_DB_DSN": "postgresql://u:hunter2@h:5/db", "PLANTSTREAM_KAFKA_BOOTSTRAP": "k:9092"})
+    assert s.dsn == "postgresql://u:hunter2@h:5/db"
+    assert "hunter2" not in repr(s)
+    assert s.describe()["db"] == "postgresql://u:***@h:5/db"
+    with pytest.raises(ConfigError, match="PLANTSTREAM_PARTITIONS"):
+        Settings.from_env({"PLANTSTREAM_DB_DSN": "x", "PLANTSTREAM_PARTITIONS": "zero"})
+
+
+def test_logs_redact_passwords(caplog: pytest.LogCaptureFixture) -> None:
+    rec = logging.LogRecord("t", logging.INFO, __file__, 1, "connecting to %s", ("postgresql://u:s3cret@h/db",), None)
+    rec.kv = {"dsn": "host=h password=s3cret"}
+    line = json.loads(log.JsonFormatter().format(rec))
+    assert "s3cret" not in json.dumps(line)
+    assert line["msg"] == "connecting to postgresql://u:***@h/db"
+    assert mask_url("host=h password=abc user=u") == "host=h password=*** user=u"
+
+
+def test_cli_exits_2_on_bad_environment() -> None:
+    env = {"PATH": "/usr/bin:/bin", "PLANTSTREAM_DB_DSN": "x", "PLANTSTREAM_PARTITIONS": "-1"}
+    out = subprocess.run([sys.executable, "-m", "plantstream.cli", "topics", "create"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "PLANTSTREAM_PARTITIONS" in out.stderr

@@ -1,0 +1,129 @@
+"""The wire codec: round trips keep values exact, versions are checked, bad input is named."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from plantstream.contract import ContextEvent, ContextKind, Grade, Origin, Quality, Reading, TagMeta
+from plantstream.producers import codec
+from plantstream.producers.codec import (
+    Aggregate,
+    CodecError,
+    ReadingBatch,
+    decode_aggregates,
+    decode_context,
+    decode_readings,
+    decode_tag_meta,
+    encode_aggregates,
+    encode_context,
+    encode_readings,
+    encode_tag_meta,
+)
+
+values = st.one_of(
+    st.floats(allow_nan=False),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.booleans(),
+    st.text(max_size=40),
+)
+
+
+def reading(i: int, value: object = 1.0, **kw: object) -> Reading:
+    base: dict[str, object] = dict(
+        plant="steel",
+        equipment="acme/duisburg/steelmaking/caster1/mould",
+        tag=f"caster1.t{i % 3}",
+        ts_us=1_700_000_000_000_000 + i,
+        value=value,
+        unit="mm",
+        quality=Quality.GOOD,
+        origin=Origin.OPCUA,
+        source="opc-caster",
+        seq=i,
+    )
+    base.update(kw)
+    return Reading(**base)  # type: ignore[arg-type]
+
+
+@given(st.lists(values, min_size=1, max_size=50))
+def test_round_trip_keeps_every_value_and_its_type(vals: list[object]) -> None:
+    rs = [reading(i, v) for i, v in enumerate(vals)]
+    out = list(decode_readings(encode_readings(rs)).readings())
+    assert out == rs
+    assert [type(r.value) for r in out] == [type(v) for v in vals]
+
+
+def test_optional_columns_round_trip() -> None:
+    rs = [
+        reading(0, 3.5, status_code=0x80000000, quality=Quality.BAD, server_ts_us=123),
+        reading(1, 7, lot="H260001", reason="above range"),
+    ]
+    assert list(decode_readings(encode_readings(rs)).readings()) == rs
+
+
+def test_batch_refuses_mixed_equipment() -> None:
+    with pytest.raises(ValueError, match="one batch holds one plant/equipment/source"):
+        ReadingBatch.of([reading(0), reading(1, equipment="acme/other")])
+
+
+def test_dictionary_encoding_makes_batches_compact() -> None:
+    rs = [reading(i, float(i)) for i in range(500)]
+    data = encode_readings(rs)
+    # 500 readings of 3 tags: tag names and units are sent once, so well under 30 bytes a reading.
+    assert len(data) < 500 * 30
+
+
+def test_version_is_checked_before_the_body() -> None:
+    data = bytearray(encode_readings([reading(0)]))
+    data[2] = 99
+    with pytest.raises(CodecError, match="unsupported schema version 99"):
+        decode_readings(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"", "bad magic"),
+        (b"{}", "bad magic"),
+        (b"PS\x01\x01\xc1", "corrupt body"),
+        (codec.MAGIC + bytes((1, 2)) + msgpack.packb([]), r"kind 2 where 1 \(READINGS\)"),
+        (codec.MAGIC + bytes((1, 1)) + msgpack.packb([1, 2]), "16-element array"),
+    ],
+)
+def test_bad_input_names_the_problem(payload: bytes, reason: str) -> None:
+    with pytest.raises(CodecError, match=reason):
+        decode_readings(payload)
+
+
+def test_wrong_types_inside_a_batch_are_named() -> None:
+    body = msgpack.unpackb(encode_readings([reading(0)])[4:])
+    body[8] = [1.5]  # ts_us must be integers
+    with pytest.raises(CodecError, match="ts_us must be integers"):
+        decode_readings(codec.MAGIC + bytes((1, 1)) + msgpack.packb(body))
+    body = msgpack.unpackb(encode_readings([reading(0)])[4:])
+    body[9] = [[1, 2]]  # a list is not a reading value
+    with pytest.raises(CodecError, match=r"value of row 0 \('caster1.t0'\) is list"):
+        decode_readings(codec.MAGIC + bytes((1, 1)) + msgpack.packb(body))
+    body = msgpack.unpackb(encode_readings([reading(0)])[4:])
+    body[12] = [1, 2]  # seq column longer than the batch
+    with pytest.raises(CodecError, match="column 'seq' has 2 rows, expected 1"):
+        decode_readings(codec.MAGIC + bytes((1, 1)) + msgpack.packb(body))
+
+
+def test_aggregates_context_and_tag_meta_round_trip() -> None:
+    agg = Aggregate("steel", "a/b", "t", "1m", 60_000_000, 10, 1, 0.5, 2.5, 1.5, 2.0, 0.3, 1.4, "degC", "H1")
+    assert decode_aggregates(encode_aggregates([agg, agg])) == [agg, agg]
+    ev = ContextEvent(ContextKind.LAB_RESULT, "steel", "a/b", 5, "H1", "heat", "EN10025-2:S355J2",
+                      results={"C": (0.18, "percent")})
+    assert decode_context(encode_context(ev)) == ev
+    meta = TagMeta("steel", "t", "a/b", "degC", lo=0.0, hi=1600.0, grade=Grade.CORE, spec_property="x")
+    assert decode_tag_meta(encode_tag_meta(meta)) == meta
+
+
+def test_kinds_are_not_interchangeable() -> None:
+    with pytest.raises(CodecError, match="where 1 \\(READINGS\\)"):
+        decode_readings(encode_aggregates([]))
+    assert codec.peek_kind(encode_tag_meta(TagMeta("p", "t", "e", "m"))) is codec.Kind.TAG_META
