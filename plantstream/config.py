@@ -119,7 +119,8 @@ def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
                     line = k.start_mark.line + 1
                     break
             if nxt is None:
-                return line
+                # pydantic puts union discriminator tags in the location; they are not YAML keys.
+                continue
             node = nxt
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             node = node.value[part]

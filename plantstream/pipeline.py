@@ -70,8 +70,14 @@ class Pipeline:
         logfile = logs / f"{name}.log"
         argv = [sys.executable, "-m", "plantstream.cli", *args]
         with open(logfile, "ab") as out:
-            popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env or self.env(), start_new_session=True)
+            popen = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env or self.env(),
+                start_new_session=True,
+            )
         proc = Proc(name, popen, logfile)
         self.procs.append(proc)
         log.info("started %s", name, extra={"kv": {"pid": popen.pid, "log": str(logfile)}})
@@ -85,30 +91,97 @@ class Pipeline:
         from plantstream.producers.topics import Topics
 
         self.workdir.mkdir(parents=True, exist_ok=True)
-        ensure_contract_topics(self.settings.kafka_bootstrap, Topics(self.settings.topic_prefix, self.settings.partitions))
-        subprocess.run([sys.executable, "-m", "plantstream.cli", "db", "migrate"], env=self.env(), check=True,
-                       stdout=subprocess.DEVNULL, timeout=300)
+        ensure_contract_topics(
+            self.settings.kafka_bootstrap, Topics(self.settings.topic_prefix, self.settings.partitions)
+        )
+        subprocess.run(
+            [sys.executable, "-m", "plantstream.cli", "db", "migrate"],
+            env=self.env(),
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=300,
+        )
 
     def ledger(self, plant: str) -> Path:
         return self.workdir / f"ledger-{plant}.jsonl"
 
-    def start_sims(self, duration: float | None = None) -> None:
+    def start_sims(self, duration: float | None = None, paused: bool = False) -> None:
+        """Start one simulator per plant; ``paused`` ones serve their address space but emit
+        nothing until ``release_sims()``, so a test can wait until every edge is subscribed."""
         for plant in self.plants:
-            args = ["sim", plant, "--seed", str(self.seed), "--speed", str(self.speed),
-                    "--opcua-port", str(self.sim_ports[plant]), "--mqtt-url", self.settings.mqtt,
-                    "--ledger", str(self.ledger(plant))]
+            args = [
+                "sim",
+                plant,
+                "--seed",
+                str(self.seed),
+                "--speed",
+                str(self.speed),
+                "--opcua-port",
+                str(self.sim_ports[plant]),
+                "--mqtt-url",
+                self.settings.mqtt,
+                "--ledger",
+                str(self.ledger(plant)),
+            ]
             if self.rate is not None:
                 args += ["--rate", str(self.rate)]
             if duration is not None:
                 args += ["--duration", str(duration)]
+            if paused:
+                args.append("--paused")
             self.spawn(f"sim-{plant}", *args)
         for plant in self.plants:
             self.wait_port(self.sim_ports[plant], f"simulator {plant}", 60)
 
+    def sim_endpoint(self, plant: str) -> str:
+        return f"opc.tcp://127.0.0.1:{self.sim_ports[plant]}/plantstream/{plant}"
+
+    def release_sims(self) -> None:
+        for plant in self.plants:
+            subprocess.run(
+                [sys.executable, "-m", "plantstream.cli", "sim", "start", "--endpoint", self.sim_endpoint(plant)],
+                env=self.env(),
+                check=True,
+                stdout=subprocess.DEVNULL,
+                timeout=60,
+            )
+
+    def sims_finished(self) -> bool:
+        sims = [p for p in self.procs if p.name.startswith("sim-")]
+        for p in sims:
+            if p.popen.poll() not in (None, 0):
+                raise RuntimeError(f"{p.name} failed with {p.popen.returncode}:\n{p.tail()}")
+        return all(p.popen.poll() == 0 for p in sims)
+
+    def ledger_units(self) -> dict[tuple[str, str], str]:
+        from plantstream.sim.catalog import CATALOGS
+
+        return {(plant, t.tag): t.unit for plant in self.plants for t in CATALOGS[plant]}
+
+    def edges_ready(self) -> bool:
+        """Every edge source connected (OPC-UA monitored items created, MQTT subscriptions granted)."""
+        import json
+
+        self.check_alive()
+        for plant in self.plants:
+            status_file = self.workdir / "edge-state" / plant / "buffer.status.json"
+            try:
+                status = json.loads(status_file.read_text())
+            except (OSError, ValueError):
+                return False
+            sources = status.get("sources", [])
+            if not sources or not all(src.get("connected") for src in sources):
+                return False
+        return True
+
     def edge_config(self, plant: str) -> Path:
         from plantstream.edge.simconfig import config_for_sim, dump_config
 
-        cfg = config_for_sim(plant, f"opc.tcp://127.0.0.1:{self.sim_ports[plant]}/plantstream/{plant}", self.settings.mqtt)
+        cfg = config_for_sim(plant, self.sim_endpoint(plant), self.settings.mqtt)
+        # Each agent's buffer and status file in a known place, so supervisors can read its status.
+        cfg = cfg.model_copy(
+            update={"buffer": cfg.buffer.model_copy(update={"path": self.workdir / "edge-state" / plant / "buffer.db"})}
+        )
         path = self.workdir / f"edge-{plant}.yaml"
         dump_config(cfg, path)
         return path
@@ -150,7 +223,11 @@ class Pipeline:
 
     def check_alive(self, allow_exited: Sequence[str] = ()) -> None:
         for p in self.procs:
-            if not p.alive() and p.name not in allow_exited and not (p.name.startswith("sim-") and p.popen.returncode == 0):
+            if (
+                not p.alive()
+                and p.name not in allow_exited
+                and not (p.name.startswith("sim-") and p.popen.returncode == 0)
+            ):
                 raise RuntimeError(f"{p.name} exited with {p.popen.returncode}; last log lines:\n{p.tail()}")
 
     def stop(self, names: Sequence[str] | None = None, sig: int = signal.SIGTERM, timeout: float = 20) -> None:

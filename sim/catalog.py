@@ -21,6 +21,27 @@ class SimTag:
     grade: Literal["core", "important", "general"] = "general"
     spec_property: str = ""  # material-spec property this tag is checked against (e.g. "casting_speed")
     description: str = ""
+    material: str = ""  # material spec id whose process limit ``spec_property`` refers to
 
 
 PLANTS = ("steel", "chemical", "fiber")
+
+_catalogs: dict[str, list[SimTag]] = {}
+
+
+def catalog(plant: str) -> list[SimTag]:
+    """The tags of ``plant`` (KeyError for an unknown plant). Static: independent of the seed."""
+    if not _catalogs:
+        from plantstream.sim.plants import build
+
+        for p in PLANTS:
+            _catalogs[p] = [t.meta for t in build(p, seed=0).tags]
+    return _catalogs[plant]
+
+
+def __getattr__(name: str) -> dict[str, list[SimTag]]:
+    # CATALOGS is built on first use: the plant modules import this module for SimTag.
+    if name == "CATALOGS":
+        catalog(PLANTS[0])
+        return _catalogs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

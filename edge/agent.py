@@ -1,0 +1,459 @@
+"""The edge agent: sources -> batcher -> durable buffer -> forwarder -> Kafka, on one asyncio loop.
+
+Guarantees:
+
+* A reading is acknowledged to its source (MQTT PUBACK) only after the buffer committed it.
+* Kafka or a source being unreachable never stops the agent: sources reconnect with backoff,
+  the buffer keeps growing (to its caps, dropping the oldest), the forwarder retries in order.
+* SIGTERM/SIGINT: commit what the sources delivered, forward what Kafka accepts within a few
+  seconds, leave the rest in the buffer for the next start.
+* TagMeta for every configured tag is published (through the buffer) at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer
+from plantstream.edge.batcher import Batcher
+from plantstream.edge.buffer import Buffer, Entry
+from plantstream.edge.config import EdgeConfig, MqttSource, OpcuaSource
+from plantstream.edge.forwarder import Forwarder
+from plantstream.edge.metrics import EdgeMetrics
+from plantstream.edge.source import Delivery, Inbox, Source
+from plantstream.producers.codec import encode_tag_meta
+from plantstream.producers.kafka import ensure_topics, make_producer
+from plantstream.producers.topics import (
+    DEADLETTER_ORIGIN_HEADER,
+    DEADLETTER_REASON_HEADER,
+    DEADLETTER_STAGE_HEADER,
+    Topics,
+)
+
+from plantstream.config import Settings
+from plantstream.contract import Origin
+from plantstream.log import Throttle
+
+log = logging.getLogger(__name__)
+
+
+def build_source(cfg: OpcuaSource | MqttSource, agent_id: str, inbox: Inbox) -> Source:
+    if isinstance(cfg, OpcuaSource):
+        from plantstream.edge.opcua.source import OpcuaSourceRunner
+
+        return OpcuaSourceRunner(cfg, inbox)
+    from plantstream.edge.mqtt.source import MqttJsonSource
+
+    return MqttJsonSource(cfg, agent_id, inbox)
+
+
+@dataclass
+class _Rate:
+    t: float
+    inn: int
+    out: int
+
+
+class Agent:
+    def __init__(
+        self,
+        cfg: EdgeConfig,
+        settings: Settings | None = None,
+        producer_factory: Callable[[], Producer] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.settings = settings or Settings.from_env()
+        self.topics = Topics(cfg.topic_prefix(self.settings), cfg.partitions(self.settings))
+        self.bootstrap = cfg.bootstrap(self.settings)
+        self.buffer_path = cfg.buffer_path(self.settings)
+        self.status_path = cfg.status_path(self.settings)
+        # librdkafka prints every failed reconnect to stderr at level 3; the producer's error_cb
+        # already reports them once per interval, so keep only critical native logs by default.
+        overrides: dict[str, Any] = {"log_level": 2, **cfg.kafka.producer}
+        self._producer_factory = producer_factory or (
+            lambda: make_producer(self.bootstrap, client_id=f"plantstream-edge-{cfg.agent_id}", **overrides)
+        )
+        self.inbox = Inbox()
+        self.metrics = EdgeMetrics(cfg.agent_id)
+        self.sources: list[Source] = [build_source(s, cfg.agent_id, self.inbox) for s in cfg.sources]
+        self._by_id = {s.id: s for s in self.sources}
+        self._stop = asyncio.Event()
+        self._throttle = Throttle(30.0)
+        self.buffer: Buffer | None = None
+        self.forwarder: Forwarder | None = None
+        self.readings_in = 0
+        self.deadletters = 0
+        self.started_us = time.time_ns() // 1000
+        self._unsaved: list[Entry] = []
+        self._unsaved_acks: dict[str, list[Hashable]] = {}
+        self._published: dict[tuple[str, ...], int] = {}
+        self.ready = asyncio.Event()  # set once sources run and tag metadata is buffered
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, install_signals: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+        self.inbox.bind(loop)
+        buf = self.buffer = Buffer(
+            self.buffer_path, self.cfg.buffer.max_bytes, self.cfg.buffer.max_age_s, self.cfg.buffer.synchronous
+        )
+        m = self.metrics
+        fw = self.forwarder = Forwarder(
+            buf,
+            self._producer_factory,
+            self.cfg.kafka.max_inflight,
+            on_delivered=lambda src, n: m.readings_out.labels(self.cfg.agent_id, src).inc(n) if n else None,
+        )
+        if self.cfg.metrics_port is not None:
+            port = m.serve(self.cfg.metrics_port, self.cfg.metrics_host)
+            log.info("metrics at /metrics", extra={"kv": {"port": port}})
+        self._buffer_tag_meta()
+        topics_task = asyncio.create_task(self._ensure_topics()) if self.cfg.kafka.create_topics else None
+        tasks = [asyncio.create_task(self._supervise(s), name=f"source-{s.id}") for s in self.sources]
+        depth = buf.depth()
+        log.info(
+            "edge agent started",
+            extra={
+                "kv": {
+                    "agent": self.cfg.agent_id,
+                    "plant": self.cfg.plant,
+                    "sources": [s.id for s in self.sources],
+                    "kafka": self.bootstrap,
+                    "topics": self.topics.prefix,
+                    "buffer": str(self.buffer_path),
+                    "buffered_readings": depth.readings,
+                    "buffered_entries": depth.entries,
+                }
+            },
+        )
+        self.ready.set()
+        try:
+            await self._main_loop(fw, topics_task)
+        finally:
+            await self._shutdown(tasks, fw)
+
+    async def _ensure_topics(self) -> None:
+        try:
+            await asyncio.to_thread(ensure_topics, self.bootstrap, self.topics.all(), self.topics.partitions, 10.0)
+        except Exception as exc:
+            # Not fatal: the topics may be managed elsewhere; deliveries retry until they exist.
+            log.warning("could not ensure Kafka topics; continuing", extra={"kv": {"error": str(exc)}})
+
+    def _buffer_tag_meta(self) -> None:
+        assert self.buffer is not None
+        entries = [
+            Entry(self.topics.tags, meta.key.encode(), encode_tag_meta(meta), "_meta", 0)
+            for meta in self.cfg.tag_metas()
+        ]
+        if entries:
+            self.buffer.append(entries)
+
+    async def _supervise(self, source: Source) -> None:
+        """A source's run() must not end early; if it crashes anyway, restart it."""
+        while not self._stop.is_set():
+            try:
+                await source.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("source crashed; restarting in 1 s", extra={"kv": {"source": source.id}})
+                source.status.last_error = "crashed (see log)"
+                await asyncio.sleep(1.0)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    async def _main_loop(self, fw: Forwarder, topics_task: asyncio.Task[None] | None) -> None:
+        assert self.buffer is not None
+        topic = self.topics.raw
+        batcher = self.batcher = Batcher(
+            self.cfg.plant, topic, self.buffer, self.cfg.batch.max_readings, self.cfg.batch.max_delay_ms / 1000
+        )
+        now = time.monotonic()
+        next_gauges = now
+        next_status = now
+        next_expire = now + 10
+        next_progress = now + self.cfg.progress_interval_s
+        rate = _Rate(now, 0, 0)
+        while not self._stop.is_set():
+            due = batcher.next_due_in()
+            idle = 0.01 if fw.inflight else 0.1
+            await self.inbox.wait(idle if due is None else min(due, idle))
+            self._tick(batcher, everything=False)
+            if topics_task is None or topics_task.done():
+                fw.pump()
+            now = time.monotonic()
+            if now >= next_gauges:
+                next_gauges = now + 1.0
+                self._update_gauges()
+            if now >= next_status:
+                next_status = now + 2.0
+                self.write_status()
+            if now >= next_expire:
+                next_expire = now + 10.0
+                self.buffer.expire()
+            if now >= next_progress:
+                next_progress = now + self.cfg.progress_interval_s
+                self._progress(rate, now)
+
+    def _tick(self, batcher: Batcher, everything: bool, drop_ackable: bool = False) -> None:
+        """Take what the sources delivered, commit it, then acknowledge it upstream."""
+        assert self.buffer is not None
+        items = self.inbox.drain()
+        acks = self._unsaved_acks
+        entries = self._unsaved
+        counts: dict[str, list[int]] = {}
+        for d in items:
+            if d.ack is not None:
+                if drop_ackable:
+                    continue  # never acknowledged: the broker redelivers it to the next run
+                acks.setdefault(d.source, []).append(d.ack)
+            c = counts.get(d.source)
+            if c is None:
+                c = counts[d.source] = [0, 0, 0]
+            if d.samples:
+                c[0] += batcher.add(d.source, d.origin, d.samples)
+                c[1] += sum(1 for s in d.samples if s[5])
+            elif d.deadletter is not None:
+                c[2] += 1
+                entries.append(self._deadletter_entry(d))
+        entries.extend(batcher.take(everything=everything or bool(acks)))
+        if not entries:
+            return
+        try:
+            self.buffer.append(entries)
+        except sqlite3.Error as exc:
+            # Disk full or similar: keep the entries and the acks, try again next tick.
+            n = self._throttle.should("append")
+            if n >= 0:
+                log.error(
+                    "buffer append failed; holding readings in memory and retrying",
+                    extra={"kv": {"error": str(exc), "entries": len(entries), "suppressed": n}},
+                )
+            self._unsaved = entries
+            return
+        self._unsaved = []
+        self._unsaved_acks = {}
+        for src_id, tokens in acks.items():
+            src = self._by_id.get(src_id)
+            if src is not None:
+                src.ack(tokens)
+        agent = self.cfg.agent_id
+        m = self.metrics
+        for src_id, (n, bad, dead) in counts.items():
+            st = self._by_id[src_id].status
+            st.readings_in += n
+            st.bad_quality += bad
+            st.deadletters += dead
+            self.readings_in += n
+            self.deadletters += dead
+            if n:
+                m.readings_in.labels(agent, src_id).inc(n)
+                st.last_reading_us = time.time_ns() // 1000
+            if bad:
+                m.bad_quality.labels(agent, src_id).inc(bad)
+
+    def _deadletter_entry(self, d: Delivery) -> Entry:
+        dl = d.deadletter
+        assert dl is not None
+        reason = dl.reason[:500]
+        self.metrics.deadletters.labels(self.cfg.agent_id, d.source, reason.split(":")[0][:60]).inc()
+        if self._throttle.should(f"dead:{d.source}") >= 0:
+            log.warning(
+                "malformed payload sent to the dead-letter topic",
+                extra={"kv": {"source": d.source, "origin": dl.origin, "reason": reason}},
+            )
+        headers = [
+            (DEADLETTER_REASON_HEADER, reason.encode()),
+            (DEADLETTER_STAGE_HEADER, b"edge"),
+            (DEADLETTER_ORIGIN_HEADER, dl.origin.encode("utf-8", "replace")),
+        ]
+        return Entry(self.topics.deadletter, d.source.encode(), dl.payload, d.source, 0, headers)
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]], fw: Forwarder) -> None:
+        log.info("edge agent stopping", extra={"kv": {"agent": self.cfg.agent_id}})
+        assert self.buffer is not None
+        batcher = self.batcher
+        # Commit and acknowledge what arrived while the sources are still connected ...
+        self._tick(batcher, everything=True)
+        for s in self.sources:
+            with contextlib.suppress(Exception):
+                await s.stop()
+        _done, pending = await asyncio.wait(tasks, timeout=5) if tasks else (set(), set())
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # ... then keep what can no longer be acknowledged out of the buffer (the broker resends it).
+        self._tick(batcher, everything=True, drop_ackable=True)
+        delivered = await self._drain(fw, 5.0)
+        self._update_gauges()
+        self.write_status(stopped=True)
+        depth = self.buffer.depth()
+        with contextlib.suppress(Exception):
+            fw.producer.flush(0)
+        self.buffer.close()
+        log.info(
+            "edge agent stopped",
+            extra={"kv": {"agent": self.cfg.agent_id, "all_forwarded": delivered, "left_in_buffer": depth.readings}},
+        )
+
+    async def _drain(self, fw: Forwarder, timeout_s: float) -> bool:
+        assert self.buffer is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            fw.pump()
+            if not fw.inflight and self.buffer.depth().entries == 0:
+                return True
+            await asyncio.sleep(0.02)
+        fw.producer.poll(0)
+        fw.commit_deletes()
+        return False
+
+    # --- observability -------------------------------------------------------------------------
+
+    def _update_gauges(self) -> None:
+        assert self.buffer is not None
+        d = self.buffer.depth()
+        m, a = self.metrics, self.cfg.agent_id
+        m.buffer_bytes.labels(a).set(d.bytes)
+        m.buffer_readings.labels(a).set(d.readings)
+        m.buffer_age.labels(a).set(
+            max(0.0, (time.time_ns() // 1000 - d.oldest_created_us) / 1e6) if d.oldest_created_us else 0.0
+        )
+        sync = self._sync_counter
+        for reason, n in self.buffer.dropped.items():
+            sync(m.dropped.labels(a, reason.removeprefix("dropped_")), ("dropped", reason), n)
+        for s in self.sources:
+            m.failing_nodes.labels(a, s.id).set(len(s.status.failing))
+            m.connected.labels(a, s.id).set(1 if s.status.connected else 0)
+            sync(m.reconnects.labels(a, s.id), ("reconnects", s.id), s.status.reconnects)
+        if self.forwarder is not None:
+            sync(m.kafka_failures.labels(a), ("kafka_failures",), self.forwarder.stats.failures)
+
+    def _sync_counter(self, counter: Any, key: tuple[str, ...], total: int) -> None:
+        """Advance a Prometheus counter to a running total kept elsewhere."""
+        last = self._published.get(key, 0)
+        if total > last:
+            counter.inc(total - last)
+            self._published[key] = total
+
+    def status(self, stopped: bool = False) -> dict[str, Any]:
+        assert self.buffer is not None
+        d = self.buffer.depth()
+        fw = self.forwarder
+        out_by_source = fw.stats.per_source if fw else {}
+        return {
+            "agent_id": self.cfg.agent_id,
+            "plant": self.cfg.plant,
+            "pid": os.getpid(),
+            "running": not stopped,
+            "started_us": self.started_us,
+            "updated_us": time.time_ns() // 1000,
+            "metrics_port": self.metrics.port,
+            "sources": [{**s.status.to_dict(), "readings_out": out_by_source.get(s.id, 0)} for s in self.sources],
+            "buffer": {
+                "path": str(self.buffer_path),
+                "entries": d.entries,
+                "readings": d.readings,
+                "bytes": d.bytes,
+                "oldest_created_us": d.oldest_created_us,
+                "dropped": dict(self.buffer.dropped),
+                "seq": self.buffer.seqs(),
+            },
+            "kafka": {
+                "bootstrap": self.bootstrap,
+                "healthy": fw.healthy if fw else False,
+                "inflight": fw.inflight if fw else 0,
+                "delivered_readings": fw.stats.delivered_readings if fw else 0,
+                "failures": fw.stats.failures if fw else 0,
+                "last_error": fw.stats.last_error if fw else "",
+            },
+        }
+
+    def write_status(self, stopped: bool = False) -> None:
+        try:
+            tmp = self.status_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.status(stopped), default=str, indent=1))
+            os.replace(tmp, self.status_path)
+        except OSError as exc:
+            if self._throttle.should("status") >= 0:
+                log.warning(
+                    "cannot write status file", extra={"kv": {"path": str(self.status_path), "error": str(exc)}}
+                )
+
+    def _progress(self, rate: _Rate, now: float) -> None:
+        assert self.buffer is not None and self.forwarder is not None
+        out = self.forwarder.stats.delivered_readings
+        dt = max(1e-6, now - rate.t)
+        d = self.buffer.depth()
+        log.info(
+            "progress",
+            extra={
+                "kv": {
+                    "readings_in": self.readings_in,
+                    "readings_out": out,
+                    "in_per_s": round((self.readings_in - rate.inn) / dt, 1),
+                    "out_per_s": round((out - rate.out) / dt, 1),
+                    "buffered_readings": d.readings,
+                    "buffered_bytes": d.bytes,
+                    "oldest_age_s": round((time.time_ns() // 1000 - d.oldest_created_us) / 1e6, 1)
+                    if d.oldest_created_us
+                    else 0,
+                    "deadletters": self.deadletters,
+                    "kafka_ok": self.forwarder.healthy,
+                    "failing": {s.id: len(s.status.failing) for s in self.sources if s.status.failing},
+                }
+            },
+        )
+        rate.t, rate.inn, rate.out = now, self.readings_in, out
+
+
+def run_agent(cfg: EdgeConfig) -> None:
+    asyncio.run(Agent(cfg).run())
+
+
+def read_status(cfg: EdgeConfig, settings: Settings | None = None) -> dict[str, Any] | None:
+    """The status file the agent maintains, with live buffer depth read from the buffer itself."""
+    path: Path = cfg.status_path(settings)
+    status: dict[str, Any] | None = None
+    if path.exists():
+        with contextlib.suppress(OSError, ValueError):
+            status = json.loads(path.read_text())
+    bpath = cfg.buffer_path(settings)
+    if bpath.exists():
+        buf = Buffer(bpath, readonly=True)
+        try:
+            d = buf.live_depth()
+            live = {
+                "entries": d.entries,
+                "readings": d.readings,
+                "bytes": d.bytes,
+                "oldest_created_us": d.oldest_created_us,
+                "dropped": dict(buf.dropped),
+                "seq": buf.seqs(),
+            }
+        finally:
+            buf.close()
+        status = status or {"agent_id": cfg.agent_id, "plant": cfg.plant, "running": False, "sources": []}
+        status["buffer"] = {**status.get("buffer", {}), **live}
+    return status
+
+
+__all__ = ["Agent", "Origin", "build_source", "read_status", "run_agent"]

@@ -1,0 +1,309 @@
+"""The durable store-and-forward buffer: SQLite in WAL mode, on disk, append order.
+
+Contract:
+
+* :meth:`Buffer.append` commits encoded Kafka messages *and* the per-source sequence counters
+  in one transaction. Only after it returns may a reading be acknowledged to its source; from
+  then on it survives ``kill -9`` (and power loss with ``synchronous="full"``).
+* Sequence numbers come from :meth:`Buffer.reserve`; the counter persisted with every append is
+  never below any committed seq, so seq is strictly increasing per source across restarts
+  (a crash may leave gaps, never repeats).
+* Entries are read oldest-first (:meth:`read`) and removed only by :meth:`delete`, which the
+  forwarder calls when Kafka acknowledged delivery.
+* Caps: beyond ``max_bytes`` (sum of stored message bytes) or ``max_age_s`` the OLDEST entries are
+  dropped; the dropped readings are counted (persisted) and logged.
+* Memory does not grow with depth: nothing but counters is cached.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import msgpack
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_us INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    key BLOB,
+    value BLOB NOT NULL,
+    headers BLOB
+);
+CREATE TABLE IF NOT EXISTS seq (source TEXT PRIMARY KEY, last INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(slots=True)
+class Entry:
+    """One Kafka message waiting in the buffer; ``count`` readings (0 for metadata)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    source: str
+    count: int = 0
+    headers: Headers | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.value) + len(self.key or b"") + len(self.topic)
+
+
+@dataclass(slots=True, frozen=True)
+class Stored:
+    id: int
+    created_us: int
+    entry: Entry
+
+
+@dataclass(slots=True, frozen=True)
+class Depth:
+    entries: int
+    readings: int
+    bytes: int
+    oldest_created_us: int | None
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Buffer:
+    """Single-writer durable queue. Not thread-safe: use it from one thread (the agent loop)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        max_bytes: int = 1 << 30,
+        max_age_s: float = 7 * 86400,
+        synchronous: Literal["full", "normal"] = "full",
+        readonly: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.max_age_us = int(max_age_s * 1e6)
+        self._sync = synchronous.upper()
+        if readonly:
+            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=5)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={self._sync}")
+            self._db.executescript(_SCHEMA)
+        self._seq: dict[str, int] = dict(self._db.execute("SELECT source, last FROM seq").fetchall())
+        self._dirty_seq: set[str] = set()
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(size), 0), COALESCE(SUM(count), 0), COUNT(*) FROM entries"
+        ).fetchone()
+        self._bytes, self._readings, self._entries = int(row[0]), int(row[1]), int(row[2])
+        self.dropped: dict[str, int] = {
+            k: int(v) for k, v in self._db.execute("SELECT name, value FROM counters").fetchall()
+        }
+
+    # --- sequence numbers ------------------------------------------------------------------
+
+    def reserve(self, source: str, n: int = 1) -> int:
+        """First of ``n`` fresh sequence numbers for ``source``; persisted by the next append."""
+        first = self._seq.get(source, 0) + 1
+        self._seq[source] = first + n - 1
+        self._dirty_seq.add(source)
+        return first
+
+    def last_seq(self, source: str) -> int:
+        return self._seq.get(source, 0)
+
+    # --- append ----------------------------------------------------------------------------
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        """Commit ``entries`` (in order) and the reserved seq counters; durable on return.
+
+        Raises sqlite3.Error (e.g. disk full) with nothing committed; the caller must not
+        acknowledge the readings then.
+        """
+        now = _now_us()
+        rows = [
+            (
+                now,
+                e.source,
+                e.count,
+                e.size,
+                e.topic,
+                e.key,
+                e.value,
+                msgpack.packb(e.headers, use_bin_type=True) if e.headers else None,
+            )
+            for e in entries
+        ]
+        seqs = [(s, self._seq[s]) for s in self._dirty_seq]
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if rows:
+                db.executemany(
+                    "INSERT INTO entries (created_us, source, count, size, topic, key, value, headers) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            if seqs:
+                db.executemany(
+                    "INSERT INTO seq (source, last) VALUES (?, ?) "
+                    "ON CONFLICT(source) DO UPDATE SET last = excluded.last",
+                    seqs,
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._dirty_seq.clear()
+        for r in rows:
+            self._bytes += r[3]
+            self._readings += r[2]
+        self._entries += len(rows)
+        if self._bytes > self.max_bytes:
+            self._drop_oldest_over_cap()
+
+    def _drop_oldest_over_cap(self) -> None:
+        excess = self._bytes - self.max_bytes
+        # Walk the oldest rows until enough bytes are covered; one DELETE by id range.
+        freed = 0
+        last_id = None
+        for rid, size in self._db.execute("SELECT id, size FROM entries ORDER BY id"):
+            freed += size
+            last_id = rid
+            if freed >= excess:
+                break
+        if last_id is not None:
+            self._drop_where("id <= ?", (last_id,), "max_bytes")
+
+    def expire(self, now_us: int | None = None) -> int:
+        """Drop entries older than max_age; returns readings dropped."""
+        cutoff = (now_us if now_us is not None else _now_us()) - self.max_age_us
+        return self._drop_where("created_us < ?", (cutoff,), "max_age")
+
+    def _drop_where(self, where: str, args: tuple[int, ...], reason: str) -> int:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            n, readings, size = db.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(count), 0), COALESCE(SUM(size), 0) FROM entries WHERE {where}", args
+            ).fetchone()
+            if not n:
+                db.execute("COMMIT")
+                return 0
+            db.execute(f"DELETE FROM entries WHERE {where}", args)
+            key = f"dropped_{reason}"
+            db.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                (key, readings),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._bytes -= size
+        self._readings -= readings
+        self._entries -= n
+        self.dropped[key] = self.dropped.get(key, 0) + readings
+        log.warning(
+            "buffer full: dropped oldest entries",
+            extra={
+                "kv": {
+                    "reason": reason,
+                    "entries": n,
+                    "readings": readings,
+                    "bytes": size,
+                    "dropped_total": self.dropped[key],
+                }
+            },
+        )
+        return int(readings)
+
+    # --- read / delete ---------------------------------------------------------------------
+
+    def read(self, after_id: int = 0, limit: int = 500, max_bytes: int | None = None) -> list[Stored]:
+        """Oldest-first entries with id > after_id."""
+        out: list[Stored] = []
+        total = 0
+        for rid, created, source, count, topic, key, value, headers in self._db.execute(
+            "SELECT id, created_us, source, count, topic, key, value, headers FROM entries "
+            "WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        ):
+            hdrs = [(str(k), bytes(v)) for k, v in msgpack.unpackb(headers, raw=False)] if headers else None
+            out.append(Stored(rid, created, Entry(topic, key, value, source, count, hdrs)))
+            total += len(value)
+            if max_bytes is not None and total >= max_bytes:
+                break
+        return out
+
+    def delete(self, ids: Iterable[int]) -> int:
+        """Remove delivered entries; unknown ids (already dropped) are ignored. Returns rows removed."""
+        ids = list(ids)
+        if not ids:
+            return 0
+        db = self._db
+        removed = size = readings = 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                n, r, s = db.execute(
+                    f"SELECT COUNT(*), COALESCE(SUM(count), 0), COALESCE(SUM(size), 0) FROM entries WHERE id IN ({marks})",
+                    chunk,
+                ).fetchone()
+                db.execute(f"DELETE FROM entries WHERE id IN ({marks})", chunk)
+                removed += n
+                readings += r
+                size += s
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._bytes -= size
+        self._readings -= readings
+        self._entries -= removed
+        return removed
+
+    # --- introspection ---------------------------------------------------------------------
+
+    def depth(self) -> Depth:
+        oldest = self._db.execute("SELECT created_us FROM entries ORDER BY id LIMIT 1").fetchone()
+        return Depth(self._entries, self._readings, self._bytes, int(oldest[0]) if oldest else None)
+
+    def live_depth(self) -> Depth:
+        """Depth recounted from disk (for readers of another process's buffer)."""
+        n, r, b = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(count), 0), COALESCE(SUM(size), 0) FROM entries"
+        ).fetchone()
+        oldest = self._db.execute("SELECT created_us FROM entries ORDER BY id LIMIT 1").fetchone()
+        return Depth(int(n), int(r), int(b), int(oldest[0]) if oldest else None)
+
+    def seqs(self) -> dict[str, int]:
+        return dict(self._seq)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Buffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

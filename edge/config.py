@@ -1,0 +1,438 @@
+"""Edge-agent configuration (YAML, validated with pydantic).
+
+Load with :func:`load_config`; any problem raises :class:`plantstream.config.ConfigError` naming
+``file:line: key``. Connection defaults that differ per deployment (Kafka bootstrap, topic prefix,
+state directory) are left unset in the file and resolved from the environment when the agent
+starts, so one config file works against the local stack and production alike.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from plantstream.config import ConfigError, Settings, load_yaml
+from plantstream.contract import Grade, TagMeta, validate_equipment_path
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos in a config file; reject them so the operator hears about it.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_id(v: str) -> str:
+    if not _ID.match(v):
+        raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '-' (starting with a letter or digit)")
+    return v
+
+
+class Backoff(_Strict):
+    """Exponential reconnect backoff: min_s, doubling up to max_s."""
+
+    min_s: float = Field(0.5, gt=0, le=3600)
+    max_s: float = Field(30.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _order(self) -> Backoff:
+        if self.max_s < self.min_s:
+            raise ValueError("max_s must be >= min_s")
+        return self
+
+
+class TagDefaults(_Strict):
+    """Metadata applied to a tag where the tag itself does not say."""
+
+    unit: str = ""
+    datatype: Literal["float", "int", "bool", "str"] = "float"
+    grade: Grade = Grade.GENERAL
+
+
+class TagBase(_Strict):
+    tag: str = Field(min_length=1, max_length=200)
+    equipment: str
+    unit: str | None = None
+    datatype: Literal["float", "int", "bool", "str"] | None = None
+    lo: float | None = None
+    hi: float | None = None
+    roc_limit: float | None = Field(None, gt=0)
+    grade: Grade | None = None
+    spec_property: str = ""
+    description: str = ""
+
+    @field_validator("equipment")
+    @classmethod
+    def _equipment(cls, v: str) -> str:
+        return validate_equipment_path(v)
+
+    @model_validator(mode="after")
+    def _range(self) -> TagBase:
+        if self.lo is not None and self.hi is not None and self.lo >= self.hi:
+            raise ValueError(f"engineering range lo ({self.lo}) must be below hi ({self.hi})")
+        return self
+
+    def meta(self, plant: str, defaults: TagDefaults, address: str) -> TagMeta:
+        return TagMeta(
+            plant=plant,
+            tag=self.tag,
+            equipment=self.equipment,
+            unit=self.unit if self.unit is not None else defaults.unit,
+            datatype=self.datatype or defaults.datatype,
+            lo=self.lo,
+            hi=self.hi,
+            roc_limit=self.roc_limit,
+            grade=self.grade or defaults.grade,
+            description=self.description,
+            source_address=address,
+            spec_property=self.spec_property,
+        )
+
+
+class OpcuaTag(TagBase):
+    node_id: str = Field(min_length=3, description="NodeId string, e.g. ns=2;s=caster1.mould_level")
+    sampling_interval_ms: float | None = Field(None, ge=0)
+    deadband_abs: float | None = Field(None, ge=0)
+    deadband_percent: float | None = Field(None, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _one_deadband(self) -> OpcuaTag:
+        if self.deadband_abs is not None and self.deadband_percent is not None:
+            raise ValueError("set deadband_abs or deadband_percent, not both")
+        return self
+
+
+class OpcuaSource(_Strict):
+    """An OPC-UA server; each tag is a monitored item (subscription) or a polled node."""
+
+    type: Literal["opcua"]
+    id: str
+    endpoint: str
+    mode: Literal["subscription", "poll"] = "subscription"
+    publishing_interval_ms: float = Field(100, gt=0)
+    sampling_interval_ms: float = Field(100, ge=0, description="default for tags without their own")
+    queue_size: int = Field(100, ge=1, le=100_000, description="server-side queue per monitored item")
+    poll_interval_ms: float = Field(1000, gt=0)
+    monitored_item_batch: int = Field(200, ge=1, le=10_000)
+    request_timeout_s: float = Field(4.0, gt=0)
+    watchdog_interval_s: float = Field(1.0, gt=0)
+    reconnect: Backoff = Field(default_factory=lambda: Backoff.model_validate({}))
+    defaults: TagDefaults = Field(default_factory=TagDefaults)
+    tags: list[OpcuaTag] = Field(min_length=1)
+
+    _check = field_validator("id")(_check_id)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if not v.startswith("opc.tcp://"):
+            raise ValueError("endpoint must start with opc.tcp://")
+        return v
+
+
+class MqttTag(TagBase):
+    """Metadata for a tag arriving over MQTT (published as TagMeta at start)."""
+
+
+class MqttSubscription(_Strict):
+    """One topic filter and how its topics and payloads become readings.
+
+    ``template`` splits a topic into fields, one ``/``-segment per placeholder: ``{equipment+}``
+    takes one or more segments (the ISA-95 path), ``{name}`` exactly one, ``{_}`` one ignored;
+    literal segments must match. ``{tag}`` and ``{equipment}``/``{equipment+}`` name the reading;
+    where the template lacks them, fixed ``tag``/``equipment`` values are required. Example:
+    ``plantstream-sim/{plant}/{equipment+}/{tag}``. Without a template, the topic filter is
+    derived from it; with one, ``topic`` defaults to the template's filter (``+``/``#``).
+    """
+
+    topic: str | None = None
+    template: str | None = None
+    equipment: str | None = None
+    equipment_prefix: str = ""
+    tag: str | None = None
+    value_path: str = "value"
+    timestamp_path: str | None = "ts_us"
+    timestamp_format: Literal["epoch_us", "epoch_ms", "epoch_s", "iso8601"] = "epoch_us"
+    unit_path: str | None = "unit"
+    unit: str | None = Field(None, description="fixed unit; wins over unit_path")
+    quality_path: str | None = "quality"
+    qos: Literal[0, 1] | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> MqttSubscription:
+        if self.template is None and self.topic is None:
+            raise ValueError("set template (preferred) or topic")
+        if self.template is not None:
+            fields = template_fields(self.template)
+            if "tag" not in fields and not self.tag:
+                raise ValueError("template has no {tag}; set a fixed tag")
+            if "equipment" not in fields and not self.equipment:
+                raise ValueError("template has no {equipment} or {equipment+}; set a fixed equipment")
+        elif not (self.tag and self.equipment):
+            raise ValueError("without a template, set both a fixed tag and equipment")
+        if self.equipment is not None:
+            validate_equipment_path(self.equipment)
+        return self
+
+    @property
+    def filter(self) -> str:
+        if self.topic:
+            return self.topic
+        assert self.template is not None
+        return template_filter(self.template)
+
+
+_PLACEHOLDER = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}$")
+
+
+def template_fields(template: str) -> dict[str, bool]:
+    """Placeholder name -> multi-segment?; raises ValueError on a malformed template."""
+    out: dict[str, bool] = {}
+    multi = 0
+    for seg in template.split("/"):
+        if "{" in seg or "}" in seg:
+            m = _PLACEHOLDER.match(seg)
+            if not m:
+                raise ValueError(f"template segment {seg!r} must be a whole placeholder like {{tag}} or {{equipment+}}")
+            name, plus = m.group(1), bool(m.group(2))
+            if name in out and name != "_":
+                raise ValueError(f"placeholder {{{name}}} appears twice")
+            multi += plus
+            out[name] = plus
+        elif seg in ("+", "#"):
+            raise ValueError("a template uses placeholders, not MQTT wildcards")
+    if multi > 1:
+        raise ValueError("at most one multi-segment placeholder ({name+}) per template")
+    return out
+
+
+def template_filter(template: str) -> str:
+    """MQTT filter matching a template: '+' per single placeholder, '#' from a multi one on."""
+    out = []
+    for seg in template.split("/"):
+        m = _PLACEHOLDER.match(seg)
+        if m and m.group(2):
+            out.append("#")
+            break
+        out.append("+" if m else seg)
+    return "/".join(out)
+
+
+class MqttSource(_Strict):
+    """An MQTT broker carrying one JSON reading per message."""
+
+    type: Literal["mqtt"]
+    id: str
+    url: SecretStr = Field(description="mqtt://host:port (mqtts:// later); may carry user:password")
+    client_id: str | None = Field(None, description="fixed id so the broker keeps the session; default agent.source")
+    username: str | None = None
+    password: SecretStr | None = None
+    qos: Literal[0, 1] = 1
+    protocol: Literal["3.1.1", "5"] = "5"
+    session_expiry_s: int = Field(7 * 86400, ge=0, description="MQTT 5: how long the broker keeps the session")
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    max_payload_bytes: int = Field(65536, ge=16)
+    accept_unlisted: bool = Field(True, description="readings of tags not listed under tags pass with defaults")
+    reconnect: Backoff = Field(default_factory=lambda: Backoff.model_validate({}))
+    defaults: TagDefaults = Field(default_factory=TagDefaults)
+    subscriptions: list[MqttSubscription] = Field(min_length=1)
+    tags: list[MqttTag] = []
+
+    _check = field_validator("id")(_check_id)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: SecretStr) -> SecretStr:
+        parts = urlsplit(v.get_secret_value())
+        if parts.scheme not in ("mqtt", "tcp"):
+            raise ValueError("url must be mqtt://host:port (mqtts:// is not supported yet)")
+        if not parts.hostname:
+            raise ValueError("url needs a host")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError("url port must be a number") from None
+        return v
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url.get_secret_value()).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url.get_secret_value()).port or 1883
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        parts = urlsplit(self.url.get_secret_value())
+        user = self.username or parts.username
+        pwd = self.password.get_secret_value() if self.password else parts.password
+        return user, pwd
+
+
+Source = Annotated[OpcuaSource | MqttSource, Field(discriminator="type")]
+
+
+class KafkaTarget(_Strict):
+    bootstrap: str | None = Field(None, description="default: PLANTSTREAM_KAFKA_BOOTSTRAP")
+    topic_prefix: str | None = Field(None, description="default: PLANTSTREAM_TOPIC_PREFIX")
+    partitions: int | None = Field(None, ge=1, description="used only when the agent creates missing topics")
+    create_topics: bool = True
+    producer: dict[str, str | int | float | bool] = Field(default_factory=dict, description="librdkafka overrides")
+    max_inflight: int = Field(2000, ge=1, description="buffered batches produced but not yet acknowledged")
+
+
+class BufferConfig(_Strict):
+    path: Path | None = Field(None, description="default: $PLANTSTREAM_STATE_DIR/edge/<agent id>/buffer.db")
+    max_bytes: int = Field(1 << 30, ge=1 << 16)
+    max_age_s: float = Field(7 * 86400, gt=0)
+    synchronous: Literal["full", "normal"] = Field(
+        "full", description="full: an acknowledged reading survives power loss; normal: survives process crashes"
+    )
+
+
+class BatchConfig(_Strict):
+    max_readings: int = Field(500, ge=1, le=100_000)
+    max_delay_ms: float = Field(50, gt=0, le=10_000)
+
+
+class EdgeConfig(_Strict):
+    agent_id: str
+    plant: str
+    sources: list[Source] = Field(min_length=1)
+    kafka: KafkaTarget = Field(default_factory=lambda: KafkaTarget.model_validate({}))
+    buffer: BufferConfig = Field(default_factory=lambda: BufferConfig.model_validate({}))
+    batch: BatchConfig = Field(default_factory=lambda: BatchConfig.model_validate({}))
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics; 0 = any free port")
+    metrics_host: str = "127.0.0.1"
+    progress_interval_s: float = Field(10.0, gt=0)
+
+    _check = field_validator("agent_id", "plant")(_check_id)
+
+    @model_validator(mode="after")
+    def _unique(self) -> EdgeConfig:
+        seen: set[str] = set()
+        for s in self.sources:
+            if s.id in seen:
+                raise ValueError(f"source id {s.id!r} is used twice; each source owns its sequence stream")
+            seen.add(s.id)
+        tags: dict[str, str] = {}
+        for s in self.sources:
+            listed = s.tags
+            for t in listed:
+                if t.tag in tags:
+                    raise ValueError(f"tag {t.tag!r} is configured twice (sources {tags[t.tag]!r} and {s.id!r})")
+                tags[t.tag] = s.id
+        return self
+
+    # --- resolved at start from the environment --------------------------------------------
+
+    def settings(self) -> Settings:
+        return Settings.from_env()
+
+    def bootstrap(self, settings: Settings | None = None) -> str:
+        return self.kafka.bootstrap or (settings or self.settings()).kafka_bootstrap
+
+    def topic_prefix(self, settings: Settings | None = None) -> str:
+        return self.kafka.topic_prefix or (settings or self.settings()).topic_prefix
+
+    def partitions(self, settings: Settings | None = None) -> int:
+        return self.kafka.partitions or (settings or self.settings()).partitions
+
+    def buffer_path(self, settings: Settings | None = None) -> Path:
+        if self.buffer.path is not None:
+            return self.buffer.path
+        return (settings or self.settings()).state_dir / "edge" / self.agent_id / "buffer.db"
+
+    def status_path(self, settings: Settings | None = None) -> Path:
+        return self.buffer_path(settings).with_suffix(".status.json")
+
+    def tag_metas(self) -> list[TagMeta]:
+        out: list[TagMeta] = []
+        for s in self.sources:
+            for t in s.tags:
+                address = t.node_id if isinstance(t, OpcuaTag) else f"mqtt:{s.id}"
+                out.append(t.meta(self.plant, s.defaults, address))
+        return out
+
+
+class _AnyMapping(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """Drop the union tag pydantic inserts after a source index ('sources', 0, 'opcua', ...)."""
+    out = list(loc)
+    if len(out) >= 3 and out[0] == "sources" and out[2] in ("opcua", "mqtt"):
+        del out[2]
+    return tuple(out)
+
+
+def load_config(path: str | Path) -> EdgeConfig:
+    """Validate ``path``; ConfigError (CLI exit 2) names file:line: key on any problem."""
+    from pydantic import ValidationError
+
+    from plantstream.config import _line_of
+
+    load_yaml(path, _AnyMapping)  # unreadable file, bad YAML, non-mapping: its errors are already precise
+    text = Path(path).read_text(encoding="utf-8")
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    try:
+        cfg = EdgeConfig.model_validate(yaml.safe_load(text) or {})
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = _clean_loc(tuple(err["loc"]))
+            key = ".".join(str(x) for x in loc) or "(top level)"
+            lines.append(f"{path}:{_line_of(node, loc)}: key '{key}': {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+    # A relative buffer path is relative to the config file, not to wherever the agent was started.
+    if cfg.buffer.path is not None and not cfg.buffer.path.is_absolute():
+        cfg = cfg.model_copy(
+            update={"buffer": cfg.buffer.model_copy(update={"path": Path(path).parent / cfg.buffer.path})}
+        )
+    return cfg
+
+
+def dump_dict(cfg: EdgeConfig) -> dict[str, Any]:
+    """Plain data for YAML, secrets revealed (the file is the secret's home), unset values left out."""
+    data = cfg.model_dump(mode="json", exclude_none=True)
+
+    def reveal(model: BaseModel, out: dict[str, Any]) -> None:
+        for name in type(model).model_fields:
+            v = getattr(model, name)
+            if isinstance(v, SecretStr):
+                out[name] = v.get_secret_value()
+            elif isinstance(v, BaseModel) and name in out:
+                reveal(v, out[name])
+            elif isinstance(v, list) and name in out:
+                for item, o in zip(v, out[name], strict=True):
+                    if isinstance(item, BaseModel):
+                        reveal(item, o)
+
+    reveal(cfg, data)
+    return data
+
+
+__all__ = [
+    "Backoff",
+    "BatchConfig",
+    "BufferConfig",
+    "ConfigError",
+    "EdgeConfig",
+    "KafkaTarget",
+    "MqttSource",
+    "MqttSubscription",
+    "MqttTag",
+    "OpcuaSource",
+    "OpcuaTag",
+    "TagDefaults",
+    "dump_dict",
+    "load_config",
+    "template_fields",
+    "template_filter",
+]

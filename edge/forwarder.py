@@ -1,0 +1,185 @@
+"""Forward buffered messages to Kafka, oldest first, deleting each only once Kafka acknowledged it.
+
+``pump()`` is called repeatedly from the agent loop (never blocks): it serves delivery
+callbacks, deletes what was delivered, and produces more entries up to ``max_inflight``.
+On a failed delivery it stops producing, waits for everything in flight to resolve, then
+rewinds to the oldest undelivered entry after a backoff, so replay after an outage stays in
+append order (duplicates are possible, loss is not: delivery is at-least-once).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from plantstream.edge.buffer import Buffer
+
+from plantstream.log import Throttle
+
+log = logging.getLogger(__name__)
+
+ProducerFactory = Callable[[], Producer]
+
+
+@dataclass(slots=True)
+class ForwardStats:
+    delivered_entries: int = 0
+    delivered_readings: int = 0
+    failures: int = 0
+    unsendable: int = 0
+    per_source: dict[str, int] = field(default_factory=dict)
+    last_error: str = ""
+    last_delivery_us: int | None = None
+
+
+class Forwarder:
+    def __init__(
+        self,
+        buffer: Buffer,
+        producer_factory: ProducerFactory,
+        max_inflight: int = 2000,
+        backoff_min_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        on_delivered: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.buffer = buffer
+        self._factory = producer_factory
+        self.producer = producer_factory()
+        self.max_inflight = max_inflight
+        self._cursor = 0  # highest id handed to the producer
+        # id -> (source, readings, topic); payloads live in librdkafka's queue, not here.
+        self._inflight: dict[int, tuple[str, int, str]] = {}
+        self._done: list[int] = []
+        self._retry_from: int | None = None
+        self._fatal = False
+        self._resume_at = 0.0
+        self._backoff_min = backoff_min_s
+        self._backoff_max = backoff_max_s
+        self._backoff = backoff_min_s
+        self._throttle = Throttle(30.0)
+        self._on_delivered = on_delivered
+        self.stats = ForwardStats()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    @property
+    def healthy(self) -> bool:
+        return self._retry_from is None and not self._fatal
+
+    def _callback(self, rid: int) -> Callable[[KafkaError | None, Message], None]:
+        def cb(err: KafkaError | None, msg: Message) -> None:
+            info = self._inflight.pop(rid, None)
+            if info is None:
+                return
+            source, n, topic = info
+            if err is None:
+                self._done.append(rid)
+                st = self.stats
+                st.delivered_entries += 1
+                st.delivered_readings += n
+                st.per_source[source] = st.per_source.get(source, 0) + n
+                st.last_delivery_us = time.time_ns() // 1000
+                if self._on_delivered is not None:
+                    self._on_delivered(source, n)
+                return
+            self.stats.failures += 1
+            self.stats.last_error = err.str()
+            if err.fatal():
+                self._fatal = True
+            self._retry_from = rid if self._retry_from is None else min(self._retry_from, rid)
+            n = self._throttle.should(f"fail:{err.name()}")
+            if n >= 0:
+                log.warning(
+                    "kafka delivery failed; entries stay buffered and are retried in order",
+                    extra={"kv": {"error": err.str(), "code": err.name(), "topic": topic, "suppressed": n}},
+                )
+
+        return cb
+
+    def pump(self, budget: int | None = None) -> int:
+        """One non-blocking round; returns entries handed to the producer."""
+        self.producer.poll(0)
+        self.commit_deletes()
+        if self._retry_from is not None or self._fatal:
+            if self._inflight:
+                return 0  # wait until every in-flight message has resolved, then rewind
+            now = time.monotonic()
+            if self._resume_at == 0.0:
+                self._resume_at = now + self._backoff
+                self._backoff = min(self._backoff * 2, self._backoff_max)
+                return 0
+            if now < self._resume_at:
+                return 0
+            if self._fatal:
+                # An idempotent producer in a fatal state never recovers; start a fresh one.
+                log.warning("kafka producer hit a fatal error; creating a new producer")
+                self.producer = self._factory()
+                self._fatal = False
+            if self._retry_from is not None:
+                self._cursor = self._retry_from - 1
+            self._retry_from = None
+            self._resume_at = 0.0
+        room = self.max_inflight - len(self._inflight)
+        if budget is not None:
+            room = min(room, budget)
+        sent = 0
+        while room > 0:
+            rows = self.buffer.read(self._cursor, min(room, 500))
+            if not rows:
+                break
+            for st in rows:
+                e = st.entry
+                try:
+                    self.producer.produce(
+                        e.topic, value=e.value, key=e.key, headers=e.headers, on_delivery=self._callback(st.id)
+                    )
+                except BufferError:
+                    self.producer.poll(0)
+                    return sent  # librdkafka's queue is full; continue next round from the cursor
+                except KafkaException as exc:
+                    # Not retriable (e.g. larger than message.max.bytes): never sendable; drop it
+                    # rather than block everything behind it.
+                    self.stats.unsendable += 1
+                    log.error(
+                        "dropping an unsendable buffered message",
+                        extra={"kv": {"error": str(exc), "topic": e.topic, "bytes": len(e.value)}},
+                    )
+                    self._done.append(st.id)
+                    self._cursor = st.id
+                    continue
+                self._inflight[st.id] = (e.source, e.count, e.topic)
+                self._cursor = st.id
+                sent += 1
+                room -= 1
+            if len(rows) < 500:
+                break
+        if sent:
+            self.producer.poll(0)
+        if self.healthy and self.stats.delivered_entries and not self._inflight:
+            self._backoff = self._backoff_min
+        return sent
+
+    def commit_deletes(self) -> int:
+        if not self._done:
+            return 0
+        done, self._done = self._done, []
+        if self._retry_from is None and self._backoff != self._backoff_min:
+            self._backoff = self._backoff_min
+        return int(self.buffer.delete(done))
+
+    def drain(self, timeout_s: float) -> bool:
+        """Forward until the buffer is empty or timeout; True if everything was delivered."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.pump()
+            if not self._inflight and self.buffer.depth().entries == 0:
+                return True
+            self.producer.poll(0.02)
+        self.producer.poll(0)
+        self.commit_deletes()
+        return False

@@ -1,0 +1,200 @@
+"""MQTT topic + JSON payload -> Sample, as a pure function of the config (no broker needed).
+
+Every failure raises :class:`Malformed` with a reason fit for the dead-letter header.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from typing import Any
+
+from paho.mqtt.client import topic_matches_sub
+from plantstream.edge.batcher import Sample
+from plantstream.edge.config import MqttSource, MqttSubscription, MqttTag, TagDefaults
+
+from plantstream.contract import Quality, Value
+
+_QUALITY: dict[str | int, int] = {"good": 0, "uncertain": 1, "bad": 2, 0: 0, 1: 1, 2: 2}
+
+
+class Malformed(ValueError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Template:
+    """Compiled topic template: literal segments, one-segment and (at most one) multi-segment fields."""
+
+    def __init__(self, template: str) -> None:
+        segs = template.split("/")
+        self.multi_at: int | None = None
+        self.segs: list[tuple[str, str | None]] = []  # (literal, field name)
+        for i, seg in enumerate(segs):
+            if seg.startswith("{") and seg.endswith("}"):
+                name = seg[1:-1]
+                if name.endswith("+"):
+                    name = name[:-1]
+                    self.multi_at = i
+                self.segs.append(("", name))
+            else:
+                self.segs.append((seg, None))
+
+    def match(self, topic: str) -> dict[str, str] | None:
+        parts = topic.split("/")
+        segs = self.segs
+        out: dict[str, str] = {}
+        if self.multi_at is None:
+            if len(parts) != len(segs):
+                return None
+            pairs = list(zip(segs, parts, strict=True))
+        else:
+            tail = len(segs) - self.multi_at - 1
+            if len(parts) < len(segs):
+                return None
+            head = parts[: self.multi_at]
+            mid = parts[self.multi_at : len(parts) - tail]
+            end = parts[len(parts) - tail :]
+            name = segs[self.multi_at][1]
+            assert name is not None
+            if any(not p for p in mid):
+                return None
+            out[name] = "/".join(mid)
+            pairs = list(zip(segs[: self.multi_at], head, strict=True)) + list(
+                zip(segs[self.multi_at + 1 :], end, strict=True)
+            )
+        for (literal, name), part in pairs:
+            if name is None:
+                if part != literal:
+                    return None
+            else:
+                if not part:
+                    return None
+                out[name] = part
+        return out
+
+
+def _path(doc: Any, path: str) -> Any:
+    cur = doc
+    for key in path.split("."):
+        if isinstance(cur, dict) and key in cur:
+            cur = cur[key]
+        elif isinstance(cur, list) and key.isdigit() and int(key) < len(cur):
+            cur = cur[int(key)]
+        else:
+            raise KeyError(path)
+    return cur
+
+
+def _timestamp(raw: Any, fmt: str) -> int:
+    if fmt == "iso8601":
+        if not isinstance(raw, str):
+            raise Malformed("timestamp is not an ISO 8601 string")
+        try:
+            dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise Malformed("timestamp is not valid ISO 8601") from None
+        if dt.tzinfo is None:
+            raise Malformed("ISO 8601 timestamp lacks a time zone")
+        return int(dt.timestamp() * 1_000_000)
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        raise Malformed(f"timestamp is {type(raw).__name__}, not a number ({fmt})")
+    scale = {"epoch_us": 1, "epoch_ms": 1000, "epoch_s": 1_000_000}[fmt]
+    ts = int(raw) * scale if isinstance(raw, int) else round(raw * scale)
+    if not 0 < ts < 32_503_680_000_000_000:  # year 3000
+        raise Malformed(f"timestamp {raw} out of range for {fmt}")
+    return ts
+
+
+class MqttDecoder:
+    def __init__(self, cfg: MqttSource) -> None:
+        self.cfg = cfg
+        self.subs: list[tuple[MqttSubscription, _Template | None]] = [
+            (s, _Template(s.template) if s.template else None) for s in cfg.subscriptions
+        ]
+        self.tags: dict[str, MqttTag] = {t.tag: t for t in cfg.tags}
+        self.defaults: TagDefaults = cfg.defaults
+
+    def decode(self, topic: str, payload: bytes, received_us: int) -> Sample:
+        if len(payload) > self.cfg.max_payload_bytes:
+            raise Malformed(f"payload of {len(payload)} bytes exceeds max_payload_bytes {self.cfg.max_payload_bytes}")
+        for sub, tmpl in self.subs:
+            if tmpl is not None:
+                fields = tmpl.match(topic)
+                if fields is None:
+                    continue
+            elif topic_matches_sub(sub.filter, topic):
+                fields = {}
+            else:
+                continue
+            return self._decode(sub, fields, payload, received_us)
+        raise Malformed("topic matches no configured subscription template")
+
+    def _decode(self, sub: MqttSubscription, fields: dict[str, str], payload: bytes, received_us: int) -> Sample:
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Malformed(f"payload is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise Malformed(f"payload is not JSON: {exc}") from None
+        tag = sub.tag or fields.get("tag", "")
+        listed = self.tags.get(tag)
+        if listed is None and not self.cfg.accept_unlisted:
+            raise Malformed(f"tag {tag!r} is not configured and accept_unlisted is false")
+        if "equipment" in fields:
+            equipment = sub.equipment_prefix + fields["equipment"]
+        elif sub.equipment:
+            equipment = sub.equipment
+        elif listed is not None:
+            equipment = listed.equipment
+        else:
+            raise Malformed("no equipment for this topic")
+        levels = equipment.split("/")
+        if not 1 <= len(levels) <= 5 or not all(levels):
+            raise Malformed(f"equipment path {equipment!r} is not 1-5 ISA-95 levels")
+        try:
+            value: Value = _path(doc, sub.value_path) if sub.value_path else doc
+        except KeyError:
+            raise Malformed(f"value missing at '{sub.value_path}'") from None
+        if value is None or not isinstance(value, float | int | str):  # bool is an int
+            raise Malformed(f"value is {type(value).__name__}; expected a number, bool or string")
+        if sub.timestamp_path:
+            try:
+                raw_ts = _path(doc, sub.timestamp_path)
+            except KeyError:
+                raise Malformed(f"timestamp missing at '{sub.timestamp_path}'") from None
+            ts = _timestamp(raw_ts, sub.timestamp_format)
+        else:
+            ts = received_us
+        if sub.unit is not None:
+            unit = sub.unit
+        else:
+            unit = None
+            if sub.unit_path:
+                try:
+                    raw_unit = _path(doc, sub.unit_path)
+                except KeyError:
+                    raw_unit = None
+                if raw_unit is not None and not isinstance(raw_unit, str):
+                    raise Malformed(f"unit is {type(raw_unit).__name__}, not a string")
+                unit = raw_unit
+            if unit is None:
+                unit = listed.unit if listed is not None and listed.unit is not None else self.defaults.unit
+        quality = Quality.GOOD
+        if sub.quality_path:
+            try:
+                raw_q = _path(doc, sub.quality_path)
+            except KeyError:
+                raw_q = "good"
+            try:
+                if isinstance(raw_q, bool):  # True/False == 1/0 as dict keys; a bool means good/bad
+                    quality = Quality.GOOD if raw_q else Quality.BAD
+                else:
+                    quality = Quality(_QUALITY[raw_q.lower() if isinstance(raw_q, str) else raw_q])
+            except (KeyError, TypeError):
+                raise Malformed(f"quality {raw_q!r} is not good/uncertain/bad") from None
+        return (equipment, tag, ts, value, unit, int(quality), None, None)

@@ -1,0 +1,196 @@
+"""MQTT JSON connector (paho-mqtt 2.x, callback API v2, manual acks, persistent session).
+
+Delivery contract: a QoS 1 message is PUBACKed only after its reading (or its dead letter) is
+committed to the edge buffer. The session is persistent (fixed client id, clean_session False /
+MQTT 5 clean_start False with a session expiry), so messages published while the agent is down
+or restarting are held by the broker and delivered on reconnect. Acks of a previous connection
+are never sent on a new one (the broker redelivers those messages; duplicates, not loss).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Hashable
+from typing import Any, cast
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from plantstream.edge.config import MqttSource
+from plantstream.edge.mqtt.decode import Malformed, MqttDecoder
+from plantstream.edge.source import DeadLetter, Delivery, Inbox, Source, now_us
+
+from plantstream.config import mask_url
+from plantstream.contract import Origin
+from plantstream.log import Throttle
+
+log = logging.getLogger(__name__)
+
+
+class MqttJsonSource(Source):  # type: ignore[misc]  # Source is Any to mypy: editable-install namespace
+    origin = Origin.MQTT
+
+    def __init__(self, cfg: MqttSource, agent_id: str, inbox: Inbox) -> None:
+        super().__init__(cfg.id, "mqtt", mask_url(cfg.url.get_secret_value()), inbox)
+        self.cfg = cfg
+        self.client_id = cfg.client_id or f"plantstream-{agent_id}-{cfg.id}"
+        self.decoder = MqttDecoder(cfg)
+        self._gen = 0  # connection generation: acks are only valid on the connection that got the message
+        self._lock = threading.Lock()
+        self._throttle = Throttle(30.0)
+        self._client: mqtt.Client | None = None
+        self._ever_connected = False
+
+    def _make_client(self) -> mqtt.Client:
+        v5 = self.cfg.protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else False,
+            manual_ack=True,
+            reconnect_on_failure=True,
+        )
+        user, pwd = self.cfg.credentials()
+        if user:
+            client.username_pw_set(user, pwd)
+        client.reconnect_delay_set(max(1, int(self.cfg.reconnect.min_s)), max(1, int(self.cfg.reconnect.max_s)))
+        # paho's own queue of outgoing packets is in memory; we only send acks and subscribes.
+        client.max_inflight_messages_set(1000)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    async def run(self) -> None:
+        client = self._client = self._make_client()
+        props = None
+        kwargs: dict[str, Any] = {}
+        if self.cfg.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = self.cfg.session_expiry_s
+            kwargs = {"clean_start": False, "properties": props}
+        client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, **kwargs)
+        client.loop_start()
+        try:
+            await self._stop.wait()
+        finally:
+            await asyncio.to_thread(self._shutdown, client)
+
+    def _shutdown(self, client: mqtt.Client) -> None:
+        with self._lock:
+            self._gen += 1  # no ack after this point: the broker keeps those messages for us
+        client.disconnect()
+        client.loop_stop()
+        self.status.connected = False
+
+    # --- paho callbacks (paho's network thread) ---------------------------------------------
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        rc: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if rc.is_failure:
+            self.status.last_error = f"connect refused: {rc}"
+            if self._throttle.should("refused") >= 0:
+                log.warning("mqtt connect refused", extra={"kv": {"source": self.id, "reason": str(rc)}})
+            return
+        with self._lock:
+            self._gen += 1
+        if self._ever_connected:
+            self.status.reconnects += 1
+        self._ever_connected = True
+        subs = [(s.filter, s.qos if s.qos is not None else self.cfg.qos) for s in self.cfg.subscriptions]
+        client.subscribe(subs)
+        log.info(
+            "mqtt connected",
+            extra={
+                "kv": {
+                    "source": self.id,
+                    "session_present": flags.session_present,
+                    "subscriptions": [f for f, _ in subs],
+                }
+            },
+        )
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        # "Connected" means readings can flow: only once the broker has granted the subscriptions.
+        failed = [str(rc) for rc in reason_codes if rc.is_failure]
+        if failed:
+            self.status.last_error = f"subscription refused: {', '.join(failed)}"
+            log.warning("mqtt subscription refused", extra={"kv": {"source": self.id, "reasons": failed}})
+        self.status.connected = not failed
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        rc: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._lock:
+            self._gen += 1
+        was = self.status.connected
+        self.status.connected = False
+        if self._stopping:
+            return
+        self.status.last_error = f"disconnected: {rc}"
+        n = self._throttle.should("disconnect")
+        if was or n >= 0:
+            log.warning(
+                "mqtt disconnected; reconnecting with backoff",
+                extra={"kv": {"source": self.id, "reason": str(rc), "suppressed": max(n, 0)}},
+            )
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        token: Hashable | None = (self._gen, msg.mid) if msg.qos > 0 else None
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            self._dead(msg.payload, "topic is not UTF-8", repr(msg._topic), token)
+            return
+        try:
+            sample = self.decoder.decode(topic, msg.payload, now_us())
+        except Malformed as exc:
+            self._dead(msg.payload, exc.reason, topic, token)
+            return
+        except Exception as exc:  # a decoder bug must not kill paho's thread or lose the message
+            log.exception("mqtt decode failed unexpectedly", extra={"kv": {"source": self.id, "topic": topic}})
+            self._dead(msg.payload, f"internal error: {exc!r}", topic, token)
+            return
+        self.inbox.put(Delivery(self.id, Origin.MQTT, [sample], None, token))
+
+    def _dead(self, payload: bytes | bytearray, reason: str, topic: str, token: Hashable | None) -> None:
+        self.inbox.put(
+            Delivery(self.id, Origin.MQTT, None, DeadLetter(bytes(payload), reason, f"{self.id}:{topic}"), token)
+        )
+
+    # --- agent side ----------------------------------------------------------------------------
+
+    def ack(self, tokens: list[Hashable]) -> None:
+        client = self._client
+        if client is None:
+            return
+        with self._lock:
+            gen = self._gen
+            for tok in tokens:
+                g, mid = cast(tuple[int, int], tok)
+                if g == gen:
+                    client.ack(mid, 1)

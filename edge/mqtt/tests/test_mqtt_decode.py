@@ -1,0 +1,76 @@
+"""Topic templates and JSON payloads -> samples, and every malformed shape named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from plantstream.edge.config import MqttSource
+from plantstream.edge.mqtt.decode import Malformed, MqttDecoder
+
+
+def _decoder(**sub: object) -> MqttDecoder:
+    cfg = MqttSource.model_validate(
+        {
+            "type": "mqtt",
+            "id": "m",
+            "url": "mqtt://127.0.0.1:1883",
+            "max_payload_bytes": 200,
+            "subscriptions": [{"template": "plantstream-sim/steel/{equipment+}/{tag}", **sub}],
+            "tags": [{"tag": "t1", "equipment": "acme/x", "unit": "bar"}],
+        }
+    )
+    return MqttDecoder(cfg)
+
+
+def test_template_maps_segments_to_equipment_and_tag() -> None:
+    d = _decoder()
+    s = d.decode(
+        "plantstream-sim/steel/acme/site/area/line/unit/mould.level",
+        json.dumps({"ts_us": 1_700_000_000_000_001, "value": 12.5, "unit": "mm", "quality": "good"}).encode(),
+        5,
+    )
+    assert s == ("acme/site/area/line/unit", "mould.level", 1_700_000_000_000_001, 12.5, "mm", 0, None, None)
+
+
+def test_values_keep_their_type_and_quality_maps() -> None:
+    d = _decoder()
+    base = "plantstream-sim/steel/acme/x/"
+    assert d.decode(base + "t1", b'{"ts_us": 5, "value": true, "quality": "bad"}', 0)[3:6] == (True, "bar", 2)
+    assert d.decode(base + "t2", b'{"ts_us": 5, "value": 7}', 0)[3] == 7
+    assert d.decode(base + "t2", b'{"ts_us": 5, "value": "RUN"}', 0)[3] == "RUN"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "raw", "us"),
+    [
+        ("epoch_ms", 1_700_000_000_123, 1_700_000_000_123_000),
+        ("epoch_s", 1_700_000_000.5, 1_700_000_000_500_000),
+        ("iso8601", "2023-11-14T22:13:20.25Z", 1_700_000_000_250_000),
+    ],
+)
+def test_timestamp_formats(fmt: str, raw: object, us: int) -> None:
+    d = _decoder(timestamp_format=fmt)
+    assert d.decode("plantstream-sim/steel/a/t", json.dumps({"ts_us": raw, "value": 1}).encode(), 0)[2] == us
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        ("plantstream-sim/steel/a/t", b"{not json", "not JSON"),
+        ("plantstream-sim/steel/a/t", b"\xff\xfe", "not UTF-8"),
+        ("plantstream-sim/steel/a/t", b'{"ts_us": 1}', "value missing"),
+        ("plantstream-sim/steel/a/t", b'{"ts_us": 1, "value": null}', "value is NoneType"),
+        ("plantstream-sim/steel/a/t", b'{"ts_us": 1, "value": [1]}', "value is list"),
+        ("plantstream-sim/steel/a/t", b'{"ts_us": "x", "value": 1}', "timestamp is str"),
+        ("plantstream-sim/steel/a/t", b'{"value": 1}', "timestamp missing"),
+        ("plantstream-sim/steel/a/t", b'{"ts_us": 1, "value": 1, "quality": "meh"}', "quality"),
+        ("plantstream-sim/steel/a/t", b'{"ts_us": 1, "value": 1, "unit": 3}', "unit is int"),
+        ("plantstream-sim/steel/a/t", b"[" + b"1," * 150 + b"1]", "exceeds max_payload_bytes"),
+        ("plantstream-sim/steel/a/b/c/d/e/f/t", b'{"ts_us": 1, "value": 1}', "not 1-5 ISA-95 levels"),
+        ("other/topic", b'{"ts_us": 1, "value": 1}', "matches no configured"),
+    ],
+)
+def test_malformed_payloads_name_the_reason(topic: str, payload: bytes, reason: str) -> None:
+    with pytest.raises(Malformed, match=reason):
+        _decoder().decode(topic, payload, 0)

@@ -1,0 +1,159 @@
+"""What every connector shares: the inbox it hands readings to, and its status.
+
+Connectors never touch the buffer or Kafka. They put :class:`Delivery` items into the
+:class:`Inbox` (from any thread); the agent loop commits them to the buffer and only then calls
+``Source.ack(tokens)`` so the connector can acknowledge upstream (MQTT PUBACK).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import Hashable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from plantstream.edge.batcher import Sample
+
+from plantstream.contract import Origin
+
+
+@dataclass(slots=True, frozen=True)
+class DeadLetter:
+    """A payload the connector could not turn into readings; goes to the dead-letter topic as is."""
+
+    payload: bytes
+    reason: str
+    origin: str  # "<source id>:<address>"
+
+
+@dataclass(slots=True)
+class Delivery:
+    source: str
+    origin: Origin
+    samples: list[Sample] | None = None
+    deadletter: DeadLetter | None = None
+    ack: Hashable | None = None  # handed back to Source.ack after the commit
+
+
+class Inbox:
+    """Thread-safe, unbounded hand-off into the agent loop.
+
+    A deque append is atomic in CPython; the loop is woken only when it is actually waiting,
+    so a busy producer thread does not pay a self-pipe write per message.
+    """
+
+    def __init__(self) -> None:
+        self._q: collections.deque[Delivery] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+        self._waiting = False
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._event = asyncio.Event()
+
+    def put(self, item: Delivery) -> None:
+        self._q.append(item)
+        if self._waiting and self._loop is not None and self._event is not None:
+            self._waiting = False
+            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+                self._loop.call_soon_threadsafe(self._event.set)
+
+    def put_nowait_in_loop(self, item: Delivery) -> None:
+        """From the loop's own thread (asyncio sources): no wake-up round trip needed."""
+        self._q.append(item)
+        if self._waiting and self._event is not None:
+            self._waiting = False
+            self._event.set()
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def drain(self, limit: int = 100_000) -> list[Delivery]:
+        q = self._q
+        out: list[Delivery] = []
+        while q and len(out) < limit:
+            out.append(q.popleft())
+        return out
+
+    async def wait(self, timeout: float) -> None:
+        """Return when items are queued or after timeout."""
+        if self._q or timeout <= 0:
+            return
+        assert self._event is not None
+        self._event.clear()
+        self._waiting = True
+        if self._q:  # raced with a put that saw _waiting False
+            self._waiting = False
+            return
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiting = False
+
+
+@dataclass
+class SourceStatus:
+    id: str
+    kind: str
+    endpoint: str
+    connected: bool = False
+    reconnects: int = 0
+    readings_in: int = 0
+    bad_quality: int = 0
+    deadletters: int = 0
+    last_error: str = ""
+    last_reading_us: int | None = None
+    failing: dict[str, str] = field(default_factory=dict)  # node/tag -> why
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Source:
+    """Base for connectors. ``run()`` runs until ``stop()``; it must survive any upstream failure."""
+
+    origin: Origin
+
+    def __init__(self, source_id: str, kind: str, endpoint: str, inbox: Inbox) -> None:
+        self.id = source_id
+        self.inbox = inbox
+        self.status = SourceStatus(source_id, kind, endpoint)
+        self._stop = asyncio.Event()
+        self._stopping = False
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._stop.set()
+
+    def ack(self, tokens: list[Hashable]) -> None:
+        """Called by the agent after the deliveries carrying ``tokens`` were committed."""
+
+    def mark_failing(self, what: str, why: str) -> bool:
+        """Record a failing node/tag; True the first time (so the caller logs once)."""
+        first = what not in self.status.failing
+        self.status.failing[what] = why
+        return first
+
+    def clear_failing(self, what: str) -> None:
+        self.status.failing.pop(what, None)
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep unless stopped first; True if stopped."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+            return True
+        except TimeoutError:
+            return self._stop.is_set()
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
