@@ -1,0 +1,353 @@
+"""The pure stream processor: decoded inputs in, outputs out. No Kafka, no clocks of its own.
+
+One :class:`Processor` per source partition (its windows, dedup marks and excursions belong to
+that partition's keys); one :class:`SharedContext` per worker (tag rules and lot context are
+needed by every partition: a lot started on a parent equipment stamps children that hash to
+other partitions, and tag metadata is keyed by tag, not equipment).
+
+Failure behaviour: nothing here raises on input. Undecodable records become :class:`DeadLetter`
+outputs with the reason; tag metadata whose unit or datatype cannot be compiled is dead-lettered
+and readings of that tag pass through with quality UNCERTAIN and a reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from plantstream.producers.codec import (
+    Aggregate,
+    CodecError,
+    ReadingBatch,
+    decode_context,
+    decode_readings,
+    decode_tag_meta,
+)
+from plantstream.streams.logic.dedup import Deduplicator
+from plantstream.streams.logic.lots import LotTracker
+from plantstream.streams.logic.specs import Deviation, SpecChecker, SpecRegistry, deviation_id
+from plantstream.streams.logic.units import Converter, UnitError, compile_converter
+from plantstream.streams.logic.validate import BAD, RuleError, TagRule, Validator, compile_rule
+from plantstream.streams.logic.windows import ACCEPTED, LATE, SECOND_US, WindowEngine
+
+from plantstream.contract import ContextEvent, ContextKind, TagMeta
+
+log = logging.getLogger(__name__)
+
+LATE_REASON = "late: its aggregation window had closed"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorConfig:
+    allowed_lateness_s: float = 2.0
+    idle_timeout_s: float = 90.0
+    dedup_max_streams: int = 200_000
+    lot_history: int = 256
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A record that could not be processed: the original bytes and why."""
+
+    value: bytes | None
+    reason: str
+    origin: str  # topic/partition/offset
+    key: bytes | None = None
+    headers: Sequence[tuple[str, bytes | None]] = ()
+
+
+@dataclass(slots=True)
+class Output:
+    clean: list[ReadingBatch] = field(default_factory=list)
+    aggregates: list[Aggregate] = field(default_factory=list)
+    deviations: list[Deviation] = field(default_factory=list)
+    deadletters: list[DeadLetter] = field(default_factory=list)
+    readings_in: int = 0
+    duplicates: int = 0
+    late: int = 0
+
+    def extend(self, other: Output) -> None:
+        self.clean += other.clean
+        self.aggregates += other.aggregates
+        self.deviations += other.deviations
+        self.deadletters += other.deadletters
+        self.readings_in += other.readings_in
+        self.duplicates += other.duplicates
+        self.late += other.late
+
+    def __bool__(self) -> bool:
+        return bool(self.clean or self.aggregates or self.deviations or self.deadletters)
+
+
+class SharedContext:
+    """Worker-wide state: compiled tag rules, lot context, spec registry."""
+
+    def __init__(self, registry: SpecRegistry | None = None, lot_history: int = 256) -> None:
+        self.rules: dict[tuple[str, str], TagRule] = {}
+        self.rule_errors: dict[tuple[str, str], str] = {}
+        self.lots = LotTracker(history=lot_history)
+        self.registry = registry
+        self.version = 0  # bumps when rules change (processors drop their per-tag caches)
+
+    def register_tag(self, meta: TagMeta) -> str | None:
+        """Compile and install ``meta``; returns the error (and keeps the tag unruled) if unusable."""
+        key = (meta.plant, meta.tag)
+        self.version += 1
+        try:
+            rule = compile_rule(meta)
+        except RuleError as exc:
+            self.rules.pop(key, None)
+            self.rule_errors[key] = str(exc)
+            return str(exc)
+        self.rules[key] = rule
+        self.rule_errors.pop(key, None)
+        return None
+
+    def tag_record(self, value: bytes | None, origin: str, key: bytes | None = None) -> list[DeadLetter]:
+        """Decode and register one record of the tags topic (None value = compaction tombstone)."""
+        if value is None:
+            return []
+        try:
+            meta = decode_tag_meta(value)
+        except CodecError as exc:
+            return [DeadLetter(value, exc.reason, origin, key)]
+        err = self.register_tag(meta)
+        return [DeadLetter(value, f"tag metadata rejected: {err}", origin, key)] if err else []
+
+    def apply_context(self, ev: ContextEvent) -> bool:
+        return bool(self.lots.apply(ev))
+
+
+@dataclass(slots=True)
+class _TagCache:
+    rule: TagRule | None
+    conv: Converter | None
+    unit: str  # unit of the clean reading
+    numeric: bool
+    prop: str
+
+
+class Processor:
+    """Processes one partition's readings (and lab results routed to it)."""
+
+    def __init__(self, shared: SharedContext, config: ProcessorConfig | None = None, partition: int = 0) -> None:
+        self.shared = shared
+        self.config = config or ProcessorConfig()
+        self.partition = partition
+        self.dedup = Deduplicator(self.config.dedup_max_streams)
+        self.validator = Validator()
+        self.windows = WindowEngine(
+            int(self.config.allowed_lateness_s * 1e6), int(self.config.idle_timeout_s * 1e6), lot_of=shared.lots.lot_at
+        )
+        self.specs = SpecChecker(shared.lots, shared.registry)
+        self._cache: dict[tuple[str, str, str], _TagCache] = {}
+        self._cache_version = -1
+        self.next_offset: int | None = None
+        self.readings_in = 0
+        self.late = 0
+
+    # --- raw records ---------------------------------------------------------------------------
+
+    def process_raw(
+        self,
+        value: bytes | None,
+        origin: str,
+        offset: int,
+        now_us: int,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes | None]] = (),
+    ) -> Output:
+        """Decode one raw-topic record and process it; undecodable -> a dead letter, never raises."""
+        try:
+            if value is None:
+                raise CodecError("empty record (no value)")
+            batch = decode_readings(value)
+        except CodecError as exc:
+            self._advance(offset)
+            return Output(deadletters=[DeadLetter(value, exc.reason, origin, key, headers)])
+        try:
+            return self.process_batch(batch, offset, now_us)
+        except Exception as exc:  # a bug must not stop the partition; the record is kept for replay
+            log.exception("batch processing failed", extra={"kv": {"origin": origin}})
+            self._advance(offset)
+            return Output(deadletters=[DeadLetter(value, f"processing failed: {exc!r}", origin, key, headers)])
+
+    def _advance(self, offset: int) -> None:
+        if self.next_offset is None or offset + 1 > self.next_offset:
+            self.next_offset = offset + 1
+
+    def _tag(self, plant: str, tag: str, unit: str) -> _TagCache:
+        if self._cache_version != self.shared.version:
+            self._cache.clear()
+            self._cache_version = self.shared.version
+        key = (plant, tag, unit)
+        tc = self._cache.get(key)
+        if tc is not None:
+            return tc
+        rule = self.shared.rules.get((plant, tag))
+        conv: Converter | None
+        try:
+            conv = compile_converter(unit)
+        except UnitError:
+            conv = None
+        if rule is not None:
+            numeric = rule.meta.datatype in ("float", "int", "bool")
+            out_unit = rule.canonical if conv is not None and rule.meta.datatype in ("float", "int") else unit
+            if (plant, tag) in self.shared.rule_errors:
+                conv = None
+            tc = _TagCache(rule, conv, out_unit, numeric, rule.meta.spec_property)
+        else:
+            bad_meta = (plant, tag) in self.shared.rule_errors
+            tc = _TagCache(
+                None,
+                None if bad_meta else conv,
+                conv.canonical if conv is not None and not bad_meta else unit,
+                True,
+                "",
+            )
+        if len(self._cache) > 500_000:
+            self._cache.clear()
+        self._cache[key] = tc
+        return tc
+
+    def process_batch(self, batch: ReadingBatch, offset: int, now_us: int) -> Output:
+        """Validate, normalize, dedup, stamp and window one batch (see module doc)."""
+        out = Output()
+        n = len(batch)
+        self._advance(offset)
+        if n == 0:
+            return out
+        plant, eq = batch.plant, batch.equipment
+        out.readings_in = n
+        self.readings_in += n
+        tss = batch.ts_us
+        keep = self.dedup.filter(plant, eq, batch.source, batch.seq, tss)
+        rows: Sequence[int] = range(n) if keep is None else keep
+        out.duplicates = n - len(rows)
+        if not rows:
+            return out
+        lots = self.shared.lots
+        uniform, batch_lot = lots.uniform(plant, eq, min(tss), max(tss))
+        clean = ReadingBatch(plant, eq, batch.origin, batch.source)
+        c_tag, c_unit, c_ts, c_val, c_q = clean.tag, clean.unit, clean.ts_us, clean.value, clean.quality
+        c_sc, c_seq, c_sts, c_lot, c_reason = clean.status_code, clean.seq, clean.server_ts_us, clean.lot, clean.reason
+        tags, units, vals, quals, reasons = batch.tag, batch.unit, batch.value, batch.quality, batch.reason
+        scs, seqs, stss = batch.status_code, batch.seq, batch.server_ts_us
+        check = self.validator.check
+        wadd = self.windows.add
+        wstate = self.windows.state
+        states: dict[str, Any] = {}
+        late: dict[tuple[str, int], list[int]] = {}
+        devs = out.deviations
+        tagc = self._tag
+        for i in rows:
+            tag = tags[i]
+            unit = units[i]
+            t = tss[i]
+            tc = tagc(plant, tag, unit)
+            v, q, r = check(tc.rule, tc.conv, plant, tag, vals[i], t, quals[i], reasons[i])
+            lot = batch_lot if uniform else lots.lot_at(plant, eq, t)
+            if tc.numeric:
+                st = states.get(tag)
+                if st is None:
+                    st = states[tag] = wstate(plant, tag, eq, tc.unit)
+                wv = None if q == BAD or type(v) is str else float(v)
+                res = wadd(st, t, wv, offset, now_us)
+                if res != ACCEPTED and res == LATE:
+                    r = LATE_REASON if not r else f"{r}; {LATE_REASON}"
+                    lk = (tag, t - t % SECOND_US)
+                    rec = late.get(lk)
+                    if rec is None:
+                        late[lk] = [1, t, t]
+                    else:
+                        rec[0] += 1
+                        rec[1] = min(rec[1], t)
+                        rec[2] = max(rec[2], t)
+                if tc.prop and wv is not None:
+                    found = self.specs.check(plant, eq, tag, tc.prop, tc.unit, t, wv, lot)
+                    if found:
+                        devs += found
+            c_tag.append(tag)
+            c_unit.append(tc.unit)
+            c_ts.append(t)
+            c_val.append(v)
+            c_q.append(q)
+            c_sc.append(scs[i])
+            c_seq.append(seqs[i])
+            c_sts.append(stss[i])
+            c_lot.append(lot)
+            c_reason.append(r)
+        out.clean.append(clean)
+        if late:
+            out.late = sum(x[0] for x in late.values())
+            self.late += out.late
+            for (tag, wstart), (count, lo, hi) in sorted(late.items()):
+                devs.append(
+                    {
+                        "id": deviation_id("late", plant, tag, wstart, offset),
+                        "kind": "late_data",
+                        "state": "closed",
+                        "plant": plant,
+                        "equipment": eq,
+                        "tag": tag,
+                        "lot": lots.lot_at(plant, eq, lo),
+                        "window_start_us": wstart,
+                        "count": count,
+                        "start_us": lo,
+                        "end_us": hi,
+                        "reason": "late",
+                        "source": batch.source,
+                    }
+                )
+        out.aggregates = self.windows.collect()
+        return out
+
+    # --- context, time, checkpoints ------------------------------------------------------------
+
+    def process_context(self, ev: ContextEvent, emit_lab: bool = True) -> Output:
+        """Apply a context event to the lot context; lab results become deviations when
+        ``emit_lab`` (only the processor owning the context partition should emit them)."""
+        self.shared.apply_context(ev)
+        out = Output()
+        if emit_lab and ev.kind is ContextKind.LAB_RESULT:
+            out.deviations = self.specs.lab_result(ev)
+        return out
+
+    def tick(self, now_us: int) -> Output:
+        """Idle-timeout closing; call about once a second with processing time."""
+        return Output(aggregates=self.windows.tick(now_us))
+
+    def flush(self) -> Output:
+        """Close all windows and excursions (end of a bounded run)."""
+        return Output(aggregates=self.windows.flush(), deviations=self.specs.close_all())
+
+    def safe_offset(self) -> int | None:
+        """Offset to commit: the oldest offset still contributing to an open window, else the next
+        unprocessed offset (None before the first record)."""
+        oldest = self.windows.safe_offset()
+        return oldest if oldest is not None else self.next_offset
+
+    def checkpoint(self) -> dict[str, Any]:
+        """State a restart needs besides re-reading from :meth:`safe_offset` (JSON-able)."""
+        return {
+            "version": 1,
+            "offset": self.safe_offset(),
+            "horizons": [[p, t, h] for (p, t), h in sorted(self.windows.checkpoint().items())],
+        }
+
+    def restore(self, cp: dict[str, Any]) -> None:
+        if cp.get("version") != 1:
+            raise ValueError(f"unknown checkpoint version {cp.get('version')!r}")
+        self.windows.restore({(p, t): int(h) for p, t, h in cp.get("horizons", [])})
+
+
+def decode_context_record(value: bytes | None, origin: str, key: bytes | None = None) -> ContextEvent | DeadLetter:
+    try:
+        if value is None:
+            raise CodecError("empty record (no value)")
+        ev: ContextEvent = decode_context(value)
+        return ev
+    except CodecError as exc:
+        return DeadLetter(value, exc.reason, origin, key)
