@@ -274,7 +274,7 @@ class Agent:
         dl = d.deadletter
         assert dl is not None
         reason = dl.reason[:500]
-        self.metrics.deadletters.labels(self.cfg.agent_id, d.source, reason.split(":")[0][:60]).inc()
+        self.metrics.deadletters.labels("edge", self.cfg.agent_id, d.source, reason.split(":")[0][:60]).inc()
         if self._throttle.should(f"dead:{d.source}") >= 0:
             log.warning(
                 "malformed payload sent to the dead-letter topic",

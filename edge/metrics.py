@@ -18,9 +18,9 @@ class EdgeMetrics:
         )
         self.reconnects = Counter("plantstream_edge_reconnects", "Source reconnects", lbl, registry=r)
         self.deadletters = Counter(
-            "plantstream_edge_deadletters",
+            "plantstream_deadletters_total",
             "Malformed payloads sent to the dead-letter topic",
-            [*lbl, "reason"],
+            ["stage", *lbl, "reason"],
             registry=r,
         )
         self.failing_nodes = Gauge("plantstream_edge_failing_nodes", "Configured nodes not delivering", lbl, registry=r)

@@ -18,7 +18,9 @@ from plantstream.stack import Stack, StackError
 
 
 @click.command()
-@click.option("--duration", type=float, default=300.0, show_default=True, help="Seconds to run before stopping everything.")
+@click.option(
+    "--duration", type=float, default=300.0, show_default=True, help="Seconds to run before stopping everything."
+)
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--speed", type=float, default=1.0, show_default=True, help="Simulated time per wall-clock second.")
 @click.option("--rate", type=float, default=None, help="Samples per second per tag (simulator default if unset).")
@@ -54,7 +56,9 @@ def demo(duration: float, seed: int, speed: float, rate: float | None, monitor_p
         pipe.start_all(monitor_port=monitor_port if with_monitor else None)
         if with_monitor:
             click.echo(f"demo: live page at http://127.0.0.1:{monitor_port}/")
-        click.echo(f"demo: database {settings.describe()['db']}  (psql \"$(plantstream stack env | sed -n 's/.*DSN=//p')\")")
+        click.echo(
+            f"demo: database {settings.describe()['db']}  (psql \"$(plantstream stack env | sed -n 's/.*DSN=//p')\")"
+        )
         topics = Topics(settings.topic_prefix, settings.partitions)
         t0 = time.monotonic()
         last_rows, last_t = 0, t0

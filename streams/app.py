@@ -50,8 +50,8 @@ DUPLICATES = Counter("plantstream_streams_duplicates_total", "Replayed readings 
 AGGREGATES = Counter("plantstream_streams_aggregates_total", "Closed windows produced", ["window"])
 DEVIATIONS = Counter("plantstream_streams_deviations_total", "Deviation records produced", ["kind"])
 LATE = Counter("plantstream_streams_late_total", "Readings too late for their window")
-DEADLETTERS = Counter("plantstream_streams_deadletters_total", "Records sent to the dead-letter topic", ["topic"])
-LAG = Gauge("plantstream_streams_lag", "Raw records behind the partition high-water mark", ["partition"])
+DEADLETTERS = Counter("plantstream_deadletters_total", "Records sent to the dead-letter topic", ["stage", "topic"])
+LAG = Gauge("plantstream_consumer_lag", "Records behind the partition high-water mark", ["topic", "partition"])
 OPEN_WINDOWS = Gauge("plantstream_streams_open_windows", "Open windows over all partitions")
 
 
@@ -149,7 +149,7 @@ class Runtime:
             (DEADLETTER_ORIGIN_HEADER, dl.origin.encode()),
         ]
         self._send(self.topics.deadletter, dl.value, dl.key, headers)
-        DEADLETTERS.labels(dl.origin.rsplit("/", 2)[0]).inc()
+        DEADLETTERS.labels("streams", dl.origin.rsplit("/", 2)[0]).inc()
         if (n := self.throttle.should("deadletter")) >= 0:
             log.warning("record dead-lettered", extra={"kv": {"reason": dl.reason, "origin": dl.origin, "repeats": n}})
 
@@ -297,7 +297,7 @@ def build_app(settings: Settings, cfg: StreamsConfig) -> tuple[faust.App, Runtim
             rt.pending.setdefault(msg.partition, deque()).append(event)
             hw = app.consumer.highwater(msg.tp) if hasattr(app.consumer, "highwater") else None
             if hw is not None:
-                LAG.labels(str(msg.partition)).set(max(0, hw - msg.offset - 1))
+                LAG.labels(msg.topic, str(msg.partition)).set(max(0, hw - msg.offset - 1))
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, *args: Any, **kw: Any) -> None:

@@ -48,6 +48,41 @@ def db_readings(dsn: str) -> dict[tuple[str, str, int], Any]:
     return out
 
 
+def ledger_events(path: Path, kind: str) -> list[dict[str, Any]]:
+    with path.open() as f:
+        return [rec for rec in map(json.loads, f) if rec.get("event") == kind]
+
+
+def aggregate_rows(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM aggregates_1s").fetchone()
+        return int(row[0]) if row else 0
+
+
+def aggregates_disagreeing_with_readings(dsn: str) -> list[tuple[Any, ...]]:
+    sql = """
+        SELECT a.tag_id, a.start, a.count, a.bad_count, r.good, r.bad
+        FROM aggregates_1s a
+        CROSS JOIN LATERAL (
+            SELECT count(*) FILTER (WHERE quality < 2) AS good, count(*) FILTER (WHERE quality = 2) AS bad
+            FROM readings WHERE tag_id = a.tag_id AND time >= a.start AND time < a.start + interval '1 second'
+        ) r
+        WHERE (a.count, a.bad_count) IS DISTINCT FROM (r.good, r.bad)
+    """
+    with psycopg.connect(dsn) as conn:
+        return list(conn.execute(sql).fetchall())
+
+
+def lot_stamps(dsn: str) -> list[tuple[str, str, int]]:
+    sql = """
+        SELECT t.plant, l.lot, count(*) FROM readings r
+        JOIN tags t ON t.id = r.tag_id JOIN lots l ON l.id = r.lot_id
+        GROUP BY 1, 2
+    """
+    with psycopg.connect(dsn) as conn:
+        return [(p, lot, int(n)) for p, lot, n in conn.execute(sql).fetchall()]
+
+
 def count_readings(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
         row = conn.execute("SELECT count(*) FROM readings").fetchone()
@@ -89,6 +124,9 @@ def test_database_holds_exactly_what_the_simulators_emitted(settings: Settings, 
         )
         pipe.check_alive(allow_exited=[p.name for p in pipe.procs if p.name.startswith("sim-")])
         got = db_readings(settings.dsn)
+        wait_until(lambda: aggregate_rows(settings.dsn) > 0, 120, "closed 1 s windows in aggregates_1s", interval=1.0)
+        agg_mismatch = aggregates_disagreeing_with_readings(settings.dsn)
+        lots = lot_stamps(settings.dsn)
     finally:
         pipe.stop()
 
@@ -111,3 +149,13 @@ def test_database_holds_exactly_what_the_simulators_emitted(settings: Settings, 
         elif value != want or type(value) is not type(want):
             mismatches.append((key, want, value))
     assert not mismatches, f"{len(mismatches)} values differ, e.g. {mismatches[:5]}"
+    print(f"e2e: {len(expected)} readings compared exactly")
+
+    # Every 1 s aggregate counts exactly the stored readings of its window (good ones in stats).
+    assert agg_mismatch == [], f"aggregates disagree with readings: {agg_mismatch[:5]}"
+    # Lots come from the simulators' MES over Kafka; streams stamps them onto the readings.
+    ledger_lots = {(plant, rec["lot"]) for plant in PLANTS for rec in ledger_events(pipe.ledger(plant), "lot_start")}
+    assert ledger_lots, "no lot started during the run"
+    stamped_plants = {plant for plant, _lot, n in lots if n > 0}
+    assert stamped_plants == set(PLANTS), lots
+    assert {(plant, lot) for plant, lot, _ in lots} <= ledger_lots

@@ -47,7 +47,9 @@ def test_missing_key_and_yaml_syntax(tmp_path: Path) -> None:
 
 
 def test_settings_from_env_masks_secrets() -> None:
-    s = Settings.from_env({"PLANTSTREAM_DB_DSN": "postgresql://u:hunter2@h:5/db", "PLANTSTREAM_KAFKA_BOOTSTRAP": "k:9092"})
+    s = Settings.from_env(
+        {"PLANTSTREAM_DB_DSN": "postgresql://u:hunter2@h:5/db", "PLANTSTREAM_KAFKA_BOOTSTRAP": "k:9092"}
+    )
     assert s.dsn == "postgresql://u:hunter2@h:5/db"
     assert "hunter2" not in repr(s)
     assert s.describe()["db"] == "postgresql://u:***@h:5/db"
@@ -66,7 +68,12 @@ def test_logs_redact_passwords(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_cli_exits_2_on_bad_environment() -> None:
     env = {"PATH": "/usr/bin:/bin", "PLANTSTREAM_DB_DSN": "x", "PLANTSTREAM_PARTITIONS": "-1"}
-    out = subprocess.run([sys.executable, "-m", "plantstream.cli", "topics", "create"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "plantstream.cli", "topics", "create"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2, out.stderr
     assert "PLANTSTREAM_PARTITIONS" in out.stderr

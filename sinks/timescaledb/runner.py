@@ -35,15 +35,17 @@ from plantstream.log import Throttle
 
 log = logging.getLogger(__name__)
 
-ROWS = Counter("plantstream_sink_rows_total", "Rows offered to the database (written or already present)", ["table"])
+ROWS = Counter(
+    "plantstream_sink_rows_written_total", "Rows offered to the database (written or already present)", ["table"]
+)
 BATCHES = Counter("plantstream_sink_batches_total", "Batches committed to the database")
 WRITE_SECONDS = Histogram(
-    "plantstream_sink_db_write_seconds",
+    "plantstream_sink_write_seconds",
     "Duration of one database flush (one transaction)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-LAG = Gauge("plantstream_sink_lag_records", "Records in assigned partitions not yet consumed")
-DEAD = Counter("plantstream_sink_dead_letters_total", "Records sent to the dead-letter topic", ["cause"])
+LAG = Gauge("plantstream_consumer_lag", "Records in assigned partitions not yet consumed", ["topic"])
+DEAD = Counter("plantstream_deadletters_total", "Records sent to the dead-letter topic", ["stage", "reason"])
 DB_ERRORS = Counter("plantstream_sink_db_unavailable_total", "Flushes that failed because the database was unreachable")
 
 
@@ -340,7 +342,7 @@ class SinkRunner:
                     return False
                 backoff = min(backoff * 2, self.config.backoff_max_s)
         for d in dead:
-            DEAD.labels("undecodable" if d.reason.startswith("undecodable") else "rejected").inc()
+            DEAD.labels("sink", "undecodable" if d.reason.startswith("undecodable") else "rejected").inc()
         self.progress.dead_letters += len(dead)
         return True
 
@@ -377,7 +379,7 @@ class SinkRunner:
                 lo, hi = consumer.get_watermark_offsets(tp, cached=True)
                 pos = tp.offset if tp.offset >= 0 else self.progress.committed.get((tp.topic, tp.partition), lo)
                 total += max(0, hi - pos)
-            LAG.set(total)
+            LAG.labels("sink-input").set(total)
             return total
         except KafkaException:
             return None

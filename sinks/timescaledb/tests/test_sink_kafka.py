@@ -209,7 +209,7 @@ def test_sigkill_mid_batch_then_restart_exact(
     try:
         wait_until(lambda: _count(settings.dsn) == len(rs), 150, "the restarted sink to finish")
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        assert "plantstream_sink_rows_total" in metrics and "plantstream_sink_db_write_seconds_bucket" in metrics
+        assert "plantstream_sink_rows_written_total" in metrics and "plantstream_sink_write_seconds_bucket" in metrics
         p2.send_signal(signal.SIGTERM)
         assert p2.wait(30) == 0
     finally:
