@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from plantstream.edge.buffer import Buffer
@@ -135,8 +136,11 @@ class Forwarder:
             for st in rows:
                 e = st.entry
                 try:
+                    # The stubs type headers as an invariant List of (str, str | bytes | None);
+                    # our list of (str, bytes) is a valid value for it.
+                    headers = cast("list[tuple[str, str | bytes | None]] | None", e.headers)
                     self.producer.produce(
-                        e.topic, value=e.value, key=e.key, headers=e.headers, on_delivery=self._callback(st.id)
+                        e.topic, value=e.value, key=e.key, headers=headers, on_delivery=self._callback(st.id)
                     )
                 except BufferError:
                     self.producer.poll(0)

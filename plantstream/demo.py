@@ -12,8 +12,8 @@ import click
 
 from plantstream.config import Settings
 from plantstream.pipeline import Pipeline
-from plantstream.progress import consumer_lag, db_counts, ledger_lines
 from plantstream.producers.topics import Topics
+from plantstream.progress import consumer_lag, db_counts, ledger_lines
 from plantstream.stack import Stack, StackError
 
 
@@ -83,4 +83,4 @@ def demo(duration: float, seed: int, speed: float, rate: float | None, monitor_p
         sys.exit(1)
     click.echo("demo: stopping")
     pipe.stop()
-    click.echo(f"demo: done; data stays in the database; stop services with `plantstream stack down`")
+    click.echo("demo: done; data stays in the database; stop services with `plantstream stack down`")

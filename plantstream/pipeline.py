@@ -4,6 +4,7 @@ user runs is exactly what the tests check."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -234,10 +235,8 @@ class Pipeline:
         targets = [p for p in self.procs if names is None or p.name in names]
         for p in targets:
             if p.alive():
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.popen.pid, sig)
-                except ProcessLookupError:
-                    pass
         deadline = time.monotonic() + timeout
         for p in targets:
             try:

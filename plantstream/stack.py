@@ -8,6 +8,7 @@ memory, so a broker restart loses them; outage tests put a stoppable TCP proxy i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 PG_VERSION = "15"
 PG_BIN = Path(f"/usr/lib/postgresql/{PG_VERSION}/bin")
-APT_PACKAGES = {"postgres": [f"postgresql-{PG_VERSION}", f"postgresql-contrib"], "mosquitto": ["mosquitto"]}
+APT_PACKAGES = {"postgres": [f"postgresql-{PG_VERSION}", "postgresql-contrib"], "mosquitto": ["mosquitto"]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,10 +179,8 @@ class Stack:
             except ProcessLookupError:
                 return True
             time.sleep(0.1)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         return True
 
     # --- PostgreSQL ----------------------------------------------------------------------------

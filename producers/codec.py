@@ -43,6 +43,12 @@ def _header(kind: Kind) -> bytes:
     return MAGIC + bytes((SCHEMA_VERSION, kind))
 
 
+def _pack(kind: Kind, body: object) -> bytes:
+    # msgpack ships no type information; packb always returns bytes.
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return _header(kind) + packed
+
+
 def _body(data: bytes, kind: Kind) -> Any:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise CodecError(f"message value is {type(data).__name__}, not bytes")
@@ -177,7 +183,7 @@ def encode_readings(batch: ReadingBatch | Sequence[Reading]) -> bytes:
         _optional(batch.lot),
         _optional(batch.reason),
     ]
-    return _header(Kind.READINGS) + msgpack.packb(body, use_bin_type=True)
+    return _pack(Kind.READINGS, body)
 
 
 _STR = str
@@ -187,7 +193,24 @@ _INT = int
 def decode_readings(data: bytes) -> ReadingBatch:
     body = _body(data, Kind.READINGS)
     try:
-        (plant, equipment, origin, source, tags, tag_codes, units, unit_codes, ts, values, quality, status, seq, sts, lots, reasons) = body
+        (
+            plant,
+            equipment,
+            origin,
+            source,
+            tags,
+            tag_codes,
+            units,
+            unit_codes,
+            ts,
+            values,
+            quality,
+            status,
+            seq,
+            sts,
+            lots,
+            reasons,
+        ) = body
     except (TypeError, ValueError):
         raise CodecError("readings body must be a 16-element array") from None
     n = len(ts) if isinstance(ts, list) else -1
@@ -211,7 +234,9 @@ def decode_readings(data: bytes) -> ReadingBatch:
         raise CodecError("quality must be 0 (good), 1 (uncertain) or 2 (bad)")
     for i, v in enumerate(values):
         if not isinstance(v, float | int | str):  # bool is an int
-            raise CodecError(f"value of row {i} ({tag_col[i]!r}) is {type(v).__name__}; expected float, int, bool or str")
+            raise CodecError(
+                f"value of row {i} ({tag_col[i]!r}) is {type(v).__name__}; expected float, int, bool or str"
+            )
     none = [None] * n
     return ReadingBatch(
         plant=plant,
@@ -273,7 +298,7 @@ class Aggregate:
 
 def encode_aggregates(aggs: Iterable[Aggregate]) -> bytes:
     rows = [[getattr(a, f) for f in AGGREGATE_FIELDS] for a in aggs]
-    return _header(Kind.AGGREGATES) + msgpack.packb(rows, use_bin_type=True)
+    return _pack(Kind.AGGREGATES, rows)
 
 
 def decode_aggregates(data: bytes) -> list[Aggregate]:
@@ -290,7 +315,7 @@ def decode_aggregates(data: bytes) -> list[Aggregate]:
 
 
 def encode_deviation(dev: dict[str, Any]) -> bytes:
-    return _header(Kind.DEVIATION) + msgpack.packb(dev, use_bin_type=True)
+    return _pack(Kind.DEVIATION, dev)
 
 
 def decode_deviation(data: bytes) -> dict[str, Any]:
@@ -314,7 +339,7 @@ def encode_context(ev: ContextEvent) -> bytes:
         "results": {k: list(v) for k, v in ev.results.items()},
         "attrs": ev.attrs,
     }
-    return _header(Kind.CONTEXT) + msgpack.packb(body, use_bin_type=True)
+    return _pack(Kind.CONTEXT, body)
 
 
 def decode_context(data: bytes) -> ContextEvent:
@@ -341,14 +366,26 @@ def decode_context(data: bytes) -> ContextEvent:
 
 # --- tag metadata ------------------------------------------------------------------------------
 
-_TAG_FIELDS = ("plant", "tag", "equipment", "unit", "datatype", "lo", "hi", "roc_limit", "grade", "description",
-               "source_address", "spec_property")
+_TAG_FIELDS = (
+    "plant",
+    "tag",
+    "equipment",
+    "unit",
+    "datatype",
+    "lo",
+    "hi",
+    "roc_limit",
+    "grade",
+    "description",
+    "source_address",
+    "spec_property",
+)
 
 
 def encode_tag_meta(meta: TagMeta) -> bytes:
     body = {f: getattr(meta, f) for f in _TAG_FIELDS}
     body["grade"] = meta.grade.value
-    return _header(Kind.TAG_META) + msgpack.packb(body, use_bin_type=True)
+    return _pack(Kind.TAG_META, body)
 
 
 def decode_tag_meta(data: bytes) -> TagMeta:

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
+# confluent_kafka.admin re-exports NewTopic implicitly (no __all__), which strict mypy rejects.
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from plantstream.producers.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,16 @@ def _log_kafka_error(err: KafkaError) -> None:
         log.warning("kafka: %s", err.str(), extra={"kv": {"code": key, "fatal": err.fatal()}})
 
 
-def produce(producer: Producer, topic: str, value: bytes, key: str | bytes | None = None,
-            headers: Mapping[str, str | bytes] | None = None, on_delivery: DeliveryCallback | None = None) -> None:
+def produce(
+    producer: Producer,
+    topic: str,
+    value: bytes,
+    key: str | bytes | None = None,
+    headers: Mapping[str, str | bytes] | None = None,
+    on_delivery: DeliveryCallback | None = None,
+) -> None:
     """Produce one message, waiting (and serving callbacks) while librdkafka's queue is full."""
-    hdrs = list(headers.items()) if headers else None
+    hdrs: list[tuple[str, str | bytes | None]] | None = list(headers.items()) if headers else None
     while True:
         try:
             producer.produce(topic, value=value, key=key, headers=hdrs, on_delivery=on_delivery)

@@ -8,11 +8,14 @@ four batches are merged into a silo lot (genealogy ``merge``); batches get the s
 
 from __future__ import annotations
 
+from typing import Unpack
+
 from plantstream.sim.engine import (
     Analog,
     LotStream,
     PlantModel,
     Signal,
+    SimTagOptions,
     TagModel,
     lot_count,
     lot_signal,
@@ -61,9 +64,10 @@ def build(seed: int, step_us: int = 1_000_000) -> PlantModel:
         relation="merge",
     )  # fmt: skip
 
-    def T(tag: str, unit_: str, eu: str, lo: float, hi: float, signal: Signal, **kw: object) -> TagModel:
-        spec = {"material": MATERIAL} if kw.get("spec_property") else {}
-        return TagModel(sim_tag(PLANT, tag, f"{TRAIN}/{unit_}", eu, lo, hi, **spec, **kw), signal)
+    def T(tag: str, unit_: str, eu: str, lo: float, hi: float, signal: Signal, **kw: Unpack[SimTagOptions]) -> TagModel:
+        if kw.get("spec_property"):
+            kw["material"] = MATERIAL
+        return TagModel(sim_tag(PLANT, tag, f"{TRAIN}/{unit_}", eu, lo, hi, **kw), signal)
 
     def A(name: str, base: float, noise: float, wander: float, decimals: int = 2, **kw: float) -> Analog:
         return Analog(key(name), base, noise=noise, wander=wander, decimals=decimals, **kw)

@@ -14,7 +14,7 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypedDict
 
 from plantstream.sim.catalog import SimTag
 from plantstream.sim.materials import MATERIALS, PropertyLimit, lab_limits, process_limit
@@ -235,6 +235,17 @@ class Fault:
 
 
 # --- plant -------------------------------------------------------------------------------------
+
+
+class SimTagOptions(TypedDict, total=False):
+    """The keyword options of `sim_tag`, so plant builders can forward them with precise types."""
+
+    datatype: Literal["float", "int", "bool", "str"]
+    transport: Literal["opcua", "mqtt"]
+    grade: Literal["core", "important", "general"]
+    spec_property: str
+    material: str
+    description: str
 
 
 def sim_tag(

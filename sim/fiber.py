@@ -9,11 +9,14 @@ precursor creel lot (genealogy ``transform``).
 
 from __future__ import annotations
 
+from typing import Unpack
+
 from plantstream.sim.engine import (
     Analog,
     LotStream,
     PlantModel,
     Signal,
+    SimTagOptions,
     TagModel,
     lot_count,
     lot_signal,
@@ -54,7 +57,9 @@ def build(seed: int, step_us: int = 1_000_000) -> PlantModel:
         lab=("tensile_strength", "tensile_modulus", "strain", "linear_density", "density"), lab_delay_s=1200,
     )  # fmt: skip
 
-    def T(tag: str, equipment: str, unit: str, lo: float, hi: float, signal: Signal, **kw: object) -> TagModel:
+    def T(
+        tag: str, equipment: str, unit: str, lo: float, hi: float, signal: Signal, **kw: Unpack[SimTagOptions]
+    ) -> TagModel:
         if kw.get("spec_property"):
             kw["material"] = CF_MATERIAL if equipment.startswith(CF) else POY_MATERIAL
         return TagModel(sim_tag(PLANT, tag, equipment, unit, lo, hi, **kw), signal)

@@ -7,11 +7,14 @@ get the ladle analysis, coils the tensile and impact tests (yield limit by coil 
 
 from __future__ import annotations
 
+from typing import Unpack
+
 from plantstream.sim.engine import (
     Analog,
     LotStream,
     PlantModel,
     Signal,
+    SimTagOptions,
     TagModel,
     gauss,
     lot_count,
@@ -115,9 +118,12 @@ def build(seed: int, step_us: int = 1_000_000) -> PlantModel:
         i = coil.index_at(t)
         return 0.0 if i is None else round(coil_thickness(i) + 0.01 * gauss(key("thk"), k), 3)
 
-    def T(tag: str, equipment: str, unit: str, lo: float, hi: float, signal: Signal, **kw: object) -> TagModel:
-        spec = {"material": MATERIAL} if kw.get("spec_property") else {}
-        return TagModel(sim_tag(PLANT, tag, equipment, unit, lo, hi, **spec, **kw), signal)
+    def T(
+        tag: str, equipment: str, unit: str, lo: float, hi: float, signal: Signal, **kw: Unpack[SimTagOptions]
+    ) -> TagModel:
+        if kw.get("spec_property"):
+            kw["material"] = MATERIAL
+        return TagModel(sim_tag(PLANT, tag, equipment, unit, lo, hi, **kw), signal)
 
     furnace, mould, tund, strand = f"{LF}/furnace", f"{CASTER}/mould", f"{CASTER}/tundish", f"{CASTER}/strand"
     finishing, coiler = f"{HSM}/finishing", f"{HSM}/coiler"

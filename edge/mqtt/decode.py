@@ -117,7 +117,7 @@ class MqttDecoder:
         self.tags: dict[str, MqttTag] = {t.tag: t for t in cfg.tags}
         self.defaults: TagDefaults = cfg.defaults
 
-    def decode(self, topic: str, payload: bytes, received_us: int) -> Sample:
+    def decode(self, topic: str, payload: bytes | bytearray, received_us: int) -> Sample:
         if len(payload) > self.cfg.max_payload_bytes:
             raise Malformed(f"payload of {len(payload)} bytes exceeds max_payload_bytes {self.cfg.max_payload_bytes}")
         for sub, tmpl in self.subs:
@@ -132,7 +132,9 @@ class MqttDecoder:
             return self._decode(sub, fields, payload, received_us)
         raise Malformed("topic matches no configured subscription template")
 
-    def _decode(self, sub: MqttSubscription, fields: dict[str, str], payload: bytes, received_us: int) -> Sample:
+    def _decode(
+        self, sub: MqttSubscription, fields: dict[str, str], payload: bytes | bytearray, received_us: int
+    ) -> Sample:
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -173,7 +175,7 @@ class MqttDecoder:
         if sub.unit is not None:
             unit = sub.unit
         else:
-            unit = None
+            raw_unit: object = None
             if sub.unit_path:
                 try:
                     raw_unit = _path(doc, sub.unit_path)
@@ -181,8 +183,9 @@ class MqttDecoder:
                     raw_unit = None
                 if raw_unit is not None and not isinstance(raw_unit, str):
                     raise Malformed(f"unit is {type(raw_unit).__name__}, not a string")
+            if isinstance(raw_unit, str):
                 unit = raw_unit
-            if unit is None:
+            else:  # no unit in the payload: the tag's configured unit, else the source default
                 unit = listed.unit if listed is not None and listed.unit is not None else self.defaults.unit
         quality = Quality.GOOD
         if sub.quality_path:

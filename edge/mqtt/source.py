@@ -109,7 +109,9 @@ class MqttJsonSource(Source):  # type: ignore[misc]  # Source is Any to mypy: ed
         if self._ever_connected:
             self.status.reconnects += 1
         self._ever_connected = True
-        subs = [(s.filter, s.qos if s.qos is not None else self.cfg.qos) for s in self.cfg.subscriptions]
+        subs: list[tuple[str, int]] = [
+            (s.filter, s.qos if s.qos is not None else self.cfg.qos) for s in self.cfg.subscriptions
+        ]
         client.subscribe(subs)
         log.info(
             "mqtt connected",

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from plantstream.edge.config import load_config, template_filter
+from plantstream.edge.config import MqttSource, OpcuaSource, load_config, template_filter
 from plantstream.edge.simconfig import config_for_sim, dump_config
 from plantstream.sim.catalog import SimTag
 
@@ -120,7 +120,9 @@ def test_simconfig_round_trips_through_yaml(tmp_path: Path) -> None:
     again = load_config(path)
     assert again == cfg
     kinds = {s.type: s for s in again.sources}
-    assert kinds["opcua"].tags[0].node_id == "ns=2;s=caster1.mould_level"
-    assert kinds["mqtt"].subscriptions[0].filter == "plantstream-sim/steel/#"
+    opcua, mqtt = kinds["opcua"], kinds["mqtt"]
+    assert isinstance(opcua, OpcuaSource) and isinstance(mqtt, MqttSource)
+    assert opcua.tags[0].node_id == "ns=2;s=caster1.mould_level"
+    assert mqtt.subscriptions[0].filter == "plantstream-sim/steel/#"
     assert {m.tag for m in again.tag_metas()} == {"caster1.mould_level", "ladle.temp"}
     assert _cli("edge", "check", "--config", str(path)).returncode == 0

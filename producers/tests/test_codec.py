@@ -6,8 +6,6 @@ import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from plantstream.contract import ContextEvent, ContextKind, Grade, Origin, Quality, Reading, TagMeta
 from plantstream.producers import codec
 from plantstream.producers.codec import (
     Aggregate,
@@ -22,6 +20,8 @@ from plantstream.producers.codec import (
     encode_readings,
     encode_tag_meta,
 )
+
+from plantstream.contract import ContextEvent, ContextKind, Grade, Origin, Quality, Reading, TagMeta
 
 values = st.one_of(
     st.floats(allow_nan=False),
@@ -116,8 +116,9 @@ def test_wrong_types_inside_a_batch_are_named() -> None:
 def test_aggregates_context_and_tag_meta_round_trip() -> None:
     agg = Aggregate("steel", "a/b", "t", "1m", 60_000_000, 10, 1, 0.5, 2.5, 1.5, 2.0, 0.3, 1.4, "degC", "H1")
     assert decode_aggregates(encode_aggregates([agg, agg])) == [agg, agg]
-    ev = ContextEvent(ContextKind.LAB_RESULT, "steel", "a/b", 5, "H1", "heat", "EN10025-2:S355J2",
-                      results={"C": (0.18, "percent")})
+    ev = ContextEvent(
+        ContextKind.LAB_RESULT, "steel", "a/b", 5, "H1", "heat", "EN10025-2:S355J2", results={"C": (0.18, "percent")}
+    )
     assert decode_context(encode_context(ev)) == ev
     meta = TagMeta("steel", "t", "a/b", "degC", lo=0.0, hi=1600.0, grade=Grade.CORE, spec_property="x")
     assert decode_tag_meta(encode_tag_meta(meta)) == meta

@@ -195,7 +195,7 @@ def test_lab_results_some_truly_out_of_spec(plant: str) -> None:
         # Check independently of `violations`: compare with the spec's limits directly.
         direct = [
             p for p, (v, _) in e.results.items()
-            if (limits[p].min is not None and v < limits[p].min) or (limits[p].max is not None and v > limits[p].max)
+            if ((lo := limits[p].min) is not None and v < lo) or ((hi := limits[p].max) is not None and v > hi)
         ]  # fmt: skip
         assert out == direct
         bad += bool(out)

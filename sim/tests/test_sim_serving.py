@@ -220,7 +220,9 @@ def test_mes_context_events_reach_kafka_as_ledgered(tmp_path: Path, kafka_bootst
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
                 continue
-            ev = decode_context(msg.value())
+            value = msg.value()
+            assert value is not None, "context messages always carry a value"
+            ev = decode_context(value)
             assert msg.key() == ev.key.encode()
             got.append(ev)
     finally:

@@ -634,20 +634,20 @@ class PostgresSink:
                 continue
             for i in range(lo, hi):
                 v = vals[i]
-                t = type(v)
+                vt = type(v)
                 s = sts[i]
                 if s == ts[i]:
                     s = None
-                if t is float:
+                if vt is float:
                     append((ids[tags[i]], ts[i], v, None, None, None, q[i], sc[i], lots[lot_col[i]], s, seq[i]))
-                elif t is int:
+                elif vt is int:
                     append((ids[tags[i]], ts[i], None, v, None, None, q[i], sc[i], lots[lot_col[i]], s, seq[i]))
-                elif t is bool:
+                elif vt is bool:
                     append((ids[tags[i]], ts[i], None, None, v, None, q[i], sc[i], lots[lot_col[i]], s, seq[i]))
-                elif t is str:
+                elif vt is str:
                     append((ids[tags[i]], ts[i], None, None, None, v, q[i], sc[i], lots[lot_col[i]], s, seq[i]))
                 else:
-                    raise RecordError(f"value of {tags[i]!r} is {t.__name__}")
+                    raise RecordError(f"value of {tags[i]!r} is {vt.__name__}")
         if self._fast_probe_in <= 0:
             # Optimistic path: COPY straight into readings (multi-insert, ~2x faster than
             # INSERT ... ON CONFLICT). Any key already present (a replay, a late duplicate) makes

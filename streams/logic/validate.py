@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from plantstream.streams.logic.units import Converter, UnitError, compile_converter
 
@@ -61,6 +62,11 @@ def compile_rule(meta: TagMeta) -> TagRule:
     return TagRule(meta, conv, lo, hi, roc)
 
 
+def _exact_number(value: Value) -> TypeGuard[float | int]:
+    """True for plain float/int values only: bool (an int subclass) is its own datatype."""
+    return type(value) is float or type(value) is int
+
+
 def _join(reason: str | None, more: str) -> str:
     return more if not reason else f"{reason}; {more}"
 
@@ -93,23 +99,22 @@ class Validator:
         datatype = rule.meta.datatype if rule is not None else None
         tv = type(value)
         if datatype is None:
-            if tv is float or tv is int:
+            if _exact_number(value):
                 if conv is None:
                     return value, max(quality, UNCERTAIN), _join(reason, "unit not normalizable")
                 return (value if conv.identity else value * conv.factor + conv.offset), quality, reason
             return value, quality, reason
         if datatype == "float" or datatype == "int":
-            if not (tv is float or (tv is int)) or (datatype == "int" and tv is float):
+            if not _exact_number(value) or (datatype == "int" and tv is float):
                 return value, BAD, _join(reason, f"type {tv.__name__} where {datatype} expected")
-            if tv is float and not math.isfinite(value):  # type: ignore[arg-type]
+            if tv is float and not math.isfinite(value):
                 return value, BAD, _join(reason, f"value {value} is not finite")
             if conv is None:
                 return value, max(quality, UNCERTAIN), _join(reason, "unit not normalizable")
             assert rule is not None
             if conv.canonical != rule.converter.canonical:
                 return value, BAD, _join(reason, f"unit {conv.source!r} does not match the tag's {rule.meta.unit!r}")
-            num: float = value  # type: ignore[assignment]  # narrowed by the type checks above
-            v = num if conv.identity else num * conv.factor + conv.offset
+            v = value if conv.identity else value * conv.factor + conv.offset
             lo, hi = rule.lo, rule.hi
             if (lo is not None and v < lo) or (hi is not None and v > hi):
                 if quality == GOOD:

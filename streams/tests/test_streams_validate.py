@@ -75,3 +75,18 @@ def test_streams_validate_int_identity_keeps_int() -> None:
     rule = compile_rule(meta(unit="mm", datatype="int"))
     val, q, _ = Validator().check(rule, compile_converter("mm"), "steel", "t", 7, 1, GOOD, None)
     assert val == 7 and type(val) is int and q == GOOD
+
+
+@pytest.mark.parametrize("value", ["abc", True, False])
+def test_streams_validate_without_metadata_passes_non_numbers_unconverted(value: str | bool) -> None:
+    # Only plain float/int are unit-converted; str and bool (an int subclass) pass through as they are.
+    val, q, r = Validator().check(None, compile_converter("degF"), "steel", "t", value, 1, GOOD, None)
+    assert val is value and q == GOOD and r is None
+
+
+def test_streams_validate_without_metadata_converts_numbers() -> None:
+    v = Validator()
+    val, q, r = v.check(None, compile_converter("degF"), "steel", "t", 212, 1, GOOD, None)
+    assert val == pytest.approx(100.0) and q == GOOD and r is None
+    val, q, r = v.check(None, None, "steel", "t", 5.0, 2, GOOD, None)
+    assert val == 5.0 and q == UNCERTAIN and r == "unit not normalizable"

@@ -6,7 +6,7 @@ import json
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -112,7 +112,8 @@ def test_malformed_payloads_go_to_deadletter_and_agent_keeps_running(
             assert agent.agent.sources[0].status.connected, "agent still running after malformed input"
         reasons = []
         for m in dl:
-            h = {k: bytes(v) for k, v in (m.headers() or [])}
+            # Consumed headers are a list of (str, bytes) at runtime; the stub reuses the wider produce-side type.
+            h = {k: bytes(v) for k, v in cast("list[tuple[str, bytes]]", m.headers() or [])}
             assert h["plantstream-stage"] == b"edge"
             assert h["plantstream-origin"] == f"m1:{root}/acme/site/area/temp".encode()
             reasons.append((bytes(m.value() or b""), h["plantstream-reason"].decode()))

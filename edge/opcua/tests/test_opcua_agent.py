@@ -232,7 +232,7 @@ def test_opcua_subscription_every_sample_bad_status_invalid_node_and_restart(
     assert resumed == 5
 
     metas = read_topic(kafka_bootstrap, topics.tags, lambda ms: len(ms) >= 3, 20)
-    assert {decode_tag_meta(m.value()).tag for m in metas} == {"caster.level", "ghost", "caster.count"}
+    assert {decode_tag_meta(m.value() or b"").tag for m in metas} == {"caster.level", "ghost", "caster.count"}
 
     # `plantstream edge status` reads the stopped agent's state: failing node listed.
     cfg_file = tmp_path / "edge.yaml"

@@ -15,7 +15,7 @@ from plantstream.sinks.timescaledb.migrate import migrate
 from plantstream.sinks.timescaledb.sink import PostgresSink, decode
 from plantstream.sinks.timescaledb.testdata import EQ, checksums, reading_records, readings, records
 
-from plantstream.contract import ContextEvent, ContextKind, Grade, Origin, Quality, Reading, TagMeta, now_us
+from plantstream.contract import ContextEvent, ContextKind, Grade, Origin, Quality, Reading, TagMeta, Value, now_us
 
 pytestmark = pytest.mark.integration
 
@@ -203,7 +203,7 @@ def test_tag_meta_describes_tag(sink: PostgresSink, fresh_db: str) -> None:
 
 def test_rejected_records_dead_lettered_rest_written(sink: PostgresSink, fresh_db: str) -> None:
     rs = readings(1000, tags=4)
-    bad_rows = {137: "nul\x00byte", 612: 2**63 + 5}  # text PostgreSQL refuses; uint64 beyond bigint
+    bad_rows: dict[int, Value] = {137: "nul\x00byte", 612: 2**63 + 5}  # text PostgreSQL refuses; uint64 beyond bigint
     rs = [dataclasses.replace(r, value=bad_rows.get(i, r.value)) for i, r in enumerate(rs)]
     recs = reading_records(rs, per=250)
     garbage = decode("readings", b"PS\x01\x01not msgpack", RecordOrigin("t", 0, 99))
