@@ -26,12 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
+
+from plantstream.config import Settings
+from plantstream.contract import Origin
 from plantstream.edge.batcher import Batcher
 from plantstream.edge.buffer import Buffer, Entry
 from plantstream.edge.config import EdgeConfig, MqttSource, OpcuaSource
 from plantstream.edge.forwarder import Forwarder
 from plantstream.edge.metrics import EdgeMetrics
 from plantstream.edge.source import Delivery, Inbox, Source
+from plantstream.log import Throttle
 from plantstream.producers.codec import encode_tag_meta
 from plantstream.producers.kafka import ensure_topics, make_producer
 from plantstream.producers.topics import (
@@ -40,10 +44,6 @@ from plantstream.producers.topics import (
     DEADLETTER_STAGE_HEADER,
     Topics,
 )
-
-from plantstream.config import Settings
-from plantstream.contract import Origin
-from plantstream.log import Throttle
 
 log = logging.getLogger(__name__)
 

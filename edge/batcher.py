@@ -12,10 +12,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from plantstream.contract import Origin, Value
 from plantstream.edge.buffer import Buffer, Entry
 from plantstream.producers.codec import ReadingBatch, encode_readings
-
-from plantstream.contract import Origin, Value
 
 # (equipment, tag, ts_us, value, unit, quality, status_code, server_ts_us)
 Sample = tuple[str, str, int, Value, str, int, int | None, int | None]

@@ -13,13 +13,12 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
+from plantstream.config import Settings
+from plantstream.contract import Origin
 from plantstream.edge.batcher import Batcher, Sample
 from plantstream.edge.buffer import Buffer
 from plantstream.edge.forwarder import Forwarder
 from plantstream.producers.kafka import ensure_topics, make_producer
-
-from plantstream.config import Settings
-from plantstream.contract import Origin
 
 
 def run(

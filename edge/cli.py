@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import click
-from plantstream.edge.config import EdgeConfig, load_config
 
 from plantstream.config import ConfigError
+from plantstream.edge.config import EdgeConfig, load_config
 
 _config_opt = click.option(
     "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="agent YAML"

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from plantstream.edge.buffer import Buffer
 
+from plantstream.edge.buffer import Buffer
 from plantstream.log import Throttle
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from plantstream.edge.config import EdgeConfig, dump_dict
-from plantstream.sim.catalog import SimTag
 
 from plantstream.contract import Grade
+from plantstream.edge.config import EdgeConfig, dump_dict
+from plantstream.sim.catalog import SimTag
 
 MQTT_ROOT = "plantstream-sim"
 

@@ -15,9 +15,8 @@ from collections.abc import Hashable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from plantstream.edge.batcher import Sample
-
 from plantstream.contract import Origin
+from plantstream.edge.batcher import Sample
 
 
 @dataclass(slots=True, frozen=True)

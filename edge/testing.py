@@ -9,11 +9,11 @@ import uuid
 from collections.abc import Callable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+from plantstream.config import Settings
 from plantstream.edge.agent import Agent
 from plantstream.edge.config import EdgeConfig
 from plantstream.producers.codec import ReadingBatch, decode_readings
-
-from plantstream.config import Settings
 
 
 def read_topic(

@@ -17,6 +17,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 # confluent_kafka.admin re-exports NewTopic implicitly (no __all__), which strict mypy rejects.
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
 from plantstream.producers.topics import Topics
 
 log = logging.getLogger(__name__)

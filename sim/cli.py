@@ -6,11 +6,11 @@ import asyncio
 from pathlib import Path
 
 import click
+
+from plantstream.config import ConfigError
 from plantstream.sim.catalog import PLANTS
 from plantstream.sim.engine import MQTT_PREFIX
 from plantstream.sim.plants import DEFAULT_PORTS
-
-from plantstream.config import ConfigError
 
 
 @click.group()
@@ -81,6 +81,7 @@ for _p in PLANTS:
 def fault(endpoint: str, plant: str | None, tag: str, kind: str, duration: float) -> None:
     """Inject a fault into a running simulator (calls its OPC-UA method InjectFault)."""
     from asyncua.ua.uaerrors._base import UaStatusCodeError
+
     from plantstream.sim.server import call_inject_fault
 
     try:

@@ -16,10 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
+from plantstream.contract import ContextEvent, ContextKind, Value
 from plantstream.sim.catalog import SimTag
 from plantstream.sim.materials import MATERIALS, PropertyLimit, lab_limits, process_limit
-
-from plantstream.contract import ContextEvent, ContextKind, Value
 
 MASK64 = (1 << 64) - 1
 MQTT_PREFIX = "plantstream-sim"

@@ -33,12 +33,12 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors._base import UaStatusCodeError
 from paho.mqtt.enums import CallbackAPIVersion
-from plantstream.sim.engine import MQTT_PREFIX, Fault, PlantModel
-from plantstream.sim.ledger import Ledger
-from plantstream.sim.plants import DEFAULT_PORTS, build
 
 from plantstream.config import ConfigError, Settings
 from plantstream.contract import ContextEvent, Value, now_us
+from plantstream.sim.engine import MQTT_PREFIX, Fault, PlantModel
+from plantstream.sim.ledger import Ledger
+from plantstream.sim.plants import DEFAULT_PORTS, build
 
 log = logging.getLogger(__name__)
 

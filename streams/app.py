@@ -26,6 +26,11 @@ from typing import Any, cast
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka import KafkaError, Message
+from prometheus_client import Counter, Gauge, start_http_server
+
+from plantstream.config import Settings
+from plantstream.contract import ContextKind, now_us
+from plantstream.log import Throttle
 from plantstream.producers.codec import encode_aggregates, encode_deviation, encode_readings
 from plantstream.producers.kafka import ensure_contract_topics, make_producer
 from plantstream.producers.topics import (
@@ -36,11 +41,6 @@ from plantstream.producers.topics import (
 )
 from plantstream.streams.config import StreamsConfig
 from plantstream.streams.logic.processor import DeadLetter, Output, Processor, SharedContext, decode_context_record
-from prometheus_client import Counter, Gauge, start_http_server
-
-from plantstream.config import Settings
-from plantstream.contract import ContextKind, now_us
-from plantstream.log import Throttle
 
 log = logging.getLogger("plantstream.streams")
 

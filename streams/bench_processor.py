@@ -14,10 +14,9 @@ import pstats
 import time
 from typing import Any
 
+from plantstream.contract import ContextEvent, ContextKind, Origin, TagMeta
 from plantstream.producers.codec import ReadingBatch, decode_readings, encode_readings
 from plantstream.streams.logic.processor import Processor, ProcessorConfig, SharedContext
-
-from plantstream.contract import ContextEvent, ContextKind, Origin, TagMeta
 
 PLANT = "steel"
 AREA = "acme/duisburg/steelmaking"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from plantstream.streams.logic.processor import ProcessorConfig
 from pydantic import BaseModel, ConfigDict, Field
 
 from plantstream.config import load_yaml
+from plantstream.streams.logic.processor import ProcessorConfig
 
 
 class StreamsConfig(BaseModel):

@@ -11,10 +11,10 @@ from datetime import datetime
 from typing import Any
 
 from paho.mqtt.client import topic_matches_sub
-from plantstream.edge.batcher import Sample
-from plantstream.edge.config import MqttSource, MqttSubscription, MqttTag, TagDefaults
 
 from plantstream.contract import Quality, Value
+from plantstream.edge.batcher import Sample
+from plantstream.edge.config import MqttSource, MqttSubscription, MqttTag, TagDefaults
 
 _QUALITY: dict[str | int, int] = {"good": 0, "uncertain": 1, "bad": 2, 0: 0, 1: 1, 2: 2}
 

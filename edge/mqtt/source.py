@@ -20,12 +20,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from plantstream.edge.config import MqttSource
-from plantstream.edge.mqtt.decode import Malformed, MqttDecoder
-from plantstream.edge.source import DeadLetter, Delivery, Inbox, Source, now_us
 
 from plantstream.config import mask_url
 from plantstream.contract import Origin
+from plantstream.edge.config import MqttSource
+from plantstream.edge.mqtt.decode import Malformed, MqttDecoder
+from plantstream.edge.source import DeadLetter, Delivery, Inbox, Source, now_us
 from plantstream.log import Throttle
 
 log = logging.getLogger(__name__)

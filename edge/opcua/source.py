@@ -33,11 +33,11 @@ from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subs
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaStatusCodeError
+
+from plantstream.contract import Origin, Quality, Value
 from plantstream.edge.batcher import Sample
 from plantstream.edge.config import OpcuaSource, OpcuaTag
 from plantstream.edge.source import Delivery, Inbox, Source, now_us
-
-from plantstream.contract import Origin, Quality, Value
 from plantstream.log import Throttle
 
 log = logging.getLogger(__name__)

@@ -9,11 +9,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+from plantstream.contract import Origin
 from plantstream.edge.batcher import Batcher
 from plantstream.edge.buffer import Buffer, Entry
 from plantstream.producers.codec import decode_readings
-
-from plantstream.contract import Origin
 
 
 def _entry(i: int, size: int = 10, source: str = "s1") -> Entry:

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from plantstream.config import ConfigError
 from plantstream.edge.config import MqttSource, OpcuaSource, load_config, template_filter
 from plantstream.edge.simconfig import config_for_sim, dump_config
 from plantstream.sim.catalog import SimTag
-
-from plantstream.config import ConfigError
 
 HERE = Path(__file__).resolve().parent.parent
 

@@ -6,6 +6,8 @@ import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
+from plantstream.contract import ContextEvent, ContextKind, Grade, Origin, Quality, Reading, TagMeta
 from plantstream.producers import codec
 from plantstream.producers.codec import (
     Aggregate,
@@ -20,8 +22,6 @@ from plantstream.producers.codec import (
     encode_readings,
     encode_tag_meta,
 )
-
-from plantstream.contract import ContextEvent, ContextKind, Grade, Origin, Quality, Reading, TagMeta
 
 values = st.one_of(
     st.floats(allow_nan=False),

@@ -22,12 +22,12 @@ from asyncua.client.client import Client
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors._base import UaStatusCodeError
 from paho.mqtt.enums import CallbackAPIVersion
-from plantstream.sim.catalog import catalog
-from plantstream.sim.ledger import read_ledger
-from plantstream.sim.server import SimOptions, SimServer, endpoint_url, namespace_uri
 
 from plantstream.config import Settings
 from plantstream.contract import ContextEvent, ContextKind
+from plantstream.sim.catalog import catalog
+from plantstream.sim.ledger import read_ledger
+from plantstream.sim.server import SimOptions, SimServer, endpoint_url, namespace_uri
 from plantstream.testing.plugin import free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -194,6 +194,7 @@ def test_cli_rejects_bad_fault_option() -> None:
 
 def test_mes_context_events_reach_kafka_as_ledgered(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str) -> None:
     from confluent_kafka import Consumer, TopicPartition
+
     from plantstream.producers.codec import decode_context
     from plantstream.producers.kafka import ensure_topics
     from plantstream.producers.topics import Topics

@@ -20,13 +20,13 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+
+from plantstream.contract import now_us
 from plantstream.producers import codec
 from plantstream.sinks.base import RecordOrigin
 from plantstream.sinks.timescaledb.migrate import migrate
 from plantstream.sinks.timescaledb.sink import PostgresSink, decode
 from plantstream.sinks.timescaledb.testdata import messages, readings
-
-from plantstream.contract import now_us
 
 
 @dataclass(frozen=True, slots=True)

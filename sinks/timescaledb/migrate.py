@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import psycopg
+
 from plantstream.sim.materials import MaterialSpec
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"

@@ -23,15 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
-from plantstream.producers.kafka import make_producer, produce
-from plantstream.producers.topics import Topics
-from plantstream.sinks.base import DeadLetter, Record, RecordOrigin, SinkUnavailable
-from plantstream.sinks.timescaledb.sink import PostgresSink, decode, iter_dead_letters
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from pydantic import BaseModel, ConfigDict, Field
 
 from plantstream.config import Settings
 from plantstream.log import Throttle
+from plantstream.producers.kafka import make_producer, produce
+from plantstream.producers.topics import Topics
+from plantstream.sinks.base import DeadLetter, Record, RecordOrigin, SinkUnavailable
+from plantstream.sinks.timescaledb.sink import PostgresSink, decode, iter_dead_letters
 
 log = logging.getLogger(__name__)
 

@@ -34,15 +34,15 @@ from itertools import repeat
 from typing import Any
 
 import psycopg
-from plantstream.producers import codec
-from plantstream.producers.codec import Aggregate, CodecError, ReadingBatch
-from plantstream.sinks.base import DeadLetter, Record, RecordOrigin, SinkUnavailable
 from psycopg import sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg.types.json import Jsonb
 
 from plantstream.contract import ContextEvent, ContextKind, TagMeta, validate_equipment_path
+from plantstream.producers import codec
+from plantstream.producers.codec import Aggregate, CodecError, ReadingBatch
+from plantstream.sinks.base import DeadLetter, Record, RecordOrigin, SinkUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from plantstream.producers import codec
-from plantstream.sinks.base import Record, RecordOrigin
 
 from plantstream.contract import Origin, Quality, Reading, now_us
+from plantstream.producers import codec
+from plantstream.sinks.base import Record, RecordOrigin
 
 EQ = "acme/works/melt/lf/lf1"
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from plantstream.contract import ContextEvent, ContextKind, TagMeta
 from plantstream.producers.codec import (
     Aggregate,
     CodecError,
@@ -31,8 +32,6 @@ from plantstream.streams.logic.specs import Deviation, SpecChecker, SpecRegistry
 from plantstream.streams.logic.units import Converter, UnitError, compile_converter
 from plantstream.streams.logic.validate import BAD, RuleError, TagRule, Validator, compile_rule
 from plantstream.streams.logic.windows import ACCEPTED, LATE, SECOND_US, WindowEngine
-
-from plantstream.contract import ContextEvent, ContextKind, TagMeta
 
 log = logging.getLogger(__name__)
 

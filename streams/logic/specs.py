@@ -25,11 +25,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from plantstream.contract import ContextEvent, ContextKind
 from plantstream.sim.materials import MaterialSpec, PropertyLimit
 from plantstream.streams.logic.lots import LotTracker
 from plantstream.streams.logic.units import UnitError, convert_to
-
-from plantstream.contract import ContextEvent, ContextKind
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import TypeGuard
 
-from plantstream.streams.logic.units import Converter, UnitError, compile_converter
-
 from plantstream.contract import Quality, TagMeta, Value
+from plantstream.streams.logic.units import Converter, UnitError, compile_converter
 
 GOOD, UNCERTAIN, BAD = int(Quality.GOOD), int(Quality.UNCERTAIN), int(Quality.BAD)
 DATATYPES = ("float", "int", "bool", "str")

@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from plantstream.streams.logic.lots import LotTracker
-
 from plantstream.contract import ContextEvent, ContextKind
+from plantstream.streams.logic.lots import LotTracker
 
 CASTER = "acme/duisburg/steelmaking/caster1"
 

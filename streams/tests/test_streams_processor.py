@@ -1,12 +1,12 @@
 from __future__ import annotations
 
 import pytest
+
+from plantstream.contract import ContextEvent, ContextKind, Origin, Quality, Reading, TagMeta
 from plantstream.producers.codec import encode_readings, encode_tag_meta
 from plantstream.sim.materials import MaterialSpec, PropertyLimit
 from plantstream.streams.logic.processor import LATE_REASON, Processor, ProcessorConfig, SharedContext
 from plantstream.streams.logic.specs import MaterialsRegistry
-
-from plantstream.contract import ContextEvent, ContextKind, Origin, Quality, Reading, TagMeta
 
 CASTER = "acme/duisburg/steelmaking/caster1"
 T0 = 1_700_000_040_000_000 - 1_700_000_040_000_000 % 60_000_000

@@ -5,6 +5,7 @@ import math
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from plantstream.streams.logic.units import UnitError, canonical_table, compile_converter, convert_to
 
 

@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from plantstream.config import Settings
+from plantstream.contract import ContextEvent, ContextKind, Origin, Quality, Reading, TagMeta
 from plantstream.producers.codec import (
     Aggregate,
     ReadingBatch,
@@ -24,9 +27,6 @@ from plantstream.producers.codec import (
 )
 from plantstream.producers.kafka import ensure_contract_topics, make_producer, produce
 from plantstream.producers.topics import Topics
-
-from plantstream.config import Settings
-from plantstream.contract import ContextEvent, ContextKind, Origin, Quality, Reading, TagMeta
 from plantstream.testing.plugin import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]

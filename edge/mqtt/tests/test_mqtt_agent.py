@@ -11,11 +11,11 @@ from typing import Any, cast
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+
+from plantstream.config import Settings
 from plantstream.edge.config import EdgeConfig
 from plantstream.edge.testing import AgentThread, batches, read_topic
 from plantstream.producers.topics import Topics
-
-from plantstream.config import Settings
 from plantstream.testing.plugin import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

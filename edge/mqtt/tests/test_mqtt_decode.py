@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from plantstream.edge.config import MqttSource
 from plantstream.edge.mqtt.decode import Malformed, MqttDecoder
 

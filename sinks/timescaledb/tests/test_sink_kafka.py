@@ -17,6 +17,10 @@ from typing import Any
 import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from prometheus_client import REGISTRY
+
+from plantstream.config import Settings
+from plantstream.contract import Origin, Quality, Reading
 from plantstream.producers.kafka import ensure_contract_topics, make_producer, produce
 from plantstream.producers.topics import (
     DEADLETTER_ORIGIN_HEADER,
@@ -28,10 +32,7 @@ from plantstream.sinks.timescaledb.migrate import migrate
 from plantstream.sinks.timescaledb.runner import SinkConfig, SinkRunner
 from plantstream.sinks.timescaledb.sink import PostgresSink
 from plantstream.sinks.timescaledb.testdata import checksums, messages, readings
-from prometheus_client import REGISTRY
-
-from plantstream.config import Settings
-from plantstream.contract import Origin, Quality, Reading
+from plantstream.stack import Stack
 from plantstream.testing.plugin import free_port, wait_until
 from plantstream.testing.proxy import TcpProxy
 
@@ -128,8 +129,10 @@ def test_db_cut_mid_run_dead_letters_and_replay(settings: Settings, topics: Topi
         10**9,
     )
     n_msgs = _produce(settings, first, extra=[b"not a plantstream message"])
-    with TcpProxy(55432) as proxy:
-        dsn = settings.dsn.replace(":55432/", f":{proxy.port}/")
+    pg_port = Stack().ports.pg
+    with TcpProxy(pg_port) as proxy:
+        dsn = settings.dsn.replace(f":{pg_port}/", f":{proxy.port}/")
+        assert dsn != settings.dsn, "the sink must connect through the proxy"
         errors_before = _metric("plantstream_sink_db_unavailable_total")
         cfg = SinkConfig(static_assignment=True, batch_max_rows=10_000, linger_ms=50, backoff_max_s=1.0)
         r = runner_thread(SinkRunner(settings, cfg, sink=PostgresSink(dsn, connect_timeout=2)))

@@ -5,12 +5,12 @@ import dataclasses
 import psycopg
 import pytest
 from click.testing import CliRunner
+
+from plantstream.config import Settings
 from plantstream.sim.materials import MaterialSpec, PropertyLimit
 from plantstream.sinks.cli import db
 from plantstream.sinks.timescaledb import migrate as M
 from plantstream.sinks.timescaledb.testdata import checksums
-
-from plantstream.config import Settings
 
 pytestmark = pytest.mark.integration
 

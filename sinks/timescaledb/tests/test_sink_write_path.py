@@ -8,14 +8,14 @@ from typing import Any
 
 import psycopg
 import pytest
+
+from plantstream.contract import ContextEvent, ContextKind, Grade, Origin, Quality, Reading, TagMeta, Value, now_us
 from plantstream.producers import codec
 from plantstream.producers.codec import Aggregate
 from plantstream.sinks.base import DeadLetter, RecordOrigin
 from plantstream.sinks.timescaledb.migrate import migrate
 from plantstream.sinks.timescaledb.sink import PostgresSink, decode
 from plantstream.sinks.timescaledb.testdata import EQ, checksums, reading_records, readings, records
-
-from plantstream.contract import ContextEvent, ContextKind, Grade, Origin, Quality, Reading, TagMeta, Value, now_us
 
 pytestmark = pytest.mark.integration
 
