@@ -17,13 +17,24 @@ from plantstream.progress import consumer_lag, db_counts, ledger_lines
 from plantstream.stack import Stack, StackError
 
 
+# Excursions on spec-checked tags, so deviations show up on the live page while the demo runs.
+# Wall seconds after start; at --speed 20 the first slab reaches the caster after 120 s, the
+# first coil the mill after 270 s. Spec checks need a lot on the line, so faults come after that.
+DEMO_FAULTS = {
+    "steel": ["caster1.casting_speed:spike:20@150", "hsm1.finishing_exit_temperature:spike:15@285"],
+    "chemical": ["reactor.temperature:spike:15@40", "reactor.pressure:drift:30@200"],
+    "fiber": ["poy1.melt_temperature:spike:20@50", "cf1.oxidation_zone2_temperature:spike:20@100"],
+}
+
+
 @click.command()
 @click.option(
     "--duration", type=float, default=300.0, show_default=True, help="Seconds to run before stopping everything."
 )
 @click.option("--seed", type=int, default=7, show_default=True)
-@click.option("--speed", type=float, default=1.0, show_default=True, help="Simulated time per wall-clock second.")
-@click.option("--rate", type=float, default=None, help="Samples per second per tag (simulator default if unset).")
+@click.option("--speed", type=float, default=20.0, show_default=True,
+              help="Plant seconds per wall-clock second (a heat takes 40 plant minutes).")
+@click.option("--rate", type=float, default=4.0, show_default=True, help="Samples per second per tag.")
 @click.option("--monitor-port", type=int, default=8765, show_default=True)
 @click.option("--plants", default="steel,chemical,fiber", show_default=True)
 def demo(duration: float, seed: int, speed: float, rate: float | None, monitor_port: int, plants: str) -> None:
@@ -37,7 +48,8 @@ def demo(duration: float, seed: int, speed: float, rate: float | None, monitor_p
     env = stack.env()
     settings = Settings.from_env({**env, "PLANTSTREAM_TOPIC_PREFIX": "plantstream"})
     run_dir = stack.state / "demo" / time.strftime("%Y%m%d-%H%M%S")
-    pipe = Pipeline(settings, run_dir, plants=tuple(plants.split(",")), seed=seed, speed=speed, rate=rate)
+    pipe = Pipeline(settings, run_dir, plants=tuple(plants.split(",")), seed=seed, speed=speed, rate=rate,
+                    faults=DEMO_FAULTS)
 
     stopping = False
 

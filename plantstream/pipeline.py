@@ -49,6 +49,8 @@ class Pipeline:
     rate: float | None = None
     sim_ports: dict[str, int] = field(default_factory=lambda: dict(SIM_PORTS))
     monitor_port: int | None = None
+    # Per plant, simulator --fault options (TAG:KIND:SECONDS@AT), e.g. to show deviations in a demo.
+    faults: dict[str, list[str]] = field(default_factory=dict)
     procs: list[Proc] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
@@ -130,6 +132,8 @@ class Pipeline:
                 args += ["--duration", str(duration)]
             if paused:
                 args.append("--paused")
+            for fault in self.faults.get(plant, []):
+                args += ["--fault", fault]
             self.spawn(f"sim-{plant}", *args)
         for plant in self.plants:
             self.wait_port(self.sim_ports[plant], f"simulator {plant}", 60)

@@ -53,7 +53,7 @@ def build(seed: int, step_us: int = 1_000_000) -> PlantModel:
         return f"PTA{seed % 1000:03d}-B{i + 1:05d}"
 
     batch = LotStream(
-        "batch", f"{TRAIN}/product", "batch", MATERIAL, BATCH_S, batch_id,
+        "batch", TRAIN, "batch", MATERIAL, BATCH_S, batch_id,
         lab=("4-CBA", "p_toluic_acid", "ash", "water", "b_star", "acid_value", "total_metals", "Fe", "T400", "D50"),
         lab_delay_s=900,
     )  # fmt: skip

@@ -47,12 +47,12 @@ def build(seed: int, step_us: int = 1_000_000) -> PlantModel:
         return f"PAN{seed % 1000:03d}-{i + 1:04d}"
 
     doff = LotStream(
-        "doff", f"{POY}/winder", "doff", POY_MATERIAL, DOFF_S, lambda i: f"D{seed % 1000:03d}-{i + 1:06d}",
+        "doff", POY, "doff", POY_MATERIAL, DOFF_S, lambda i: f"D{seed % 1000:03d}-{i + 1:06d}",
         attrs=lambda i: {"positions": 16.0}, lab=("tenacity", "elongation", "linear_density"), lab_delay_s=300,
     )  # fmt: skip
     creel = LotStream("precursor", f"{CF}/creel", "precursor", "", SPOOL_S * SPOOLS_PER_CREEL, precursor_id)
     spool = LotStream(
-        "spool", f"{CF}/winder", "spool", CF_MATERIAL, SPOOL_S, lambda i: f"CF{seed % 1000:03d}-{i + 1:05d}",
+        "spool", CF, "spool", CF_MATERIAL, SPOOL_S, lambda i: f"CF{seed % 1000:03d}-{i + 1:05d}",
         parents=lambda i: (precursor_id(i // SPOOLS_PER_CREEL),), relation="transform",
         lab=("tensile_strength", "tensile_modulus", "strain", "linear_density", "density"), lab_delay_s=1200,
     )  # fmt: skip

@@ -1,0 +1,114 @@
+"""Bench output: ``bench.json``, ``bench.md`` (the table) and PNG plots in the output directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from plantstream.bench.model import Metric, fmt_num
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(metrics: list[Metric], meta: dict[str, Any], extra: list[str] | None = None) -> str:
+    lines = [
+        f"# plantstream bench ({meta.get('mode', '?')}) - {meta.get('started', '')}",
+        "",
+        f"Machine: {meta.get('cores', '?')} cores, load average at start {meta.get('loadavg', '?')}; "
+        "shared with other workloads, so rates are noisy (compare runs, not single numbers).",
+        "",
+        "| metric | value | unit | limit | ratio | target | pass/miss | bounding stage / note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m in metrics:
+        value = "not built" if m.status == "not_built" else ("failed" if m.status == "failed" else fmt_num(m.value))
+        limit = f"{fmt_num(m.limit)} ({m.limit_name})" if m.limit else "-"
+        ratio = f"{m.ratio:.2f}" if m.ratio is not None else "-"
+        target = m.target.text(m.unit) if m.target else "-"
+        verdict = {True: "pass", False: "**miss**", None: "-"}[m.passed]
+        note = m.bound if (m.passed is False and m.bound) else m.note
+        if m.passed is False and m.bound and m.note:
+            note = f"{m.bound}. {m.note}"
+        lines.append(
+            f"| {m.name} | {value} | {m.unit} | {_cell(limit)} | {ratio} | {_cell(target)} | {verdict} | {_cell(note)} |"
+        )
+    if extra:
+        lines += ["", *extra]
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: Path, metrics: list[Metric], meta: dict[str, Any], data: dict[str, Any]) -> None:
+    doc = {"meta": meta, "metrics": [m.to_json() for m in metrics], **data}
+    path.write_text(json.dumps(doc, indent=1, default=str))
+
+
+def plots(out: Path, series: dict[str, Any]) -> list[Path]:
+    """rates.png (readings/s over time per measurement) and latency.png (p50/p99 per e2e step)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    fig, axes = plt.subplots(2, 1, figsize=(10, 8))
+    ax = axes[0]
+    for label, pts in series.get("stage_rates", {}).items():
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, marker=".")
+    ax.set_title("Edge stages: readings arriving on the raw topic")
+    ax.set_xlabel("seconds since the stage started")
+    ax.set_ylabel("readings/s")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    ax = axes[1]
+    for label, pts in (("raw topic (edge out)", series.get("e2e_raw", [])), ("database", series.get("e2e_db", []))):
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label)
+    for st in series.get("e2e_steps", []):
+        ax.axvspan(st["from"], st["to"], alpha=0.08, color="green" if st["sustained"] else "red")
+        ax.text(st["from"], 0, f"{st['hz']:g} Hz", fontsize=7, va="bottom")
+    ax.set_title("End to end: readings/s (shaded: measured windows, green sustained / red not)")
+    ax.set_xlabel("seconds since the end-to-end run started")
+    ax.set_ylabel("readings/s")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    p = out / "rates.png"
+    fig.savefig(p, dpi=90)
+    plt.close(fig)
+    written.append(p)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    steps = series.get("e2e_steps", [])
+    ax = axes[0]
+    xs = [s["hz"] for s in steps]
+    for key, label in (("p50", "p50"), ("p99", "p99")):
+        ys = [s.get(key) for s in steps]
+        if any(y is not None for y in ys):
+            ax.plot(xs, [y if y is not None else float("nan") for y in ys], marker="o", label=label)
+    ax.axhline(2.0, color="red", linestyle="--", linewidth=1, label="p99 target")
+    ax.set_xscale("log") if len(xs) > 1 and min(xs) > 0 else None
+    ax.set_title("Source -> database latency per rate step")
+    ax.set_xlabel("simulator rate (samples/s per tag)")
+    ax.set_ylabel("seconds")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax = axes[1]
+    lat = series.get("e2e_latency", [])
+    if lat:
+        ax.scatter([p[0] for p in lat], [p[1] for p in lat], s=2, alpha=0.3)
+    ax.set_title("Sampled latencies over time")
+    ax.set_xlabel("seconds since the end-to-end run started")
+    ax.set_ylabel("seconds")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    p = out / "latency.png"
+    fig.savefig(p, dpi=90)
+    plt.close(fig)
+    written.append(p)
+    return written

@@ -1,0 +1,425 @@
+"""One bench run: machine limits, each stage alone, end to end at stepped rates, memory; then the report.
+
+Every measurement is isolated (its own topics prefix, a throwaway database) and guarded: one that
+fails is reported as ``failed`` with its error and the others still run. Everything the bench
+starts is stopped before it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from plantstream.bench import limits, stages
+from plantstream.bench.e2e import E2EConfig, E2EResult, EndToEnd
+from plantstream.bench.infra import fresh_database
+from plantstream.bench.model import TARGETS, Metric, fmt_num
+from plantstream.bench.procs import self_peak_rss_mb
+from plantstream.bench.report import markdown, plots, write_json
+from plantstream.config import Settings
+from plantstream.sinks.timescaledb.migrate import migrate
+from plantstream.testing.plugin import free_port
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    pg_rows: int
+    kafka_batches: int
+    mqtt_msgs: int
+    opcua_tags: int
+    load_processes: int  # OPC-UA servers / MQTT publishers feeding a limit or an edge stage
+    opcua_s: float
+    edge_s: float
+    edge_warmup_s: float
+    streams_readings: int
+    sink_rows: int
+    e2e: E2EConfig
+    profile_s: float
+
+
+QUICK = Sizes(
+    pg_rows=20_000,
+    kafka_batches=200,
+    mqtt_msgs=3_000,
+    opcua_tags=100,
+    load_processes=1,
+    opcua_s=2.0,
+    edge_s=3.0,
+    edge_warmup_s=1.5,
+    streams_readings=50_000,
+    sink_rows=20_000,
+    e2e=E2EConfig(plants=("steel",), steps_hz=(10,), step_s=6.0, settle_s=1.0, first_rows_timeout_s=100),
+    profile_s=0.0,
+)
+FULL = Sizes(
+    pg_rows=500_000,
+    kafka_batches=3_000,
+    mqtt_msgs=100_000,
+    opcua_tags=200,
+    load_processes=2,
+    opcua_s=8.0,
+    edge_s=12.0,
+    edge_warmup_s=3.0,
+    streams_readings=1_000_000,
+    sink_rows=500_000,
+    e2e=E2EConfig(steps_hz=(20, 50, 100, 200, 400, 800), step_s=20.0, settle_s=4.0, profile_s=8.0),
+    profile_s=8.0,
+)
+
+
+@dataclass
+class Run:
+    settings: Settings
+    out: Path
+    quick: bool
+    metrics: list[Metric] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    series: dict[str, Any] = field(default_factory=lambda: {"stage_rates": {}})
+    peaks: dict[str, float] = field(default_factory=dict)
+
+    def add(self, m: Metric) -> Metric:
+        if m.target is None:
+            m.target = TARGETS.get(m.name)
+        self.metrics.append(m)
+        return m
+
+    def get(self, name: str) -> Metric | None:
+        return next((m for m in self.metrics if m.name == name), None)
+
+    def limit(self, name: str) -> tuple[float | None, str]:
+        m = self.get(name)
+        return (m.value, name) if m is not None and m.status == "ok" else (None, "")
+
+    def guard(self, names: list[tuple[str, str, str]], fn: Callable[[], None]) -> None:
+        """Run one measurement; on failure report each of its metrics (name, group, unit) as failed."""
+        t = time.monotonic()
+        try:
+            fn()
+        except Exception as exc:
+            log.error("bench measurement failed", extra={"kv": {"metrics": [n for n, _, _ in names],
+                                                                  "error": repr(exc)}})  # fmt: skip
+            self.data.setdefault("errors", {})[names[0][0]] = traceback.format_exc()
+            for name, group, unit in names:
+                if self.get(name) is None:
+                    self.add(Metric(name, group, None, unit, status="failed", note=f"failed: {exc}"[:300]))
+        log.info("bench measured", extra={"kv": {"what": names[0][0], "s": round(time.monotonic() - t, 1)}})
+
+
+def _top(frames: list[tuple[str, float]], n: int = 3) -> str:
+    return "; ".join(f"{f} {share:.0%}" for f, share in frames[:n])
+
+
+def run(settings: Settings, out: Path, quick: bool) -> Run:
+    sz = QUICK if quick else FULL
+    out.mkdir(parents=True, exist_ok=True)
+    r = Run(settings, out, quick)
+    started = datetime.now(UTC)
+    meta: dict[str, Any] = {
+        "mode": "quick" if quick else "full",
+        "started": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "cores": os.cpu_count(),
+        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "python": platform.python_version(),
+        "kafka": settings.kafka_bootstrap,
+        "latency_method": (
+            "poll every 0.5 s for rows whose xmin is newer than the last seen; latency = midpoint of the two "
+            "polls - source time (resolution +-0.25 s; includes the simulators' start-up offset)"
+        ),
+    }
+    logdir = out / "logs"
+    prefix = f"psb{uuid.uuid4().hex[:8]}"
+    e2e_db = fresh_database(settings.dsn, "e2e")
+    e2e_dsn = e2e_db.__enter__()
+    e2e: EndToEnd | None = None
+    e2e_started = False
+    try:
+        # Started first: its streams worker joins a consumer group (~20-30 s on the local broker)
+        # while the limits run.
+        e2e = EndToEnd(settings.model_copy(update={"db_dsn": SecretStr(e2e_dsn)}), out / "e2e", sz.e2e)
+
+        def start_e2e() -> None:
+            nonlocal e2e_started
+            assert e2e is not None
+            e2e.start_infra()
+            e2e_started = True
+
+        r.guard([("e2e.sustained_readings_per_s", "e2e", "readings/s")], start_e2e)
+        _limits(r, sz, prefix, logdir)
+        _stages(r, sz, logdir)
+        if e2e_started:
+            _end_to_end(r, e2e, sz)
+    finally:
+        if e2e is not None:
+            e2e.stop()
+        e2e_db.__exit__(None, None, None)
+    _memory(r)
+    meta["finished"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    meta["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
+    _write(r, meta)
+    return r
+
+
+def _limits(r: Run, sz: Sizes, prefix: str, logdir: Path) -> None:
+    s = r.settings
+
+    def pg() -> None:
+        with fresh_database(s.dsn, "copy") as dsn:
+            migrate(dsn)
+            res = limits.pg_copy(dsn, sz.pg_rows)
+        r.data["pg_copy"] = res
+        r.add(Metric("limit.pg_copy_plain", "limit", res["plain_rows_per_s"], "rows/s",
+                     note=f"binary COPY, {res['rows']:.0f} rows, plain table without index"))  # fmt: skip
+        r.add(Metric("limit.pg_copy_readings", "limit", res["readings_rows_per_s"], "rows/s",
+                     note="binary COPY into readings (partitioned, primary key, BRIN), fresh database"))  # fmt: skip
+
+    r.guard([("limit.pg_copy_plain", "limit", "rows/s"), ("limit.pg_copy_readings", "limit", "rows/s")], pg)
+
+    def kafka() -> None:
+        res = limits.kafka(s.kafka_bootstrap, prefix, sz.kafka_batches)
+        r.data["kafka"] = res
+        note = f"{res['message_bytes']:.0f}-byte messages of 500 readings; = {fmt_num(res['produce_readings_per_s'])} readings/s"
+        r.add(Metric("limit.kafka_produce", "limit", res["produce_msgs_per_s"], "msgs/s", note=note,
+                     details={"readings_per_s": res["produce_readings_per_s"]}))  # fmt: skip
+        r.add(Metric("limit.kafka_consume", "limit", res["consume_msgs_per_s"], "msgs/s",
+                     note=f"= {fmt_num(res['consume_readings_per_s'])} readings/s (assign, from the beginning)",
+                     details={"readings_per_s": res["consume_readings_per_s"]}))  # fmt: skip
+
+    r.guard([("limit.kafka_produce", "limit", "msgs/s"), ("limit.kafka_consume", "limit", "msgs/s")], kafka)
+
+    from urllib.parse import urlsplit
+
+    url = urlsplit(s.mqtt)
+    for qos in (0, 1):
+
+        def mq(qos: int = qos) -> None:
+            res = limits.mqtt(
+                url.hostname or "127.0.0.1", url.port or 1883, qos, sz.mqtt_msgs, logdir, sz.load_processes
+            )
+            r.data[f"mqtt_qos{qos}"] = res
+            r.add(Metric(f"limit.mqtt_qos{qos}", "limit", res["msgs_per_s"], "msgs/s",
+                         note=f"{sz.load_processes} publisher process(es) -> Mosquitto -> one subscriber; {res['lost']:.0f} of {res['sent']:.0f} lost"))  # fmt: skip
+
+        r.guard([(f"limit.mqtt_qos{qos}", "limit", "msgs/s")], mq)
+
+    def opc() -> None:
+        res = limits.opcua([free_port() for _ in range(sz.load_processes)], sz.opcua_tags, sz.opcua_s, logdir)
+        r.data["opcua"] = res
+        srv = res.get("server_writes_per_s")
+        r.add(Metric("limit.opcua_notifications", "limit", res["notifications_per_s"], "notifications/s",
+                     note=f"{sz.load_processes} asyncua server process(es) writing {fmt_num(srv)}/s -> one asyncua "
+                          f"client, {sz.opcua_tags} items each, 100 ms publishing"))  # fmt: skip
+
+    r.guard([("limit.opcua_notifications", "limit", "notifications/s")], opc)
+    r.peaks.update(limits.peaks())
+
+
+def _stages(r: Run, sz: Sizes, logdir: Path) -> None:
+    s = r.settings
+    work = r.out / "stages"
+
+    def edge_opc() -> None:
+        ports = [free_port() for _ in range(sz.load_processes)]
+        res = stages.edge_opcua(s, work, ports, sz.opcua_tags, sz.edge_s, sz.edge_warmup_s, sz.profile_s)
+        r.data["edge_opcua"] = res.to_json()
+        r.series["stage_rates"]["edge OPC-UA"] = res.series
+        lim, lname = r.limit("limit.opcua_notifications")
+        m = r.add(Metric("edge.opcua_readings_per_s", "stage", res.readings_per_s, "readings/s", limit=lim,
+                         limit_name=lname, details=res.to_json()))  # fmt: skip
+        m.note = f"server offered {fmt_num(res.offered_per_s)}/s; agent CPU {fmt_num(res.edge_cpu_pct)}%"
+        m.bound = _edge_bound("OPC-UA", res, lim)
+        if res.edge_peak_mb:
+            r.peaks["edge agent (OPC-UA stage)"] = res.edge_peak_mb
+
+    r.guard([("edge.opcua_readings_per_s", "stage", "readings/s")], edge_opc)
+
+    def edge_mq() -> None:
+        res = stages.edge_mqtt(s, work, sz.edge_s, sz.edge_warmup_s, sz.load_processes, profile_s=sz.profile_s)
+        r.data["edge_mqtt"] = res.to_json()
+        r.series["stage_rates"]["edge MQTT"] = res.series
+        lim, lname = r.limit("limit.mqtt_qos1")
+        m = r.add(Metric("edge.mqtt_readings_per_s", "stage", res.readings_per_s, "readings/s", limit=lim,
+                         limit_name=lname, details=res.to_json()))  # fmt: skip
+        m.note = f"publisher offered {fmt_num(res.offered_per_s)}/s (QoS 1); agent CPU {fmt_num(res.edge_cpu_pct)}%"
+        m.bound = _edge_bound("MQTT", res, lim)
+        if res.edge_peak_mb:
+            r.peaks["edge agent (MQTT stage)"] = res.edge_peak_mb
+
+    r.guard([("edge.mqtt_readings_per_s", "stage", "readings/s")], edge_mq)
+
+    def streams() -> None:
+        res = stages.streams(sz.streams_readings, profile_readings=0 if r.quick else 200_000)
+        r.data["streams"] = {k: v for k, v in res.items() if k != "profile"}
+        r.data["streams_profile"] = res.get("profile", "")
+        kc = r.get("limit.kafka_consume")
+        lim = kc.details.get("readings_per_s") if kc is not None and kc.status == "ok" else None
+        m = r.add(Metric("streams.readings_per_s_per_worker", "stage", res["readings_per_s"], "readings/s",
+                         limit=lim, limit_name="limit.kafka_consume (readings/s)" if lim else ""))  # fmt: skip
+        m.note = (f"Processor only (decode, validate, units, dedup, lots, 1 s/1 min windows), one core, "
+                  f"{res['readings']} readings; the Faust/Kafka path is covered end to end")  # fmt: skip
+        m.bound = "streams Processor in pure Python: " + _cprofile_top(str(res.get("profile", "")))
+
+    r.guard([("streams.readings_per_s_per_worker", "stage", "readings/s")], streams)
+
+    def sink() -> None:
+        with fresh_database(s.dsn, "sink") as dsn:
+            res = stages.sink(dsn, sz.sink_rows)
+        r.data["sink"] = res
+        lim, lname = r.limit("limit.pg_copy_readings")
+        m = r.add(Metric("sink.readings_per_s", "stage", res["readings_per_s"], "readings/s", limit=lim,
+                         limit_name=lname))  # fmt: skip
+        m.note = (f"decode + registration + COPY to staging + INSERT ON CONFLICT into readings, "
+                  f"{res['rows_per_flush']} rows per transaction")  # fmt: skip
+        m.bound = ("sink: the idempotent upsert (staging COPY, then INSERT ... ON CONFLICT DO NOTHING checking the "
+                   "primary key) writes every row twice and probes the index, against a single COPY for the limit")  # fmt: skip
+
+    r.guard([("sink.readings_per_s", "stage", "readings/s")], sink)
+
+    def dataset() -> None:
+        with fresh_database(s.dsn, "ds") as dsn:
+            migrate(dsn)
+            res = stages.dataset(dsn, r.quick)
+        if res is None:
+            r.add(Metric("dataset.cells_per_s", "stage", None, "cells/s", status="not_built",
+                         note=f"plantstream.datasets provides no bench yet (expected: {stages.DATASET_API})"))  # fmt: skip
+            return
+        r.data["dataset"] = res
+        r.add(Metric("dataset.cells_per_s", "stage", float(res["cells_per_s"]), "cells/s",
+                     note=str(res.get("note", ""))))  # fmt: skip
+
+    r.guard([("dataset.cells_per_s", "stage", "cells/s")], dataset)
+
+
+def _edge_bound(kind: str, res: stages.EdgeResult, limit: float | None) -> str:
+    cpu = res.edge_cpu_pct or 0.0
+    load = res.load_cpu_pct or 0.0
+    svc = ", ".join(f"{k} {v:.0f}%" for k, v in res.services_cpu_pct.items() if v >= 5)
+    why = f"agent at {cpu:.0f}% of a core, {res.load_processes} load generator(s) at {load:.0f}% each"
+    why += f", services {svc}" if svc else ""
+    if cpu >= 85:
+        why = f"edge agent ({kind}) CPU-bound in one Python process: " + why
+    elif load >= 85:
+        why = "load generator bound (the 2 cores are shared by generator, agent and broker): " + why
+    elif limit and res.readings_per_s >= 0.8 * limit:
+        why = f"near the {kind} client/broker limit: " + why
+    else:
+        why = "no process CPU-saturated: bounded by round trips (acknowledgements, commit cadence): " + why
+    if res.profile:
+        why += "; agent top frames (py-spy): " + _top(res.profile)
+    return why
+
+
+def _cprofile_top(text: str, n: int = 3) -> str:
+    """First ``n`` function names of a cProfile 'tottime' listing."""
+    rows = []
+    started = False
+    for line in text.splitlines():
+        if line.strip().startswith("ncalls"):
+            started = True
+            continue
+        if started and line.strip():
+            parts = line.split(None, 5)
+            if len(parts) == 6:
+                rows.append(f"{parts[5].strip()} ({parts[1]} s self)")
+        if len(rows) >= n:
+            break
+    return "top self-time: " + "; ".join(rows) if rows else "profile not taken in --quick"
+
+
+def _end_to_end(r: Run, e2e: EndToEnd, sz: Sizes) -> None:
+    res: E2EResult | None = None
+
+    def go() -> None:
+        nonlocal res
+        res = e2e.run(r.out)
+
+    r.guard([("e2e.sustained_readings_per_s", "e2e", "readings/s"), ("e2e.latency_p50_s", "e2e", "s"),
+             ("e2e.latency_p99_s", "e2e", "s")], go)  # fmt: skip
+    r.peaks.update(e2e.peaks)
+    if res is None:
+        return
+    steps = [s.to_json() for s in res.steps]
+    r.data["e2e"] = {"steps": steps, "bound": res.bound, "profiled": res.profiled, "profile": res.profile,
+                     "plants": list(sz.e2e.plants)}  # fmt: skip
+    r.series["e2e_db"] = res.db_series
+    r.series["e2e_raw"] = res.raw_series
+    r.series["e2e_latency"] = res.latency_series[:: max(1, len(res.latency_series) // 5000)]
+    r.series["e2e_steps"] = [{"from": s.t_start - res.t0, "to": s.t_end - res.t0, "hz": s.obs.rate_hz,
+                              "sustained": s.sustained, "p50": s.obs.latency_p50_s, "p99": s.obs.latency_p99_s}
+                             for s in res.steps]  # fmt: skip
+    lims = [(v, n) for v, n in (r.limit("limit.opcua_notifications"), r.limit("limit.pg_copy_readings")) if v]
+    lim, lname = min(lims) if lims else (None, "")
+    value = res.sustained_per_s
+    note = f"highest sustained step {res.sustained_hz:g} Hz/tag" if res.sustained_hz else "no step sustained"
+    if not value and res.steps:
+        value = res.steps[0].obs.db_per_s
+        note = f"no step sustained; lowest step's database rate shown ({res.steps[0].reason})"
+    bound = res.bound
+    if res.profile:
+        bound += f"; py-spy {res.profiled}: {_top(res.profile)}"
+    steps_txt = ", ".join(f"{s.obs.rate_hz:g} Hz: {fmt_num(s.obs.db_per_s)}/s{'' if s.sustained else ' (not sustained)'}"
+                          for s in res.steps)  # fmt: skip
+    r.add(Metric("e2e.sustained_readings_per_s", "e2e", value, "readings/s", limit=lim, limit_name=lname,
+                 bound=bound, note=f"{note}; {len(sz.e2e.plants)} simulated plants; steps {steps_txt}"))  # fmt: skip
+    p50 = (
+        res.latency_p50_s if res.latency_p50_s is not None else (res.steps[0].obs.latency_p50_s if res.steps else None)
+    )
+    p99 = (
+        res.latency_p99_s if res.latency_p99_s is not None else (res.steps[0].obs.latency_p99_s if res.steps else None)
+    )
+    r.add(
+        Metric("e2e.latency_p50_s", "e2e", p50, "s", note="source timestamp -> database commit, at the sustained rate")
+    )
+    r.add(Metric("e2e.latency_p99_s", "e2e", p99, "s", bound=bound,
+                 note="poll-based (+-0.25 s), see latency_method in bench.json"))  # fmt: skip
+
+
+def _memory(r: Run) -> None:
+    r.peaks["bench process (limits, streams, sink in-process)"] = self_peak_rss_mb()
+    for name, mb in sorted(r.peaks.items()):
+        r.add(Metric(f"memory.{name}", "memory", mb, "MB", note="peak RSS (VmHWM)"))
+
+
+def _write(r: Run, meta: dict[str, Any]) -> None:
+    extra: list[str] = []
+    if r.data.get("e2e", {}).get("steps"):
+        extra += ["## End-to-end steps", "",
+                  "| Hz/tag | offered/s | edge out/s | db/s | p50 s | p99 s | sustained | bound |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for s in r.data["e2e"]["steps"]:
+            extra.append(f"| {s['rate_hz']:g} | {fmt_num(s['offered_per_s'])} | {fmt_num(s['edge_out_per_s'])} | "
+                         f"{fmt_num(s['db_per_s'])} | {fmt_num(s['latency_p50_s'])} | {fmt_num(s['latency_p99_s'])} | "
+                         f"{'yes' if s['sustained'] else 'no'} | {s['reason']} |")  # fmt: skip
+        busiest = r.data["e2e"]["steps"][-1].get("cpu", {})
+        if busiest:
+            top = sorted(busiest.items(), key=lambda kv: -kv[1])[:6]
+            extra += ["", "CPU in the last step (% of one core): " + ", ".join(f"{k} {v:.0f}" for k, v in top)]
+    if r.data.get("streams_profile"):
+        extra += ["", "## Streams Processor profile (cProfile, tottime)", "", "```",
+                  *str(r.data["streams_profile"]).strip().splitlines()[:30], "```"]  # fmt: skip
+    if r.data.get("errors"):
+        extra += ["", "## Errors", ""] + [f"- {k}: see bench.json errors" for k in r.data["errors"]]
+    extra += ["", f"Latency method: {meta['latency_method']}.", "", "Plots: rates.png, latency.png."]
+    md = markdown(r.metrics, meta, extra)
+    (r.out / "bench.md").write_text(md)
+    write_json(r.out / "bench.json", r.metrics, meta, {"data": r.data, "series": r.series})
+    try:
+        plots(r.out, r.series)
+    except Exception as exc:  # a plotting problem must not lose the numbers
+        log.error("plots failed", extra={"kv": {"error": repr(exc)}})
+    results = Path(__file__).resolve().parent / "results"
+    if r.out.resolve().is_relative_to(results):
+        shutil.copyfile(r.out / "bench.md", results / "latest.md")
+        shutil.copyfile(r.out / "bench.json", results / "latest.json")
