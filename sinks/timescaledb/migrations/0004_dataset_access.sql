@@ -88,7 +88,7 @@ CREATE TABLE dataset_pulls (
     requester   text NOT NULL,
     tier        text NOT NULL CHECK (tier IN ('owner', 'member', 'public')),
     db_user     text NOT NULL,                 -- session_user: the login, not forgeable by the caller
-    db_role     text NOT NULL,                 -- current_user when the pull began (the tier role)
+    db_role     text NOT NULL,                 -- the tier role the pull ran under (checked: usable by db_user)
     started_at  timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz,
     status      text NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'complete', 'failed', 'rejected')),
@@ -106,11 +106,20 @@ CREATE INDEX dataset_pulls_started ON dataset_pulls (started_at DESC);
 CREATE INDEX dataset_pulls_snapshot ON dataset_pulls (snapshot);
 
 -- Tier roles write the record only through these (SECURITY DEFINER: they have no table rights).
-CREATE FUNCTION ps_pull_begin(p_requester text, p_tier text, p_request jsonb) RETURNS bigint
-LANGUAGE sql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+-- Inside them current_user is the definer, so the caller passes its current_user; it is checked
+-- to be a tier role that the login (session_user) may actually use.
+CREATE FUNCTION ps_pull_begin(p_requester text, p_tier text, p_request jsonb, p_role name) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE new_id bigint;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM access_grades WHERE role = p_role) OR NOT pg_has_role(session_user, p_role, 'USAGE') THEN
+        RAISE EXCEPTION 'role % is not a plantstream tier role usable by %', p_role, session_user
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     INSERT INTO dataset_pulls (requester, tier, db_user, db_role, request)
-    VALUES (p_requester, p_tier, session_user, current_user, p_request) RETURNING id
-$$;
+    VALUES (p_requester, p_tier, session_user, p_role, p_request) RETURNING id INTO new_id;
+    RETURN new_id;
+END $$;
 
 CREATE FUNCTION ps_pull_finish(p_id bigint, p_status text, p_snapshot text, p_watermark text, p_location text,
                                p_files jsonb, p_rows bigint, p_cells bigint, p_withheld jsonb, p_error text)
@@ -124,9 +133,9 @@ LANGUAGE sql SECURITY DEFINER SET search_path = public, pg_temp AS $$
     RETURNING true
 $$;
 
-REVOKE ALL ON FUNCTION ps_pull_begin(text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ps_pull_begin(text, text, jsonb, name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ps_pull_finish(bigint, text, text, text, text, jsonb, bigint, bigint, jsonb, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION ps_pull_begin(text, text, jsonb),
+GRANT EXECUTE ON FUNCTION ps_pull_begin(text, text, jsonb, name),
                           ps_pull_finish(bigint, text, text, text, text, jsonb, bigint, bigint, jsonb, text)
     TO plantstream_public, plantstream_member, plantstream_owner;
 -- Owners may read the pull record (audit); others see nothing of it.

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -43,7 +44,9 @@ def _schema(dsn: str) -> list[tuple[str, ...]]:
 
 def test_migrate_twice_is_a_noop(fresh_db: str) -> None:
     first = M.migrate(fresh_db)
-    assert [m.version for m in first] == [1, 2, 3]
+    on_disk = sorted({int(f.name[:4]) for f in (Path(M.__file__).parent / "migrations").glob("[0-9]*.sql")})
+    assert len(on_disk) >= 4
+    assert [m.version for m in first] == on_disk
     schema, data = _schema(fresh_db), checksums(fresh_db)
     with psycopg.connect(fresh_db) as conn:
         applied = conn.execute("SELECT version, flavor, checksum, applied_at FROM schema_migrations").fetchall()

@@ -1,0 +1,53 @@
+"""The Python API of datasets, for the HTTP monitor and notebooks.
+
+``pull_dataset(request, requester)`` takes an already validated ``PullRequest`` (build one with
+``validate_request(dict)``, which raises ``RequestError`` naming the field) and a ``Requester``
+(name + tier from their token) and returns the ``PullRecord`` stored in ``dataset_pulls``.
+It raises ``RequestError`` (client error: HTTP 400/422) before anything is written, and any
+other exception for server-side failures (recorded as 'failed').
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from plantstream.config import Settings
+from plantstream.datasets.models import PullRecord, PullRequest, Requester, RequestError, validate_request
+from plantstream.datasets.pull import Progress, ProgressFn, get_pull, list_pulls, pull
+
+
+def pull_dataset(
+    request: PullRequest,
+    requester: Requester,
+    out: Path | None = None,
+    settings: Settings | None = None,
+    progress: ProgressFn | None = None,
+) -> PullRecord:
+    """Pull ``request`` as ``requester`` into ``out`` (default ``./dataset-<snapshot>``)."""
+    s = settings or Settings.from_env()
+    return pull(s.dsn, request, requester, out=out, progress=progress)
+
+
+def list_dataset_pulls(
+    settings: Settings | None = None, limit: int = 50, requester: str | None = None
+) -> list[PullRecord]:
+    s = settings or Settings.from_env()
+    return list_pulls(s.dsn, limit=limit, requester=requester)
+
+
+def show_dataset_pull(ident: int | str, settings: Settings | None = None) -> PullRecord | None:
+    s = settings or Settings.from_env()
+    return get_pull(s.dsn, ident)
+
+
+__all__ = [
+    "Progress",
+    "PullRecord",
+    "PullRequest",
+    "RequestError",
+    "Requester",
+    "list_dataset_pulls",
+    "pull_dataset",
+    "show_dataset_pull",
+    "validate_request",
+]

@@ -1,0 +1,138 @@
+"""The dataset card (README.md of a pull): what, where, how sampled, gaps, lots, withheld, licence.
+
+Deterministic: no times of the pull, no requester; only facts of the request and the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from plantstream.access import Tier
+from plantstream.contract import Grade
+from plantstream.datasets.logic.durations import format_duration_us
+from plantstream.datasets.models import FileEntry, PullRequest
+from plantstream.datasets.output import Column
+
+if TYPE_CHECKING:
+    from plantstream.datasets.pull import Plan
+
+_GRADE_ORDER = [Grade.GENERAL.value, Grade.IMPORTANT.value, Grade.CORE.value]
+
+
+def _iso(req_dt: object) -> str:
+    return str(req_dt).replace("+00:00", "Z")
+
+
+def _lowest_tier(grade: str) -> str:
+    from plantstream.access import READABLE
+
+    for tier in (Tier.PUBLIC, Tier.MEMBER, Tier.OWNER):
+        if Grade(grade) in READABLE[tier]:
+            return tier.value
+    return Tier.OWNER.value
+
+
+def render_card(
+    req: PullRequest,
+    plan: Plan,
+    cols: Sequence[Column],
+    files: Sequence[FileEntry],
+    snapshot: str,
+    watermark: str,
+    rows: int,
+    dropped_no_lot: int,
+    split_rows: dict[str, int],
+) -> str:
+    grades = {t.grade for t in plan.tags}
+    data_grade = max(grades, key=_GRADE_ORDER.index) if grades else "general"
+    out: list[str] = []
+    w = out.append
+    w(f"# {req.name or f'{req.plant} dataset'} ({snapshot})\n")
+    w("## What\n")
+    w(
+        f"Sensor readings of plant **{req.plant}**"
+        + (f", equipment subtree `{req.equipment}`" if req.equipment else "")
+        + f", {len(plan.tags)} tag(s) aligned into one wide table: one row per grid time, one column per tag"
+        + (", with lot id, spec limits, lot test results and in-spec labels" if req.labels else ", with the lot id")
+        + f". {rows} rows.\n"
+    )
+    w(f"- Time range: `{_iso(req.start.isoformat())}` (inclusive) to `{_iso(req.end.isoformat())}` (exclusive), UTC")
+    w(f"- Snapshot: `{snapshot}`; data watermark (SHA-256 of the source readings): `{watermark}`")
+    w(f"- Data grade of the contents (GB/T 43697-2024): **{data_grade}**; licence: **{req.license}**")
+    w(
+        "- Source: the plantstream database (views `ds_readings`, `ds_tags`, `ds_lots`, read under the requester's tier role)\n"
+    )
+    w("## How it was sampled\n")
+    w(
+        f"Grid interval **{req.interval}**. Row time `t` stands for the bucket `[t, t + {req.interval})`; a tag's "
+        "value is its LAST reading in the bucket (readings of bad quality are left out; good and uncertain "
+        "are used). Empty buckets follow the tag's gap rule: `none` (null), `locf` (last value carried "
+        "forward while the reading is at most `max_gap` old), `linear` (interpolated in time between the "
+        "readings around the gap when they are at most `max_gap` apart). A row's lot is the lot stamped on "
+        "the latest reading in the bucket, carried over empty buckets within the largest max gap.\n"
+    )
+    w("| tag | equipment | unit | type | grade | gap rule | max gap |")
+    w("|---|---|---|---|---|---|---|")
+    for t in plan.tags:
+        g = req.gap_for(t.tag)
+        gap = format_duration_us(req.max_gap_us(g)) if g.rule != "none" else "-"
+        w(f"| `{t.tag}` | `{t.equipment}` | {t.unit or '-'} | {t.datatype} | {t.grade} | {g.rule} | {gap} |")
+    w("")
+    w("## Lots and splits\n")
+    if plan.split_of:
+        assert req.split is not None
+        w(
+            f"Split **by lot** (no lot is in two splits), seed {req.split.seed}, proportions of lots "
+            f"train {req.split.train:g} / validation {req.split.validation:g} / test {req.split.test:g}.\n"
+        )
+        w("| split | lots | rows |")
+        w("|---|---|---|")
+        for s in ("train", "validation", "test"):
+            lots = sorted(plan.lots[i].lot for i, sp in plan.split_of.items() if sp == s)
+            w(
+                f"| {s} | {len(lots)}: {', '.join(lots[:20])}{' ...' if len(lots) > 20 else ''} | {split_rows.get(s, 0)} |"
+            )
+        w("")
+    elif plan.allowed is not None:
+        lots = sorted(plan.lots[i].lot for i in plan.allowed)
+        w(f"Rows of {len(lots)} selected lot(s): {', '.join(lots[:50])}{' ...' if len(lots) > 50 else ''}.\n")
+    else:
+        w("No lot selection: every grid row of the range is included (the `lot` column may be null).\n")
+    if dropped_no_lot:
+        w(
+            f"{dropped_no_lot} grid row(s) were left out because their lot is not among the selected lots (or unknown).\n"
+        )
+    if req.labels:
+        w("## Labels\n")
+        w(
+            "Per lab property `P`: `lab.P` (the lot's latest test result), `lab.P.min` / `lab.P.max` (the governing "
+            "spec limit; where limits step with thickness, the strictest step, because lot attributes are not "
+            "recorded), `in_spec.P` (null when not measured or no limit) and `in_spec` (all measured properties "
+            "within spec). Labels are per lot: the same for every row of a lot.\n"
+        )
+    w("## Withheld tags\n")
+    if plan.withheld:
+        w("These selected tags are not in this dataset because their data grade is above the requester's tier:\n")
+        w("| tag | grade | readable from tier |")
+        w("|---|---|---|")
+        for tag, grade in plan.withheld:
+            w(f"| `{tag}` | {grade} | {_lowest_tier(grade)} |")
+        w("")
+    else:
+        w("None: every selected tag is included.\n")
+    w("## Files\n")
+    w("| file | rows | bytes | sha256 |")
+    w("|---|---|---|---|")
+    for f in files:
+        w(f"| `{f.path}` | {f.rows if f.rows is not None else '-'} | {f.bytes} | `{f.sha256}` |")
+    w("")
+    w(
+        "Columns carry their unit, grade and description in the Parquet field metadata; `croissant.json` "
+        "describes the same (Croissant 1.0, loadable with `mlcroissant`).\n"
+    )
+    w(
+        "```python\nimport pyarrow.dataset as ds\ntable = ds.dataset('data', format='parquet', partitioning='hive').to_table()\n```\n"
+    )
+    del cols
+    return "\n".join(out) + "\n"

@@ -1,0 +1,1 @@
+"""Dataset logic with no database: durations, resampling with gap rules, lot splits, labels."""

@@ -1,0 +1,263 @@
+"""Deterministic output: Parquet partitioned by split, the Croissant 1.0 file, the dataset card.
+
+Byte-identical re-pulls: every writer setting is fixed here (format version, compression and
+level, dictionary, statistics, row-group size, page size), nothing time-dependent is written,
+columns and files are in a fixed order, and rows arrive sorted by time. The Parquet footer
+names the writing library (``created_by``), so identical bytes hold for one pyarrow version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROW_GROUP_ROWS = 65_536
+FORMAT_VERSION = "plantstream-dataset/1"
+_WRITER_OPTS: dict[str, Any] = {
+    "version": "2.6",
+    "compression": "zstd",
+    "compression_level": 3,
+    "use_dictionary": True,
+    "write_statistics": True,
+    "data_page_size": 1 << 20,
+    "data_page_version": "1.0",
+    "write_page_index": False,
+    "store_schema": True,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: pa.DataType
+    unit: str = ""
+    description: str = ""
+    grade: str = ""
+    nullable: bool = True
+
+    def arrow_field(self) -> pa.Field:
+        meta = {"description": self.description}
+        if self.unit:
+            meta["unit"] = self.unit
+        if self.grade:
+            meta["grade"] = self.grade
+        return pa.field(self.name, self.type, nullable=self.nullable, metadata=meta)
+
+
+def schema_of(columns: Sequence[Column]) -> pa.Schema:
+    return pa.schema([c.arrow_field() for c in columns], metadata={"format": FORMAT_VERSION})
+
+
+@dataclass
+class SplitWriter:
+    """Buffers rows of one split and writes full row groups of ``ROW_GROUP_ROWS`` rows."""
+
+    path: Path
+    schema: pa.Schema
+    rows: int = 0
+    _buf: list[pa.RecordBatch] = field(default_factory=list)
+    _buffered: int = 0
+    _writer: pq.ParquetWriter | None = None
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        self._buf.append(batch)
+        self._buffered += batch.num_rows
+        while self._buffered >= ROW_GROUP_ROWS:
+            self._flush(ROW_GROUP_ROWS)
+
+    def close(self) -> None:
+        if self._buffered:
+            self._flush(self._buffered)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _flush(self, n: int) -> None:
+        table = pa.Table.from_batches(self._buf, schema=self.schema)
+        head, rest = table.slice(0, n), table.slice(n)
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(str(self.path), self.schema, **_WRITER_OPTS)
+        self._writer.write_table(head.combine_chunks(), row_group_size=n)
+        self.rows += n
+        self._buf = rest.combine_chunks().to_batches() if rest.num_rows else []
+        self._buffered = rest.num_rows
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- Croissant 1.0 --------------------------------------------------------------------------------
+
+_CONTEXT: dict[str, Any] = {
+    "@language": "en",
+    "@vocab": "https://schema.org/",
+    "citeAs": "cr:citeAs",
+    "column": "cr:column",
+    "conformsTo": "dct:conformsTo",
+    "cr": "http://mlcommons.org/croissant/",
+    "rai": "http://mlcommons.org/croissant/RAI/",
+    "data": {"@id": "cr:data", "@type": "@json"},
+    "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
+    "dct": "http://purl.org/dc/terms/",
+    "equivalentProperty": "cr:equivalentProperty",
+    "examples": {"@id": "cr:examples", "@type": "@json"},
+    "extract": "cr:extract",
+    "field": "cr:field",
+    "fileProperty": "cr:fileProperty",
+    "fileObject": "cr:fileObject",
+    "fileSet": "cr:fileSet",
+    "format": "cr:format",
+    "includes": "cr:includes",
+    "isLiveDataset": "cr:isLiveDataset",
+    "jsonPath": "cr:jsonPath",
+    "key": "cr:key",
+    "md5": "cr:md5",
+    "parentField": "cr:parentField",
+    "path": "cr:path",
+    "recordSet": "cr:recordSet",
+    "references": "cr:references",
+    "regex": "cr:regex",
+    "repeated": "cr:repeated",
+    "replace": "cr:replace",
+    "samplingRate": "cr:samplingRate",
+    "sc": "https://schema.org/",
+    "separator": "cr:separator",
+    "source": "cr:source",
+    "subField": "cr:subField",
+    "transform": "cr:transform",
+}
+
+_DATATYPE = {
+    pa.float64(): "sc:Float",
+    pa.int64(): "sc:Integer",
+    pa.bool_(): "sc:Boolean",
+    pa.string(): "sc:Text",
+}
+
+
+def croissant(
+    *,
+    name: str,
+    description: str,
+    license: str,
+    version: str,
+    columns: Sequence[Column],
+    files: Sequence[tuple[str, str, str]],  # (split, relative path, sha256)
+    url: str,
+    cite_as: str,
+) -> dict[str, Any]:
+    """A Croissant 1.0 JSON-LD document for the Parquet files (one RecordSet, split by a cr:Split set)."""
+    distribution: list[dict[str, Any]] = []
+    for split, rel, sha in files:
+        distribution.append(
+            {
+                "@type": "cr:FileObject",
+                "@id": f"parquet-{split}",
+                "name": f"parquet-{split}",
+                "description": f"rows of the {split} split",
+                "contentUrl": rel,
+                "encodingFormat": "application/x-parquet",
+                "sha256": sha,
+            }
+        )
+    distribution.append(
+        {
+            "@type": "cr:FileSet",
+            "@id": "parquet-files",
+            "name": "parquet-files",
+            "description": "all Parquet files, hive-partitioned by split",
+            "encodingFormat": "application/x-parquet",
+            "includes": "data/*/*.parquet",
+        }
+    )
+    splits_present = [s for s, _, _ in files]
+    split_urls = {"train": "cr:TrainSplit", "validation": "cr:ValidationSplit", "test": "cr:TestSplit"}
+    record_sets: list[dict[str, Any]] = [
+        {
+            "@type": "cr:RecordSet",
+            "@id": "splits",
+            "name": "splits",
+            "description": "the splits of this dataset (by lot: no lot is in two splits)",
+            "dataType": "cr:Split",
+            "key": {"@id": "splits/name"},
+            "field": [
+                {"@type": "cr:Field", "@id": "splits/name", "name": "splits/name", "dataType": "sc:Text"},
+                {"@type": "cr:Field", "@id": "splits/url", "name": "splits/url", "dataType": "sc:URL"},
+            ],
+            "data": [
+                {"splits/name": s, "splits/url": split_urls.get(s, f"cr:{s.capitalize()}Split")} for s in splits_present
+            ],
+        }
+    ]
+    fields: list[dict[str, Any]] = []
+    for c in columns:
+        desc = c.description + (f" [unit: {c.unit}]" if c.unit else "") + (f" [grade: {c.grade}]" if c.grade else "")
+        fid = f"rows/{c.name}"
+        dtype = "sc:Date" if pa.types.is_timestamp(c.type) else _DATATYPE.get(c.type, "sc:Text")
+        f: dict[str, Any] = {
+            "@type": "cr:Field",
+            "@id": fid,
+            "name": fid,
+            "description": desc,
+            "dataType": dtype,
+            "source": {"fileSet": {"@id": "parquet-files"}, "extract": {"column": c.name}},
+        }
+        if c.unit:
+            f["sc:unitText"] = c.unit
+        fields.append(f)
+    fields.append(
+        {
+            "@type": "cr:Field",
+            "@id": "rows/split",
+            "name": "rows/split",
+            "description": "the split of the row (from the file path)",
+            "dataType": "sc:Text",
+            "source": {
+                "fileSet": {"@id": "parquet-files"},
+                "extract": {"fileProperty": "fullpath"},
+                "transform": {"regex": "^(?:.*split=)?([a-z]+)(?:/[^/]*)?$"},
+            },
+            "references": {"field": {"@id": "splits/name"}},
+        }
+    )
+    record_sets.append(
+        {
+            "@type": "cr:RecordSet",
+            "@id": "rows",
+            "name": "rows",
+            "description": "one row per grid time",
+            "field": fields,
+        }
+    )
+    return {
+        "@context": _CONTEXT,
+        "@type": "sc:Dataset",
+        "name": name,
+        "description": description,
+        "conformsTo": "http://mlcommons.org/croissant/1.0",
+        "citeAs": cite_as,
+        "license": license,
+        "url": url,
+        "version": version,
+        "distribution": distribution,
+        "recordSet": record_sets,
+    }
+
+
+def dumps_json(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, sort_keys=False, ensure_ascii=False) + "\n"

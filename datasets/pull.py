@@ -1,0 +1,679 @@
+"""One dataset pull, end to end: resolve -> stream -> resample -> Parquet -> Croissant + card.
+
+Contract:
+
+* The whole pull runs under ``SET ROLE <tier role>`` (``plantstream.access.DB_ROLE``) and reads
+  only the ``ds_*`` views, in one REPEATABLE READ READ ONLY transaction (one consistent snapshot
+  of the data). The database, not this code, decides what the tier may read.
+* Every pull is recorded in ``dataset_pulls`` (status running -> complete / rejected / failed),
+  through SECURITY DEFINER functions the tier roles may execute.
+* Bad input (``RequestError``: unknown tag or lot, empty range, a split that cannot be made, an
+  existing output directory) is raised before any file is written.
+* Files are written into a hidden temporary directory beside the target and renamed into place
+  only when complete; on failure the temporary directory is removed.
+* Memory is bounded by the window size (about a million raw readings or two million grid cells
+  per window), whatever the size of the pull.
+* Same request, same data -> byte-identical files and the same snapshot id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from plantstream.access import DB_ROLE, READABLE
+from plantstream.datasets import output
+from plantstream.datasets.card import render_card
+from plantstream.datasets.logic.durations import format_duration_us
+from plantstream.datasets.logic.labels import Limit, governing_limits, in_spec
+from plantstream.datasets.logic.resample import Chunk, Resampler, Rows, TagPlan
+from plantstream.datasets.logic.split import SplitError, assign_splits
+from plantstream.datasets.models import FileEntry, PullRecord, PullRequest, Requester, RequestError
+from plantstream.datasets.source import SourceTag, WindowReader
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[["Progress"], None]
+TARGET_READINGS_PER_WINDOW = 1_000_000
+MAX_CELLS_PER_WINDOW = 2_000_000
+_ARROW = {"float": pa.float64(), "int": pa.int64(), "bool": pa.bool_(), "str": pa.string()}
+_SUBTREE = "(equipment = %(path)s OR equipment LIKE %(prefix)s)"
+
+
+@dataclass(slots=True)
+class Progress:
+    rows: int = 0
+    cells: int = 0
+    readings: int = 0
+    seconds: float = 0.0
+
+    @property
+    def cells_per_s(self) -> float:
+        return self.cells / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LotInfo:
+    id: int
+    lot: str
+    kind: str
+    spec_id: str | None
+    material_grade: str | None
+
+
+@dataclass
+class Plan:
+    tags: list[SourceTag]
+    withheld: list[tuple[str, str]]  # (tag, grade)
+    lots: dict[int, LotInfo] = field(default_factory=dict)
+    lot_rows: dict[int, int] = field(default_factory=dict)  # lot id -> readings in range
+    allowed: set[int] | None = None  # rows of other lots (and rows without a lot) are left out
+    split_of: dict[int, str] | None = None
+    properties: list[tuple[str, str]] = field(default_factory=list)  # (property, unit)
+    results: dict[int, dict[str, float]] = field(default_factory=dict)
+    limits: dict[str, dict[str, Limit]] = field(default_factory=dict)  # spec id -> property -> limit
+
+
+# --- resolve: everything that can be wrong is found here, before any file exists -------------------
+
+
+def resolve(conn: psycopg.Connection[Any], req: PullRequest) -> Plan:
+    """Check the request against the database (as the tier role) and plan the pull."""
+    catalog = conn.execute(
+        "SELECT id, tag, equipment, grade FROM ds_tag_catalog WHERE plant = %s ORDER BY tag", (req.plant,)
+    ).fetchall()
+    if not catalog:
+        raise RequestError("plant", f"no tags are registered for plant {req.plant!r}")
+    if req.equipment:
+        path = req.equipment
+        catalog = [r for r in catalog if r[2] == path or str(r[2]).startswith(path + "/")]
+        if not catalog:
+            raise RequestError("equipment", f"no tags under equipment {path!r} of plant {req.plant!r}")
+    by_name = {str(r[1]): r for r in catalog}
+    if req.tags:
+        unknown = [t for t in req.tags if t not in by_name]
+        if unknown:
+            raise RequestError("tags", f"unknown tag(s) {unknown} in plant {req.plant!r}" + _scope(req))
+        selected = [by_name[t] for t in req.tags]
+    else:
+        selected = list(catalog)
+    names = {str(r[1]) for r in selected}
+    bad_gaps = sorted(set(req.tag_gaps) - names)
+    if bad_gaps:
+        raise RequestError("tag_gaps", f"gap rules for tag(s) not in the selection: {bad_gaps}")
+    readable = conn.execute(
+        "SELECT id, tag, equipment, unit, datatype, grade, description, spec_property FROM ds_tags "
+        "WHERE id = ANY(%s) ORDER BY tag",
+        ([int(r[0]) for r in selected],),
+    ).fetchall()
+    tags = [SourceTag(*r) for r in readable]
+    got = {t.tag for t in tags}
+    withheld = sorted((str(r[1]), str(r[3])) for r in selected if str(r[1]) not in got)
+    if not tags:
+        raise RequestError(
+            "tags", f"none of the {len(selected)} selected tag(s) may be read at this tier (grades withheld)"
+        )
+    for t in tags:
+        g = req.gap_for(t.tag)
+        if g.rule == "linear" and t.datatype != "float":
+            raise RequestError("tag_gaps", f"tag {t.tag!r} is {t.datatype}: linear interpolation needs a float tag")
+    ids = [t.id for t in tags]
+    span = {"lo": req.start, "hi": req.end}
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM ds_readings WHERE tag_id = ANY(%(ids)s) AND time >= %(lo)s AND time < %(hi)s)",
+        {"ids": ids, **span},
+    ).fetchone()
+    if not row or not row[0]:
+        raise RequestError(
+            "start", f"no readings of the selected tags in [{_iso(req.start)}, {_iso(req.end)}): the range is empty"
+        )
+    # Lot names for the lot column (lots are few next to readings: heats, batches, doffs).
+    lots = {
+        int(r[0]): LotInfo(int(r[0]), str(r[1]), str(r[2]), r[3], r[4])
+        for r in conn.execute(
+            "SELECT id, lot, kind, spec_id, material_grade FROM ds_lots WHERE plant = %s", (req.plant,)
+        ).fetchall()
+    }
+    plan = Plan(tags, withheld, lots=lots)
+    if req.needs_lots:
+        _plan_lots(conn, req, plan, ids)
+    return plan
+
+
+def _plan_lots(conn: psycopg.Connection[Any], req: PullRequest, plan: Plan, ids: list[int]) -> None:
+    lots = plan.lots
+    by_name = {li.lot: li for li in lots.values()}
+    unknown = [lot for lot in req.lots if lot not in by_name]
+    if unknown:
+        raise RequestError("lots", f"unknown lot(s) {unknown} in plant {req.plant!r}")
+    if req.spec and not any(li.spec_id == req.spec for li in lots.values()):
+        raise RequestError("spec", f"no lot of plant {req.plant!r} has material spec {req.spec!r}")
+    if req.material_grade and not any(li.material_grade == req.material_grade for li in lots.values()):
+        raise RequestError("material_grade", f"no lot of plant {req.plant!r} has material grade {req.material_grade!r}")
+    counts = conn.execute(
+        "SELECT lot_id, count(*) FROM ds_readings WHERE tag_id = ANY(%(ids)s) AND time >= %(lo)s AND time < %(hi)s "
+        "AND lot_id IS NOT NULL GROUP BY lot_id ORDER BY lot_id",
+        {"ids": ids, "lo": req.start, "hi": req.end},
+    ).fetchall()
+    plan.lot_rows = {int(r[0]): int(r[1]) for r in counts if int(r[0]) in lots}
+    candidates = set(plan.lot_rows)
+    if req.lots:
+        candidates &= {by_name[lot].id for lot in req.lots}
+    if req.spec:
+        candidates = {i for i in candidates if lots[i].spec_id == req.spec}
+    if req.material_grade:
+        candidates = {i for i in candidates if lots[i].material_grade == req.material_grade}
+    filtered = bool(req.lots or req.spec or req.material_grade or req.split)
+    if filtered:
+        if not candidates:
+            what = "lots" if req.lots else "spec" if req.spec else "material_grade" if req.material_grade else "split"
+            raise RequestError(what, "no readings of the selected lots in the time range")
+        plan.allowed = candidates
+    if req.split is not None:
+        try:
+            names = assign_splits([lots[i].lot for i in candidates], req.split.proportions, req.split.seed)
+        except SplitError as exc:
+            raise RequestError(exc.field, str(exc)) from None
+        plan.split_of = {by_name[name].id: s for name, s in names.items()}
+    if req.labels:
+        wanted = sorted(candidates if filtered else set(plan.lot_rows))
+        for lot_id, prop, value, _unit in conn.execute(
+            "SELECT lot_id, property, value, unit FROM ds_lot_test_results WHERE lot_id = ANY(%s) "
+            "ORDER BY lot_id, property, time",
+            (wanted,),
+        ).fetchall():
+            plan.results.setdefault(int(lot_id), {})[str(prop)] = float(value)  # the latest result wins
+        specs = sorted({s for i in wanted if (s := lots[i].spec_id)})
+        rows = conn.execute(
+            "SELECT DISTINCT ON (spec_id, property, condition) spec_id, property, condition, min, max, unit "
+            "FROM ds_spec_limits WHERE basis = 'lab' AND spec_id = ANY(%s) "
+            "ORDER BY spec_id, property, condition, effective_from DESC",
+            (specs,),
+        ).fetchall()
+        per_spec: dict[str, list[Limit]] = {}
+        for spec_id, prop, cond, lo, hi, unit in rows:
+            per_spec.setdefault(str(spec_id), []).append(Limit(str(prop), str(unit), lo, hi, str(cond)))
+        plan.limits = {s: governing_limits(lims) for s, lims in per_spec.items()}
+        units: dict[str, str] = {}
+        for lims in plan.limits.values():
+            for p, lim in lims.items():
+                units.setdefault(p, lim.unit)
+        plan.properties = sorted(units.items())
+
+
+# --- columns ---------------------------------------------------------------------------------------
+
+
+def columns_of(req: PullRequest, plan: Plan) -> list[output.Column]:
+    cols = [
+        output.Column(
+            "time", pa.timestamp("us", tz="UTC"), description="grid time (UTC), start of the bucket", nullable=False
+        ),
+        output.Column(
+            "lot", pa.string(), description="lot on the equipment at this time (from the readings' lot stamp)"
+        ),
+    ]
+    for t in plan.tags:
+        g = req.gap_for(t.tag)
+        desc = (t.description or t.tag) + f"; equipment {t.equipment}; gap rule {g.rule}"
+        if g.rule != "none":
+            desc += f" within {format_duration_us(req.max_gap_us(g))}"
+        cols.append(output.Column(t.tag, _ARROW[t.datatype], unit=t.unit, description=desc, grade=t.grade))
+    if req.labels:
+        cols.append(output.Column("spec_id", pa.string(), description="material spec of the lot"))
+        cols.append(output.Column("material_grade", pa.string(), description="material grade of the lot's spec"))
+        for prop, unit in plan.properties:
+            cols.append(
+                output.Column(f"lab.{prop}", pa.float64(), unit=unit, description=f"lot test result {prop} (latest)")
+            )
+            cols.append(
+                output.Column(f"lab.{prop}.min", pa.float64(), unit=unit, description=f"spec minimum of {prop}")
+            )
+            cols.append(
+                output.Column(f"lab.{prop}.max", pa.float64(), unit=unit, description=f"spec maximum of {prop}")
+            )
+            cols.append(
+                output.Column(
+                    f"in_spec.{prop}",
+                    pa.bool_(),
+                    description=f"label: {prop} within spec (null: not measured or no limit)",
+                )
+            )
+        cols.append(output.Column("in_spec", pa.bool_(), description="label: every measured property within spec"))
+    return cols
+
+
+@dataclass
+class _LotTable:
+    """Per-lot constant columns, looked up by lot id through a dense index."""
+
+    ids: npt.NDArray[np.int64]
+    index: dict[int, int]
+    names: pa.Array
+    columns: list[tuple[npt.NDArray[Any], npt.NDArray[np.bool_], pa.DataType]]
+
+    def take(self, lot: npt.NDArray[np.int32]) -> tuple[pa.Array, list[pa.Array]]:
+        pos = np.searchsorted(self.ids, lot)
+        pos = np.minimum(pos, max(self.ids.size - 1, 0))
+        found = (self.ids.size > 0) & (self.ids[pos] == lot) if self.ids.size else np.zeros(lot.size, np.bool_)
+        idx = pa.array(pos.astype(np.int32), mask=~found)
+        names = pa.DictionaryArray.from_arrays(idx, self.names).cast(pa.string())
+        cols = []
+        for vals, valid, typ in self.columns:
+            v = vals[pos] if vals.size else np.zeros(lot.size, vals.dtype)
+            ok = (valid[pos] if valid.size else np.zeros(lot.size, np.bool_)) & found
+            cols.append(
+                pa.array(v, type=typ, mask=~ok) if typ != pa.string() else pa.array(list(v), type=typ, mask=~ok)
+            )
+        return names, cols
+
+
+def _lot_table(req: PullRequest, plan: Plan) -> _LotTable:
+    ids = np.array(sorted(plan.lots), dtype=np.int64)
+    names = pa.array([plan.lots[int(i)].lot for i in ids], type=pa.string())
+    cols: list[tuple[npt.NDArray[Any], npt.NDArray[np.bool_], pa.DataType]] = []
+    if req.labels:
+        infos = [plan.lots[int(i)] for i in ids]
+        spec = np.array([li.spec_id or "" for li in infos], dtype=object)
+        grade = np.array([li.material_grade or "" for li in infos], dtype=object)
+        cols.append((spec, np.array([li.spec_id is not None for li in infos], np.bool_), pa.string()))
+        cols.append((grade, np.array([li.material_grade is not None for li in infos], np.bool_), pa.string()))
+        overall: list[bool | None] = [None] * len(infos)
+        for prop, _unit in plan.properties:
+            val = np.full(len(infos), np.nan)
+            lo = np.full(len(infos), np.nan)
+            hi = np.full(len(infos), np.nan)
+            lab = np.zeros(len(infos), np.bool_)
+            lab_ok = np.zeros(len(infos), np.bool_)
+            for j, li in enumerate(infos):
+                measured = plan.results.get(li.id, {}).get(prop)
+                lim = plan.limits.get(li.spec_id or "", {}).get(prop)
+                if measured is not None:
+                    val[j] = measured
+                if lim is not None:
+                    lo[j] = np.nan if lim.min is None else lim.min
+                    hi[j] = np.nan if lim.max is None else lim.max
+                verdict = in_spec(measured, lim)
+                if verdict is not None:
+                    lab[j], lab_ok[j] = verdict, True
+                    overall[j] = verdict if overall[j] is None else (overall[j] and verdict)
+            for arr in (val, lo, hi):
+                cols.append((arr, ~np.isnan(arr), pa.float64()))
+            cols.append((lab, lab_ok, pa.bool_()))
+        cols.append(
+            (
+                np.array([bool(o) for o in overall], np.bool_),
+                np.array([o is not None for o in overall], np.bool_),
+                pa.bool_(),
+            )
+        )
+    return _LotTable(ids, {int(i): j for j, i in enumerate(ids)}, names, cols)
+
+
+# --- the pull --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Result:
+    snapshot: str
+    watermark: str
+    location: Path
+    files: list[FileEntry]
+    rows: int
+    cells: int
+
+
+def pull(
+    dsn: str,
+    req: PullRequest,
+    requester: Requester,
+    out: Path | None = None,
+    progress: ProgressFn | None = None,
+    application_name: str = "plantstream-dataset",
+) -> PullRecord:
+    """Run a pull as ``requester``; return its record. RequestError for bad input (recorded as
+    'rejected', nothing written); other errors are recorded as 'failed' and re-raised."""
+    if out is not None and out.exists():
+        raise RequestError("out", f"{out} already exists; choose a new directory")
+    with psycopg.connect(dsn, autocommit=True, application_name=application_name) as conn:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(DB_ROLE[requester.tier])))
+        row = conn.execute(
+            "SELECT ps_pull_begin(%s, %s, %s, current_user)",
+            (requester.name, requester.tier.value, Jsonb(req.canonical())),
+        ).fetchone()
+        assert row is not None
+        pull_id = int(row[0])
+        log.info(
+            "dataset pull started",
+            extra={"kv": {"pull": pull_id, "requester": requester.name, "tier": requester.tier.value}},
+        )
+        status, error, res, withheld = "failed", None, None, []
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                plan = resolve(conn, req)
+                withheld = [{"tag": t, "grade": g} for t, g in plan.withheld]
+                res = _produce(conn, req, requester, plan, out, progress)
+            status = "complete"
+        except RequestError as exc:
+            status, error = "rejected", str(exc)
+            raise
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+            raise
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.rollback()
+                conn.execute(
+                    "SELECT ps_pull_finish(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        pull_id,
+                        status,
+                        res.snapshot if res else None,
+                        res.watermark if res else None,
+                        str(res.location) if res else None,
+                        Jsonb([f.model_dump() for f in res.files]) if res else None,
+                        res.rows if res else None,
+                        res.cells if res else None,
+                        Jsonb(withheld),
+                        error,
+                    ),
+                )
+            log.info("dataset pull finished", extra={"kv": {"pull": pull_id, "status": status}})
+        conn.execute("RESET ROLE")
+    rec = get_pull(dsn, pull_id)
+    assert rec is not None
+    return rec
+
+
+def _produce(
+    conn: psycopg.Connection[Any],
+    req: PullRequest,
+    requester: Requester,
+    plan: Plan,
+    out: Path | None,
+    progress: ProgressFn | None,
+) -> _Result:
+    cols = columns_of(req, plan)
+    schema = output.schema_of(cols)
+    base = out.parent if out is not None else Path.cwd()
+    tmp = base / f".dataset-partial-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir(parents=True)
+    try:
+        res = _stream(conn, req, plan, cols, schema, tmp, progress)
+        snapshot = hashlib.sha256(
+            "\n".join([output.FORMAT_VERSION, req.canonical_json(), json.dumps(plan.withheld), res.watermark]).encode()
+        ).hexdigest()[:24]
+        files = res.files
+        rel_files = [(f.path.split("/")[1].removeprefix("split="), f.path, f.sha256) for f in files]
+        name = req.name or f"{req.plant}-{snapshot[:12]}"
+        doc = output.croissant(
+            name=name,
+            description=f"plantstream dataset {snapshot}: plant {req.plant}, {len(plan.tags)} tags on a "
+            f"{req.interval} grid, {_iso(req.start)} to {_iso(req.end)}. See README.md (dataset card).",
+            license=req.license,
+            version="1.0.0",
+            columns=cols,
+            files=rel_files,
+            url=f"urn:plantstream:dataset:{snapshot}",
+            cite_as=f"plantstream dataset {name}, snapshot {snapshot}, plant {req.plant}",
+        )
+        (tmp / "croissant.json").write_text(output.dumps_json(doc), encoding="utf-8")
+        card = render_card(
+            req, plan, cols, files, snapshot, res.watermark, res.rows, res.dropped_no_lot, res.split_rows
+        )
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        for extra in ("croissant.json", "README.md"):
+            p = tmp / extra
+            files.append(FileEntry(path=extra, sha256=output.sha256_file(p), bytes=p.stat().st_size))
+        target = out if out is not None else base / f"dataset-{snapshot}"
+        if target.exists():
+            raise RequestError("out", f"{target} already exists; choose a new directory")
+        os.replace(tmp, target)
+        return _Result(snapshot, res.watermark, target.resolve(), files, res.rows, res.cells)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@dataclass
+class _Streamed:
+    watermark: str
+    files: list[FileEntry]
+    rows: int
+    cells: int
+    dropped_no_lot: int
+    split_rows: dict[str, int]
+
+
+def _stream(
+    conn: psycopg.Connection[Any],
+    req: PullRequest,
+    plan: Plan,
+    cols: list[output.Column],
+    schema: pa.Schema,
+    tmp: Path,
+    progress: ProgressFn | None,
+) -> _Streamed:
+    plans = []
+    for t in plan.tags:
+        g = req.gap_for(t.tag)
+        plans.append(TagPlan(t.tag, t.datatype, g.rule, req.max_gap_us(g) if g.rule != "none" else 0))  # type: ignore[arg-type]
+    lot_gap = max([req.max_gap_us(req.gap)] + [p.max_gap_us for p in plans])
+    rs = Resampler(req.start_us, req.interval_us, req.n_rows, plans, lot_max_gap_us=lot_gap)
+    reader = WindowReader(conn, plan.tags)
+    lots = _lot_table(req, plan)
+    writers: dict[str, output.SplitWriter] = {}
+    allowed = np.array(sorted(plan.allowed), np.int64) if plan.allowed is not None else None
+    split_names = ("train", "validation", "test")
+    split_ids = np.array(sorted(plan.split_of), np.int64) if plan.split_of else np.empty(0, np.int64)
+    split_idx = (
+        np.array([split_names.index(plan.split_of[int(i)]) for i in split_ids], np.int8) if plan.split_of else None
+    )
+    stats = Progress()
+    dropped = 0
+    t0 = time.perf_counter()
+    last_report = t0
+
+    def emit(rows: Rows) -> None:
+        nonlocal dropped
+        if not len(rows):
+            return
+        if allowed is not None:
+            keep = np.isin(rows.lot, allowed)
+            dropped += int((~keep).sum())
+            rows = rows.take(np.flatnonzero(keep))
+            if not len(rows):
+                return
+        if split_idx is not None:
+            pos = np.searchsorted(split_ids, rows.lot)
+            which = split_idx[np.minimum(pos, split_ids.size - 1)]
+            groups = [(split_names[s], rows.take(np.flatnonzero(which == s))) for s in range(3)]
+        else:
+            groups = [("all", rows)]
+        for name, part in groups:
+            if not len(part):
+                continue
+            batch = _batch(req, part, lots, schema)
+            w = writers.get(name)
+            if w is None:
+                w = writers[name] = output.SplitWriter(tmp / "data" / f"split={name}" / "part-00000.parquet", schema)
+            w.write(batch)
+            stats.rows += batch.num_rows
+            stats.cells += batch.num_rows * len(plan.tags)
+
+    # The database builds the next window while this thread resamples and writes the current
+    # one (psycopg releases the GIL while it waits); the queue bounds memory to ~3 windows.
+    for k, hi, chunk in _prefetch(reader, rs, len(plan.tags)):
+        emit(rs.feed(k, hi, chunk))
+        now = time.perf_counter()
+        stats.readings, stats.seconds = reader.rows_read, now - t0
+        if progress is not None and now - last_report >= 1.0:
+            last_report = now
+            progress(stats)
+    emit(rs.finish())
+    for w in writers.values():
+        w.close()
+    stats.readings, stats.seconds = reader.rows_read, time.perf_counter() - t0
+    if progress is not None:
+        progress(stats)
+    if stats.rows == 0:
+        raise RequestError("start", "the selection leaves no rows (no readings of the selected lots on the grid)")
+    files = []
+    order = {"train": 0, "validation": 1, "test": 2, "all": 3}
+    split_rows = {}
+    for name in sorted(writers, key=lambda s: order[s]):
+        w = writers[name]
+        rel = w.path.relative_to(tmp).as_posix()
+        files.append(FileEntry(path=rel, sha256=output.sha256_file(w.path), bytes=w.path.stat().st_size, rows=w.rows))
+        split_rows[name] = w.rows
+    log.info(
+        "dataset streamed",
+        extra={
+            "kv": {
+                "rows": stats.rows,
+                "cells": stats.cells,
+                "readings": stats.readings,
+                "seconds": round(stats.seconds, 3),
+                "cells_per_s": round(stats.cells_per_s),
+            }
+        },
+    )
+    return _Streamed(reader.watermark, files, stats.rows, stats.cells, dropped, split_rows)
+
+
+def _windows(reader: WindowReader, rs: Resampler, n_tags: int) -> Iterator[tuple[int, int, Chunk]]:
+    """Windows [k, hi) over the resampler's range: about TARGET readings and at most MAX cells
+    each, growing at most 8x at a time (the first is small: the density is not known yet)."""
+    k = rs.first_k
+    window = 256
+    while k < rs.last_k:
+        hi = min(rs.last_k, k + window)
+        chunk = reader.read(rs.t_of(k), rs.t_of(hi))
+        yield k, hi, chunk
+        density = max(chunk.t_us.size, 1) / (hi - k)
+        window = int(min(window * 8, TARGET_READINGS_PER_WINDOW / density, MAX_CELLS_PER_WINDOW / max(1, n_tags)))
+        window = max(window, 1)
+        k = hi
+
+
+def _prefetch(reader: WindowReader, rs: Resampler, n_tags: int) -> Iterator[tuple[int, int, Chunk]]:
+    """``_windows`` read on a background thread, one window ahead."""
+    q: queue.Queue[tuple[int, int, Chunk] | BaseException | None] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in _windows(reader, rs, n_tags):
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(None)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            q.put(exc)
+
+    th = threading.Thread(target=run, name="dataset-reader", daemon=True)
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        th.join(timeout=60)
+
+
+def _batch(req: PullRequest, rows: Rows, lots: _LotTable, schema: pa.Schema) -> pa.RecordBatch:
+    t = req.start_us + rows.k * req.interval_us
+    arrays: list[pa.Array] = [pa.array(t, type=pa.timestamp("us", tz="UTC"))]
+    names, lot_cols = lots.take(rows.lot)
+    arrays.append(names)
+    for i, (vals, valid) in enumerate(zip(rows.values, rows.valid, strict=True)):
+        typ = schema.field(2 + i).type
+        if typ == pa.string():
+            arrays.append(pa.array(list(vals), type=typ, mask=~valid))
+        else:
+            arrays.append(pa.array(vals, type=typ, mask=~valid))
+    arrays.extend(lot_cols)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+# --- the record ----------------------------------------------------------------------------------
+
+_RECORD_COLS = (
+    "id, requester, tier, db_user, db_role, started_at, finished_at, status, request, snapshot, watermark, "
+    "location, files, rows, cells, withheld, error"
+)
+
+
+def _record(row: Sequence[Any]) -> PullRecord:
+    keys = [c.strip() for c in _RECORD_COLS.split(",")]
+    return PullRecord.model_validate(dict(zip(keys, row, strict=True)))
+
+
+def get_pull(dsn: str, ident: int | str) -> PullRecord | None:
+    """A pull by id or by snapshot id (the latest complete one with that snapshot)."""
+    with psycopg.connect(dsn) as conn:
+        if isinstance(ident, int) or str(ident).isdigit():
+            row = conn.execute(f"SELECT {_RECORD_COLS} FROM dataset_pulls WHERE id = %s", (int(ident),)).fetchone()
+        else:
+            row = conn.execute(
+                f"SELECT {_RECORD_COLS} FROM dataset_pulls WHERE snapshot LIKE %s ORDER BY id DESC LIMIT 1",
+                (str(ident) + "%",),
+            ).fetchone()
+    return _record(row) if row else None
+
+
+def list_pulls(dsn: str, limit: int = 50, requester: str | None = None) -> list[PullRecord]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            f"SELECT {_RECORD_COLS} FROM dataset_pulls WHERE (%(r)s::text IS NULL OR requester = %(r)s) "
+            "ORDER BY id DESC LIMIT %(n)s",
+            {"r": requester, "n": limit},
+        ).fetchall()
+    return [_record(r) for r in rows]
+
+
+def _scope(req: PullRequest) -> str:
+    return f" under equipment {req.equipment!r}" if req.equipment else ""
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def readable_grades(requester: Requester) -> list[str]:
+    return sorted(g.value for g in READABLE[requester.tier])
+
+
+__all__ = ["Plan", "Progress", "get_pull", "list_pulls", "pull", "resolve", "timedelta"]
