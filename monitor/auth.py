@@ -1,0 +1,132 @@
+"""Tokens -> tiers, and what a tier may see.
+
+Tokens come from a YAML file (``tokens: {<token>: owner|member|public}``) and/or the environment
+variable ``PLANTSTREAM_MONITOR_TOKENS="tok1=owner,tok2=public"`` (the environment wins on a clash).
+A request presents its token as ``Authorization: Bearer <token>`` or ``?token=<token>`` (the
+browser's EventSource cannot set headers). Comparison is constant-time over every configured
+token, so response time does not reveal a prefix match.
+
+Fail-closed rules:
+
+* an unknown or malformed token is rejected (401), never downgraded to a tier;
+* a request without a token gets ``anonymous_tier`` (default: ``public`` when no token is
+  configured at all, so a fresh install shows only general-grade data; ``none`` once tokens exist);
+* a tag whose grade is unknown is treated as core-grade (only the owner tier sees it).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from plantstream.access import READABLE, Tier
+from plantstream.config import ConfigError, load_yaml
+from plantstream.contract import Grade
+
+TOKENS_ENV = "PLANTSTREAM_MONITOR_TOKENS"
+
+
+class MonitorConfig(BaseModel):
+    """``monitor.example.yaml``: tokens and live-stream tuning."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: dict[str, Tier] = Field(default_factory=dict)
+    # Tier for requests without a token; None: such requests are refused. Unset: public when no
+    # token is configured, refused otherwise.
+    anonymous_tier: Tier | Literal["none"] | None = None
+    # Events buffered per SSE client before the oldest are dropped (a slow browser never blocks
+    # the Kafka bridge or the other clients).
+    client_queue: int = Field(default=2000, ge=10, le=1_000_000)
+    # How often the grade map is reloaded from the tag registry (tags first seen in readings).
+    grade_refresh_s: float = Field(default=30.0, gt=0)
+    # Forward the 1 min windows too (the page uses the 1 s windows only).
+    forward_1m: bool = False
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens_not_blank(cls, v: dict[str, Tier]) -> dict[str, Tier]:
+        for tok in v:
+            if len(tok) < 8 or tok != tok.strip():
+                raise ValueError("tokens must be at least 8 characters without surrounding blanks")
+        return v
+
+
+def parse_tokens_env(text: str) -> dict[str, Tier]:
+    """``"tok1=owner,tok2=public"`` -> mapping; ConfigError names the variable and the bad entry."""
+    out: dict[str, Tier] = {}
+    for i, item in enumerate(x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        tok, sep, tier = item.rpartition("=")
+        tok = tok.strip()
+        if not sep or not tok:
+            raise ConfigError(f"environment variable {TOKENS_ENV}: entry {i + 1} must be token=tier")
+        try:
+            out[tok] = Tier(tier.strip())
+        except ValueError:
+            raise ConfigError(
+                f"environment variable {TOKENS_ENV}: entry {i + 1} has tier {tier.strip()!r}; "
+                f"expected one of {', '.join(t.value for t in Tier)}"
+            ) from None
+        if len(tok) < 8:
+            raise ConfigError(f"environment variable {TOKENS_ENV}: entry {i + 1}: tokens need at least 8 characters")
+    return out
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> MonitorConfig:
+    """The YAML file (if any) with tokens from the environment merged in. ConfigError on bad input."""
+    cfg = load_yaml(path, MonitorConfig) if path else MonitorConfig()
+    env = os.environ if env is None else env
+    extra = parse_tokens_env(env.get(TOKENS_ENV, ""))
+    if extra:
+        cfg = cfg.model_copy(update={"tokens": {**cfg.tokens, **extra}})
+    return cfg
+
+
+class Authenticator:
+    def __init__(self, cfg: MonitorConfig) -> None:
+        self._tokens = [(tok.encode(), tier) for tok, tier in cfg.tokens.items()]
+        anon = cfg.anonymous_tier
+        if anon is None:
+            anon = "none" if self._tokens else Tier.PUBLIC
+        self.anonymous: Tier | None = None if anon == "none" else Tier(anon)
+
+    def tier(self, token: str | None) -> Tier | None:
+        """The tier of ``token`` (None: anonymous); None means refused."""
+        if token is None or token == "":
+            return self.anonymous
+        given = token.encode()
+        found: Tier | None = None
+        for tok, tier in self._tokens:
+            # No early exit: every request costs the same comparisons.
+            if hmac.compare_digest(tok, given):
+                found = tier
+        return found
+
+
+def token_of(authorization: str | None, query_token: str | None) -> str | None:
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return "\x00invalid"  # a malformed header is a wrong token, not an anonymous request
+    return query_token
+
+
+def grade_visible(tier: Tier, grade: str | None) -> bool:
+    """May ``tier`` see a tag of ``grade``? Unknown grades count as core (fail closed)."""
+    try:
+        g = Grade(grade) if grade is not None else Grade.CORE
+    except ValueError:
+        g = Grade.CORE
+    return g in READABLE[tier]
+
+
+def visible_grades(tier: Tier) -> list[str]:
+    return sorted(g.value for g in READABLE[tier])

@@ -1,0 +1,542 @@
+"""The monitor's HTTP server (aiohttp): JSON API, SSE live stream, static page, /metrics, /openapi.json.
+
+aiohttp because it is already a dependency (via faust-streaming), serves streaming responses
+natively and runs the Kafka bridge and the API in one event loop; the OpenAPI document is
+generated from the same route table and pydantic models the handlers use, so it cannot drift.
+
+Access: every ``/api/*`` route needs a token mapped to a tier (see ``auth``); ``/``, ``/static``,
+``/openapi.json``, ``/healthz`` and ``/metrics`` carry no plant data and are open. Query
+strings are never logged (tokens may travel in them).
+
+Errors are JSON ``Problem`` bodies: 400 (bad parameter, named), 401 (token), 404 (unknown *or
+withheld* tag), 503 (database unreachable; the live stream keeps working without a database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg_pool import ConnectionPool, PoolTimeout
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from plantstream.access import Tier
+from plantstream.config import Settings
+from plantstream.monitor import models as M
+from plantstream.monitor import store
+from plantstream.monitor.auth import Authenticator, MonitorConfig, token_of, visible_grades
+from plantstream.monitor.feed import KafkaFeed
+from plantstream.monitor.hub import END, GradeBook, Hub
+from plantstream.monitor.metrics import Metrics
+from plantstream.producers.topics import Topics
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+HEARTBEAT_S = 15.0
+MAX_POINTS = 5000
+
+K_SETTINGS = web.AppKey("settings", Settings)
+K_CONFIG = web.AppKey("config", MonitorConfig)
+K_AUTH = web.AppKey("auth", Authenticator)
+K_HUB = web.AppKey("hub", Hub)
+K_METRICS = web.AppKey("metrics", Metrics)
+K_POOL: web.AppKey[ConnectionPool[Any]] = web.AppKey("pool", ConnectionPool)
+K_FEED = web.AppKey("feed", KafkaFeed)
+K_TIER = web.RequestKey("tier", Tier)
+
+
+class BadParam(ValueError):
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(f"query parameter {name!r}: {why}")
+
+
+# --- parameters --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    description: str
+    required: bool = False
+    schema: str = "string"  # string | integer | boolean
+
+
+def _q(request: web.Request, name: str, required: bool = False) -> str | None:
+    v = request.query.get(name)
+    if v is None or v == "":
+        if required:
+            raise BadParam(name, "is required")
+        return None
+    return v
+
+
+def parse_time(text: str, now: datetime, name: str) -> datetime:
+    """ISO-8601 (naive = UTC), ``now``, or relative ``-15m`` / ``-2h`` / ``-30s`` / ``-1d``."""
+    if text == "now":
+        return now
+    if text.startswith("-") and text[-1:] in "smhd" and text[1:-1].replace(".", "", 1).isdigit():
+        mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}[text[-1]]
+        return now - timedelta(seconds=float(text[1:-1]) * mult)
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadParam(name, f"{text!r} is not ISO-8601, 'now' or relative like -15m") from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    v = _q(request, name)
+    if v is None:
+        return default
+    try:
+        n = int(v)
+    except ValueError:
+        raise BadParam(name, f"{v!r} is not an integer") from None
+    if not lo <= n <= hi:
+        raise BadParam(name, f"must be between {lo} and {hi}")
+    return n
+
+
+# --- handlers ----------------------------------------------------------------------------------
+
+
+def _tier(request: web.Request) -> Tier:
+    tier = request[K_TIER]
+    assert isinstance(tier, Tier)
+    return tier
+
+
+def _grades(request: web.Request) -> list[str]:
+    grades: list[str] = visible_grades(_tier(request))
+    return grades
+
+
+async def _db(request: web.Request, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    pool = request.app[K_POOL]
+
+    def run() -> Any:
+        with pool.connection() as conn:
+            return fn(conn, *args, **kw)
+
+    return await asyncio.to_thread(run)
+
+
+def _json(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(body=model.model_dump_json(), status=status, content_type="application/json")
+
+
+async def h_me(request: web.Request) -> web.Response:
+    return _json(M.Me(tier=_tier(request).value, grades=_grades(request)))
+
+
+async def h_equipment(request: web.Request) -> web.Response:
+    return _json(await _db(request, store.equipment_tree, _grades(request), _q(request, "plant")))
+
+
+async def h_tags(request: web.Request) -> web.Response:
+    plant, eq = _q(request, "plant"), _q(request, "equipment")
+    if eq and not plant:
+        raise BadParam("plant", "is required with 'equipment'")
+    return _json(M.TagList(tags=await _db(request, store.tags, _grades(request), plant, eq)))
+
+
+async def h_latest(request: web.Request) -> web.Response:
+    plant = _q(request, "plant", True)
+    eq = _q(request, "equipment") or ""
+    assert plant is not None
+    if not eq:
+        # The whole plant: every root of its equipment tree.
+        tree: M.EquipmentTree = await _db(request, store.equipment_tree, _grades(request), plant)
+        values: list[M.Latest] = []
+        for pt in tree.plants:
+            for root in pt.roots:
+                values += (await _db(request, store.latest, _grades(request), plant, root.path)).values
+        return _json(M.LatestList(plant=plant, values=values))
+    return _json(await _db(request, store.latest, _grades(request), plant, eq))
+
+
+async def h_history(request: web.Request) -> web.Response:
+    now = datetime.now(tz=UTC)
+    plant, tag = _q(request, "plant", True), _q(request, "tag", True)
+    start = parse_time(_q(request, "start") or "-15m", now, "start")
+    end = parse_time(_q(request, "end") or "now", now, "end")
+    if end <= start:
+        raise BadParam("end", "must be after start")
+    points = _int(request, "points", 600, 1, MAX_POINTS)
+    good_only = (_q(request, "good_only") or "false").lower() in ("1", "true", "yes")
+    return _json(await _db(request, store.history, _grades(request), plant, tag, start, end, points, good_only))
+
+
+async def h_lots(request: web.Request) -> web.Response:
+    now = datetime.now(tz=UTC)
+    plant, eq = _q(request, "plant", True), _q(request, "equipment", True)
+    start = parse_time(_q(request, "start") or "-24h", now, "start")
+    end = parse_time(_q(request, "end") or "now", now, "end")
+    return _json(await _db(request, store.timeline, plant, eq, start, end))
+
+
+async def h_current_lots(request: web.Request) -> web.Response:
+    return _json(await _db(request, store.current_lots, _q(request, "plant")))
+
+
+async def h_specs(request: web.Request) -> web.Response:
+    return _json(await _db(request, store.specs, _q(request, "spec_id")))
+
+
+async def h_limits(request: web.Request) -> web.Response:
+    plant, tag = _q(request, "plant", True), _q(request, "tag", True)
+    return _json(await _db(request, store.tag_limits, _grades(request), plant, tag, _q(request, "lot")))
+
+
+async def h_deviations(request: web.Request) -> web.Response:
+    now = datetime.now(tz=UTC)
+    since = _q(request, "since")
+    return _json(
+        await _db(
+            request,
+            store.deviations,
+            _grades(request),
+            _q(request, "plant"),
+            parse_time(since, now, "since") if since else None,
+            _int(request, "limit", 200, 1, 5000),
+        )
+    )
+
+
+async def h_pulls(request: web.Request) -> web.Response:
+    # Pull records name datasets and their tag selections: the data owner's business only.
+    if _tier(request) is not Tier.OWNER:
+        return _json(M.DatasetPullList(available=False, pulls=[]))
+    return _json(await _db(request, store.dataset_pulls, _int(request, "limit", 100, 1, 1000)))
+
+
+async def h_stream(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: ``hello`` then ``aggregates`` / ``deviation`` / ``lot``; a comment every 15 s."""
+    hub = request.app[K_HUB]
+    plants = [p for p in (_q(request, "plants") or "").split(",") if p]
+    kinds = [k for k in (_q(request, "kinds") or "").split(",") if k]
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+    await resp.prepare(request)
+    sub = hub.subscribe(_tier(request), plants or None, kinds or None)
+    try:
+        feed = request.app.get(K_FEED)
+        hello = M.Me(tier=sub.tier.value, grades=visible_grades(sub.tier)).model_dump_json()
+        state = feed.state if feed is not None else "off"
+        await resp.write(f'retry: 2000\nevent: hello\ndata: {hello[:-1]},"kafka":"{state}"}}\n\n'.encode())
+        while True:
+            try:
+                data = await asyncio.wait_for(sub.queue.get(), HEARTBEAT_S)
+            except TimeoutError:
+                data = b": keep-alive\n\n"
+            if data == END:
+                break
+            await resp.write(data)
+    except ConnectionResetError:  # the browser went away
+        pass
+    finally:
+        hub.unsubscribe(sub)
+    return resp
+
+
+async def h_openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi())
+
+
+async def h_metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[K_METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def h_health(request: web.Request) -> web.Response:
+    feed = request.app.get(K_FEED)
+    return web.json_response(
+        {
+            "status": "ok",
+            "kafka": feed.state if feed is not None else "off",
+            "clients": len(request.app[K_HUB].subscribers),
+            "grades_known": len(request.app[K_HUB].grades),
+        }
+    )
+
+
+async def h_index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+# --- the route table (also the OpenAPI source) -------------------------------------------------
+
+P_PLANT = Param("plant", "plant id, e.g. steel")
+P_PLANT_REQ = Param("plant", "plant id, e.g. steel", True)
+P_EQ = Param("equipment", "ISA-95 equipment path; the whole subtree is included")
+P_START = Param("start", "ISO-8601, 'now' or relative (-15m, -2h, -1d)")
+P_END = Param("end", "ISO-8601, 'now' or relative")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    summary: str
+    model: type[BaseModel] | None
+    params: tuple[Param, ...] = ()
+    tag: str = "api"
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("/api/me", h_me, "The caller's tier and the data grades it may read", M.Me),
+    Route("/api/equipment", h_equipment, "Equipment tree per plant (ISA-95)", M.EquipmentTree, (P_PLANT,)),
+    Route("/api/tags", h_tags, "Tags with units, grades and spec properties", M.TagList, (P_PLANT, P_EQ)),
+    Route(
+        "/api/latest", h_latest, "Latest value of every tag below an equipment path", M.LatestList, (P_PLANT_REQ, P_EQ)
+    ),
+    Route(
+        "/api/history",
+        h_history,
+        "One tag over a time range, downsampled on the server (count, bad count, min, max, mean, last per bucket)",
+        M.History,
+        (
+            P_PLANT_REQ,
+            Param("tag", "tag name", True),
+            P_START,
+            P_END,
+            Param("points", f"maximum number of buckets (1..{MAX_POINTS}, default 600)", schema="integer"),
+            Param("good_only", "only good-quality readings", schema="boolean"),
+        ),
+    ),
+    Route(
+        "/api/lots",
+        h_lots,
+        "Lot timeline: process segments on an equipment subtree",
+        M.LotTimeline,
+        (P_PLANT_REQ, Param("equipment", "equipment path", True), P_START, P_END),
+    ),
+    Route("/api/lots/current", h_current_lots, "Lots currently on each equipment", M.CurrentLots, (P_PLANT,)),
+    Route(
+        "/api/specs",
+        h_specs,
+        "Material specs in force, with lab and process limits",
+        M.SpecList,
+        (Param("spec_id", "one spec"),),
+    ),
+    Route(
+        "/api/limits",
+        h_limits,
+        "Process limits of the active (or given) lot's material for a tag, in the tag's unit",
+        M.TagLimits,
+        (P_PLANT_REQ, Param("tag", "tag name", True), Param("lot", "lot id (default: the lot active now)")),
+    ),
+    Route(
+        "/api/deviations",
+        h_deviations,
+        "Deviations, newest first",
+        M.DeviationList,
+        (
+            P_PLANT,
+            Param("since", "ISO-8601 or relative"),
+            Param("limit", "at most this many (default 200)", schema="integer"),
+        ),
+    ),
+    Route(
+        "/api/dataset-pulls",
+        h_pulls,
+        "Dataset pulls (owner tier; empty without a dataset_pulls table)",
+        M.DatasetPullList,
+    ),
+    Route(
+        "/api/stream",
+        h_stream,
+        "Live events (text/event-stream): hello, aggregates (LiveAggregates), deviation (LiveDeviation), lot (LiveLot)",
+        None,
+        (Param("plants", "comma-separated plants (default all)"), Param("kinds", "comma-separated event kinds")),
+    ),
+)
+
+
+def openapi() -> dict[str, Any]:
+    _, defs = models_json_schema(
+        [(m, "serialization") for m in M.API_MODELS], ref_template="#/components/schemas/{model}"
+    )
+    paths: dict[str, Any] = {}
+    problem = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for r in ROUTES:
+        ok: dict[str, Any]
+        if r.model is None:
+            ok = {"description": "event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+        else:
+            ok = {
+                "description": "OK",
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{r.model.__name__}"}}},
+            }
+        paths[r.path] = {
+            "get": {
+                "summary": r.summary,
+                "operationId": r.handler.__name__.removeprefix("h_"),
+                "parameters": [
+                    {
+                        "name": p.name,
+                        "in": "query",
+                        "required": p.required,
+                        "description": p.description,
+                        "schema": {"type": p.schema},
+                    }
+                    for p in r.params
+                ],
+                "responses": {
+                    "200": ok,
+                    "400": {"description": "bad parameter", "content": problem},
+                    "401": {"description": "missing or unknown token", "content": problem},
+                    "404": {"description": "not found (or withheld from this tier)", "content": problem},
+                    "503": {"description": "database unavailable", "content": problem},
+                },
+            }
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "plantstream monitor",
+            "version": "1",
+            "description": "Live monitoring for process engineers. Tag grades (core/important/general) "
+            "are withheld by tier; a withheld tag is indistinguishable from an absent one.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": defs.get("$defs", {}),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "queryToken": {"type": "apiKey", "in": "query", "name": "token"},
+            },
+        },
+        "security": [{"bearer": []}, {"queryToken": []}],
+    }
+
+
+# --- middleware --------------------------------------------------------------------------------
+
+
+def _problem(status: int, title: str, detail: str = "") -> web.Response:
+    return _json(M.Problem(status=status, title=title, detail=detail), status)
+
+
+@web.middleware
+async def middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    metrics = request.app[K_METRICS]
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    t0 = time.perf_counter()
+    status = 500
+    try:
+        if request.path.startswith("/api/"):
+            tier = request.app[K_AUTH].tier(token_of(request.headers.get("Authorization"), request.query.get("token")))
+            if tier is None:
+                status = 401
+                resp: web.StreamResponse = _problem(
+                    401, "unauthorized", "a valid token is required (Bearer or ?token=)"
+                )
+                resp.headers["WWW-Authenticate"] = "Bearer"
+                return resp
+            request[K_TIER] = tier
+        try:
+            resp = await handler(request)
+        except BadParam as exc:
+            resp = _problem(400, "bad request", str(exc))
+        except store.UnknownTag as exc:
+            resp = _problem(404, "not found", str(exc))
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            log.warning("database unavailable", extra={"kv": {"route": route, "error": type(exc).__name__}})
+            resp = _problem(503, "database unavailable", "the monitor cannot reach the database; retry shortly")
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        status = resp.status
+        return resp
+    finally:
+        if route != "/api/stream":
+            metrics.api_seconds.labels(route, f"{status // 100}xx").observe(time.perf_counter() - t0)
+
+
+# --- application -------------------------------------------------------------------------------
+
+
+def make_app(settings: Settings, cfg: MonitorConfig, kafka: bool = True) -> web.Application:
+    """The monitor application. ``kafka=False`` serves the API without the live feed (tests)."""
+    app = web.Application(middlewares=[middleware])
+    metrics = Metrics()
+    app[K_SETTINGS] = settings
+    app[K_CONFIG] = cfg
+    app[K_AUTH] = Authenticator(cfg)
+    app[K_METRICS] = metrics
+    app[K_HUB] = Hub(GradeBook(), cfg.client_queue, metrics)
+    for r in ROUTES:
+        app.router.add_get(r.path, r.handler)
+    app.router.add_get("/openapi.json", h_openapi)
+    app.router.add_get("/metrics", h_metrics)
+    app.router.add_get("/healthz", h_health)
+    app.router.add_get("/", h_index)
+    app.router.add_static("/static/", STATIC, append_version=False)
+    app.cleanup_ctx.append(_database)
+    if kafka:
+        app.cleanup_ctx.append(_kafka)
+    app.on_shutdown.append(_end_streams)
+    return app
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    pool = store.make_pool(app[K_SETTINGS].dsn)
+    pool.open(wait=False)
+    app[K_POOL] = pool
+    refresher = asyncio.create_task(_refresh_grades(app))
+    yield
+    refresher.cancel()
+    await asyncio.to_thread(pool.close, 5.0)
+
+
+async def _refresh_grades(app: web.Application) -> None:
+    """Reload the grade book from the tag registry (tags registered from readings, not the topic)."""
+    pool, hub, every = app[K_POOL], app[K_HUB], app[K_CONFIG].grade_refresh_s
+
+    def load() -> dict[tuple[str, str], str]:
+        with pool.connection() as conn:
+            grades: dict[tuple[str, str], str] = store.grade_map(conn)
+            return grades
+
+    while True:
+        try:
+            hub.grades.load_registry(await asyncio.to_thread(load))
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("grade reload failed; keeping the last", extra={"kv": {"error": type(exc).__name__}})
+        await asyncio.sleep(every)
+
+
+async def _kafka(app: web.Application) -> AsyncIterator[None]:
+    s, hub = app[K_SETTINGS], app[K_HUB]
+    feed = KafkaFeed(
+        s.kafka_bootstrap,
+        Topics(s.topic_prefix, s.partitions),
+        hub.grades,
+        hub.publish,
+        asyncio.get_running_loop(),
+        metrics=app[K_METRICS],
+        forward_1m=app[K_CONFIG].forward_1m,
+    )
+    feed.start()
+    app[K_FEED] = feed
+    yield
+    await asyncio.to_thread(feed.stop)
+
+
+async def _end_streams(app: web.Application) -> None:
+    app[K_HUB].close()
