@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -30,9 +28,10 @@ from plantstream.paths import project_root
 from plantstream.producers import codec
 from plantstream.producers.kafka import ensure_contract_topics, make_producer, produce
 from plantstream.producers.topics import Topics
+from plantstream.testing.browser import CHROMIUM, open_page
+from plantstream.testing.browser import chromium as launch_chromium
 from plantstream.testing.plugin import free_port, wait_until
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (apt-get install -y chromium)"),
@@ -43,92 +42,10 @@ CORE_TAG = "caster1.casting_speed"
 LIVE = [(k, (t[1], t[2], t[6], t[7])) for k, t in enumerate(TAGS) if t[1] in (CORE_TAG, "caster1.cooling_water_flow")]
 
 
-class Cdp:
-    """A minimal DevTools client: one page target, commands awaited by id."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.n = 0
-        self.pending: dict[int, asyncio.Future[Any]] = {}
-        self.reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for msg in self.ws:
-            data = json.loads(msg.data)
-            fut = self.pending.pop(data.get("id", -1), None)
-            if fut is not None and not fut.done():
-                if "error" in data:
-                    fut.set_exception(RuntimeError(str(data["error"])))
-                else:
-                    fut.set_result(data.get("result", {}))
-
-    async def send(self, method: str, **params: Any) -> Any:
-        self.n += 1
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.pending[self.n] = fut
-        await self.ws.send_json({"id": self.n, "method": method, "params": params})
-        return await asyncio.wait_for(fut, 20)
-
-    async def js(self, expr: str) -> Any:
-        res = await self.send("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in res:
-            raise AssertionError(f"page script failed: {res['exceptionDetails']}")
-        return res["result"].get("value")
-
-    async def until(self, expr: str, timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = await self.js(expr)
-            if last:
-                return last
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
-
-
 @pytest.fixture
 def chromium() -> Iterator[int]:
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="ps-chromium-") as profile:
-        proc = subprocess.Popen(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--hide-scrollbars",
-                f"--user-data-dir={profile}",
-                f"--remote-debugging-port={port}",
-                "--remote-debugging-address=127.0.0.1",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-
-            def up() -> bool:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/version", timeout=2):
-                        return True
-                except OSError:
-                    assert proc.poll() is None, f"chromium exited with {proc.returncode}"
-                    return False
-
-            wait_until(up, 30, "chromium's DevTools endpoint")
-            yield port
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with launch_chromium() as port:
+        yield port
 
 
 class Feeder(threading.Thread):
@@ -211,19 +128,6 @@ def monitor_url(loaded_db: Any, settings: Settings, settings_env: dict[str, str]
         proc.wait(15)
 
 
-async def _page(session: aiohttp.ClientSession, devtools: int, url: str) -> Cdp:
-    async with session.put(f"http://127.0.0.1:{devtools}/json/new?about:blank") as r:
-        target = await r.json(content_type=None)
-    ws = await session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=64 * 1024 * 1024)
-    cdp = Cdp(ws)
-    await cdp.send("Page.enable")
-    await cdp.send("Runtime.enable")
-    await cdp.send("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1, mobile=False)
-    await cdp.send("Page.navigate", url=url)
-    await cdp.until("document.body && document.body.dataset.ready === '1'", 20, f"page ready at {url}")
-    return cdp
-
-
 @pytest.mark.timeout(120)
 def test_page_live_values_deviation_and_withholding(
     chromium: int, monitor_url: str, loaded_db: Any, settings: Settings, tmp_path: Path
@@ -233,7 +137,7 @@ def test_page_live_values_deviation_and_withholding(
 
     async def run() -> None:
         async with aiohttp.ClientSession() as session:
-            owner = await _page(session, chromium, f"{monitor_url}/?token={OWNER}&plant=steel")
+            owner = await open_page(session, chromium, f"{monitor_url}/?token={OWNER}&plant=steel")
             assert await owner.js("document.querySelector('#tier').textContent") == "owner"
             # Tree: all three plants; the table of the first plant lists the core tag.
             plants = await owner.js("[...document.querySelectorAll('.tree .plant > .node')].map(n => n.dataset.plant)")
@@ -284,7 +188,7 @@ def test_page_live_values_deviation_and_withholding(
             (artifacts / "monitor.png").write_bytes(png)
 
             # The public tier: the core tag exists nowhere on its page, not even via the live stream.
-            public = await _page(session, chromium, f"{monitor_url}/?token={PUBLIC}&plant=steel")
+            public = await open_page(session, chromium, f"{monitor_url}/?token={PUBLIC}&plant=steel")
             assert await public.js("document.querySelector('#tier').textContent") == "public"
             general = "document.querySelector('tr[data-key=\"steel/caster1.cooling_water_flow\"] .val').textContent"
             await public.until(f"{general} !== '—'", 15, "a live general-grade value on the public page")
