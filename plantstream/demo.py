@@ -89,7 +89,7 @@ def demo(duration: float, seed: int, speed: float, rate: float | None, monitor_p
                 f"1m-aggs {counts.get('aggregates_1m', 0):>7,}  lots {counts.get('lots', 0):>4}  "
                 f"deviations {counts.get('deviations', 0):>4}  sink lag {lag if lag is not None else '?'}"
             )
-    except RuntimeError as exc:
+    except (RuntimeError, ConnectionError) as exc:
         click.echo(f"demo: {exc}", err=True)
         pipe.stop()
         sys.exit(1)

@@ -97,13 +97,15 @@ class Pipeline:
         ensure_contract_topics(
             self.settings.kafka_bootstrap, Topics(self.settings.topic_prefix, self.settings.partitions)
         )
-        subprocess.run(
-            [sys.executable, "-m", "plantstream.cli", "db", "migrate"],
+        out = subprocess.run(
+            [sys.executable, "-m", "plantstream.cli", "--log-format", "text", "db", "migrate"],
             env=self.env(),
-            check=True,
-            stdout=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
             timeout=300,
         )
+        if out.returncode != 0:
+            raise RuntimeError(f"`plantstream db migrate` failed (exit {out.returncode}):\n{out.stderr.strip()}")
 
     def ledger(self, plant: str) -> Path:
         return self.workdir / f"ledger-{plant}.jsonl"
