@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -27,11 +28,11 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from plantstream.config import Settings
+from plantstream.config import ConfigError, Settings
 from plantstream.contract import Origin
-from plantstream.edge.batcher import Batcher
+from plantstream.edge.batcher import Batcher, Sample
 from plantstream.edge.buffer import Buffer, Entry
-from plantstream.edge.config import EdgeConfig, MqttSource, OpcuaSource
+from plantstream.edge.config import EdgeConfig, MqttSource, OpcuaSource, SparkplugSource
 from plantstream.edge.forwarder import Forwarder
 from plantstream.edge.metrics import EdgeMetrics
 from plantstream.edge.source import Delivery, Inbox, Source
@@ -48,14 +49,35 @@ from plantstream.producers.topics import (
 log = logging.getLogger(__name__)
 
 
-def build_source(cfg: OpcuaSource | MqttSource, agent_id: str, inbox: Inbox) -> Source:
+def build_source(
+    cfg: OpcuaSource | MqttSource | SparkplugSource, agent_id: str, inbox: Inbox, settings: Settings | None = None
+) -> Source:
+    """The connector for ``cfg``. An MQTT source without a url takes PLANTSTREAM_MQTT_URL (``settings.mqtt``)."""
     if isinstance(cfg, OpcuaSource):
         from plantstream.edge.opcua.source import OpcuaSourceRunner
 
-        return OpcuaSourceRunner(cfg, inbox)
+        return OpcuaSourceRunner(cfg, inbox, (settings or Settings.from_env()).state_dir)
+    if cfg.url is None:
+        try:
+            cfg = cfg.with_default_url((settings or Settings.from_env()).mqtt)
+        except ValueError as exc:
+            raise ConfigError(
+                f"source {cfg.id!r}: no url in the config and PLANTSTREAM_MQTT_URL is unusable: {exc}"
+            ) from None
+    if isinstance(cfg, SparkplugSource):
+        from plantstream.edge.sparkplug.source import SparkplugBSource
+
+        return SparkplugBSource(cfg, agent_id, inbox)
     from plantstream.edge.mqtt.source import MqttJsonSource
 
     return MqttJsonSource(cfg, agent_id, inbox)
+
+
+def identity(source: str, sample: Sample) -> int:
+    """A stable 63-bit key of what a reading says (not when it arrived): equal for a redelivered copy."""
+    equipment, tag, ts_us, value, _unit, quality, _status, _srv = sample
+    raw = f"{source}\x1f{equipment}\x1f{tag}\x1f{ts_us}\x1f{value!r}\x1f{quality}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big") >> 1
 
 
 @dataclass
@@ -86,7 +108,7 @@ class Agent:
         )
         self.inbox = Inbox()
         self.metrics = EdgeMetrics(cfg.agent_id)
-        self.sources: list[Source] = [build_source(s, cfg.agent_id, self.inbox) for s in cfg.sources]
+        self.sources: list[Source] = [build_source(s, cfg.agent_id, self.inbox, self.settings) for s in cfg.sources]
         self._by_id = {s.id: s for s in self.sources}
         self._stop = asyncio.Event()
         self._throttle = Throttle(30.0)
@@ -97,6 +119,7 @@ class Agent:
         self.started_us = time.time_ns() // 1000
         self._unsaved: list[Entry] = []
         self._unsaved_acks: dict[str, list[Hashable]] = {}
+        self._unsaved_recent: list[tuple[str, int]] = []
         self._published: dict[tuple[str, ...], int] = {}
         self.ready = asyncio.Event()  # set once sources run and tag metadata is buffered
 
@@ -220,6 +243,8 @@ class Agent:
         acks = self._unsaved_acks
         entries = self._unsaved
         counts: dict[str, list[int]] = {}
+        recent = self._unsaved_recent
+        buf = self.buffer
         for d in items:
             if d.ack is not None:
                 if drop_ackable:
@@ -227,41 +252,51 @@ class Agent:
                 acks.setdefault(d.source, []).append(d.ack)
             c = counts.get(d.source)
             if c is None:
-                c = counts[d.source] = [0, 0, 0]
-            if d.samples:
-                c[0] += batcher.add(d.source, d.origin, d.samples)
-                c[1] += sum(1 for s in d.samples if s[5])
+                c = counts[d.source] = [0, 0, 0, 0]
+            samples = d.samples
+            if samples and d.ack is not None:
+                # A source that redelivers: remember what was committed, drop copies of it.
+                keyed = [(identity(d.source, s), s) for s in samples]
+                if d.redelivered:
+                    fresh = [(k, s) for k, s in keyed if not buf.seen(d.source, k)]
+                    c[3] += len(keyed) - len(fresh)
+                    keyed = fresh
+                samples = [s for _, s in keyed]
+                recent.extend((d.source, k) for k, _ in keyed)
+            if samples:
+                c[0] += batcher.add(d.source, d.origin, samples)
+                c[1] += sum(1 for s in samples if s[5])
             elif d.deadletter is not None:
                 c[2] += 1
                 entries.append(self._deadletter_entry(d))
         entries.extend(batcher.take(everything=everything or bool(acks)))
-        if not entries:
-            return
-        try:
-            self.buffer.append(entries)
-        except sqlite3.Error as exc:
-            # Disk full or similar: keep the entries and the acks, try again next tick.
-            n = self._throttle.should("append")
-            if n >= 0:
-                log.error(
-                    "buffer append failed; holding readings in memory and retrying",
-                    extra={"kv": {"error": str(exc), "entries": len(entries), "suppressed": n}},
-                )
-            self._unsaved = entries
-            return
-        self._unsaved = []
-        self._unsaved_acks = {}
-        for src_id, tokens in acks.items():
-            src = self._by_id.get(src_id)
-            if src is not None:
-                src.ack(tokens)
+        if entries or recent:
+            try:
+                self.buffer.append(entries, recent)
+            except sqlite3.Error as exc:
+                # Disk full or similar: keep the entries and the acks, try again next tick.
+                n = self._throttle.should("append")
+                if n >= 0:
+                    log.error(
+                        "buffer append failed; holding readings in memory and retrying",
+                        extra={"kv": {"error": str(exc), "entries": len(entries), "suppressed": n}},
+                    )
+                self._unsaved = entries
+                return
+            self._unsaved = []
+            self._unsaved_recent = []
+        # Committed (or nothing to store: only duplicates / empty messages): safe to acknowledge.
+        self._ack(acks)
         agent = self.cfg.agent_id
         m = self.metrics
-        for src_id, (n, bad, dead) in counts.items():
+        for src_id, (n, bad, dead, dup) in counts.items():
             st = self._by_id[src_id].status
             st.readings_in += n
             st.bad_quality += bad
             st.deadletters += dead
+            st.duplicates_dropped += dup
+            if dup:
+                m.duplicates.labels(agent, src_id).inc(dup)
             self.readings_in += n
             self.deadletters += dead
             if n:
@@ -269,6 +304,13 @@ class Agent:
                 st.last_reading_us = time.time_ns() // 1000
             if bad:
                 m.bad_quality.labels(agent, src_id).inc(bad)
+
+    def _ack(self, acks: dict[str, list[Hashable]]) -> None:
+        self._unsaved_acks = {}
+        for src_id, tokens in acks.items():
+            src = self._by_id.get(src_id)
+            if src is not None:
+                src.ack(tokens)
 
     def _deadletter_entry(self, d: Delivery) -> Entry:
         dl = d.deadletter
@@ -344,6 +386,8 @@ class Agent:
             m.failing_nodes.labels(a, s.id).set(len(s.status.failing))
             m.connected.labels(a, s.id).set(1 if s.status.connected else 0)
             sync(m.reconnects.labels(a, s.id), ("reconnects", s.id), s.status.reconnects)
+            for event, n in s.status.events.items():
+                sync(m.events.labels(a, s.id, event), ("events", s.id, event), n)
         if self.forwarder is not None:
             sync(m.kafka_failures.labels(a), ("kafka_failures",), self.forwarder.stats.failures)
 

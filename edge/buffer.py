@@ -13,10 +13,15 @@ Contract:
 * Caps: beyond ``max_bytes`` (sum of stored message bytes) or ``max_age_s`` the OLDEST entries are
   dropped; the dropped readings are counted (persisted) and logged.
 * Memory does not grow with depth: nothing but counters is cached.
+* Redelivery window: :meth:`append` also records identity keys of readings from sources that
+  redeliver (MQTT QoS 1), in the same transaction; :meth:`seen` answers from the last
+  ``recent_window`` keys per source, reloaded on open, so a copy redelivered after a reconnect or a
+  ``kill -9`` is recognised instead of getting a new sequence number.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import sqlite3
 import time
@@ -45,6 +50,7 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE TABLE IF NOT EXISTS seq (source TEXT PRIMARY KEY, last INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS recent (id INTEGER PRIMARY KEY, source TEXT NOT NULL, key INTEGER NOT NULL);
 """
 
 
@@ -93,6 +99,7 @@ class Buffer:
         max_age_s: float = 7 * 86400,
         synchronous: Literal["full", "normal"] = "full",
         readonly: bool = False,
+        recent_window: int = 20_000,
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
@@ -115,6 +122,31 @@ class Buffer:
         self.dropped: dict[str, int] = {
             k: int(v) for k, v in self._db.execute("SELECT name, value FROM counters").fetchall()
         }
+        self.recent_window = recent_window
+        self._recent: dict[str, tuple[set[int], collections.deque[int]]] = {}
+        if not readonly:
+            rows = self._db.execute("SELECT source, key FROM recent ORDER BY id DESC LIMIT ?", (recent_window * 8,))
+            for source, key in reversed(rows.fetchall()):
+                self._remember(str(source), int(key))
+
+    # --- redelivery window -------------------------------------------------------------------
+
+    def _remember(self, source: str, key: int) -> None:
+        win = self._recent.get(source)
+        if win is None:
+            win = self._recent[source] = (set(), collections.deque())
+        keys, order = win
+        if key in keys:
+            return
+        keys.add(key)
+        order.append(key)
+        if len(order) > self.recent_window:
+            keys.discard(order.popleft())
+
+    def seen(self, source: str, key: int) -> bool:
+        """True if a reading with this identity key was committed recently (see module doc)."""
+        win = self._recent.get(source)
+        return win is not None and key in win[0]
 
     # --- sequence numbers ------------------------------------------------------------------
 
@@ -130,8 +162,9 @@ class Buffer:
 
     # --- append ----------------------------------------------------------------------------
 
-    def append(self, entries: Sequence[Entry]) -> None:
-        """Commit ``entries`` (in order) and the reserved seq counters; durable on return.
+    def append(self, entries: Sequence[Entry], recent: Sequence[tuple[str, int]] = ()) -> None:
+        """Commit ``entries`` (in order), the reserved seq counters and the ``recent`` (source,
+        identity key) pairs; durable on return.
 
         Raises sqlite3.Error (e.g. disk full) with nothing committed; the caller must not
         acknowledge the readings then.
@@ -166,11 +199,15 @@ class Buffer:
                     "ON CONFLICT(source) DO UPDATE SET last = excluded.last",
                     seqs,
                 )
+            if recent:
+                db.executemany("INSERT INTO recent (source, key) VALUES (?, ?)", recent)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         self._dirty_seq.clear()
+        for source, key in recent:
+            self._remember(source, key)
         for r in rows:
             self._bytes += r[3]
             self._readings += r[2]
@@ -192,7 +229,9 @@ class Buffer:
             self._drop_where("id <= ?", (last_id,), "max_bytes")
 
     def expire(self, now_us: int | None = None) -> int:
-        """Drop entries older than max_age; returns readings dropped."""
+        """Drop entries older than max_age (and redelivery keys beyond the window); returns readings dropped."""
+        keep = self.recent_window * max(1, len(self._recent))
+        self._db.execute("DELETE FROM recent WHERE id <= (SELECT MAX(id) FROM recent) - ?", (keep,))
         cutoff = (now_us if now_us is not None else _now_us()) - self.max_age_us
         return self._drop_where("created_us < ?", (cutoff,), "max_age")
 

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -99,3 +100,175 @@ def status(config_path: Path, as_json: bool) -> None:
             click.echo(f"    last error: {s['last_error']}")
         for what, why in sorted(s.get("failing", {}).items()):
             click.echo(f"    failing: {what}: {why}")
+
+
+# --- OPC-UA certificates ---------------------------------------------------------------------------
+
+_pki_opt = click.option(
+    "--pki-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="default: $PLANTSTREAM_STATE_DIR/edge/pki (what security.pki_dir defaults to)",
+)
+
+
+def _pki(pki_dir: Path | None) -> Path:
+    if pki_dir is not None:
+        return pki_dir
+    from plantstream.config import Settings
+    from plantstream.edge.opcua.pki import default_pki_dir
+
+    return default_pki_dir(Settings.from_env().state_dir)
+
+
+@edge.group()
+def certs() -> None:
+    """OPC-UA client certificate and the trust list of server certificates."""
+
+
+@certs.command("create")
+@_pki_opt
+@click.option("--uri", default=None, help="application URI (default urn:<host>:plantstream:edge)")
+@click.option("--name", "cn", default="plantstream edge", show_default=True, help="certificate common name")
+@click.option("--host", "hosts", multiple=True, help="DNS name for the certificate (repeatable; default this host)")
+@click.option("--days", default=3650, show_default=True, type=click.IntRange(1, 36500))
+@click.option("--force", is_flag=True, help="replace an existing certificate")
+def certs_create(
+    pki_dir: Path | None, uri: str | None, cn: str, hosts: tuple[str, ...], days: int, force: bool
+) -> None:
+    """Generate the agent's self-signed application certificate (RSA 2048, SHA-256)."""
+    from plantstream.edge.opcua.pki import create_client_certificate, load_cert, thumbprint
+
+    pki = _pki(pki_dir)
+    try:
+        cert, key = create_client_certificate(pki, uri, cn, days, list(hosts) or None, force)
+    except FileExistsError as exc:
+        click.echo(f"plantstream: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"certificate {cert}\nprivate key {key} (mode 0600)\nsha256 {thumbprint(load_cert(cert))}")
+    click.echo("give the certificate to the OPC-UA server's administrator to trust it")
+
+
+@certs.command("trust")
+@_pki_opt
+@click.argument("cert_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def certs_trust(pki_dir: Path | None, cert_file: Path) -> None:
+    """Trust a server (or CA) certificate, DER or PEM (e.g. one from <pki>/rejected/)."""
+    from plantstream.edge.opcua.pki import load_cert, thumbprint, trust
+
+    try:
+        stored = trust(_pki(pki_dir), cert_file)
+    except ValueError as exc:
+        click.echo(f"plantstream: {exc}", err=True)
+        sys.exit(2)
+    c = load_cert(stored)
+    click.echo(f"trusted {c.subject.rfc4514_string()} sha256 {thumbprint(c)} -> {stored}")
+
+
+@certs.command("list")
+@_pki_opt
+def certs_list(pki_dir: Path | None) -> None:
+    """Own certificate, trusted and rejected server certificates."""
+    from plantstream.edge.opcua.pki import list_certs
+
+    pki = _pki(pki_dir)
+    infos = list_certs(pki)
+    if not infos:
+        click.echo(f"{pki}: no certificates (plantstream edge certs create)")
+        return
+    for i in infos:
+        flag = " EXPIRED" if i.expired else ""
+        click.echo(
+            f"{i.kind:8} {i.subject}  uri={i.uri or '-'}  until {i.not_after:%Y-%m-%d}{flag}  "
+            f"sha256 {i.thumbprint[:16]}…  {i.path}"
+        )
+
+
+# --- OPC-UA browse ----------------------------------------------------------------------------------
+
+
+@edge.command("browse")
+@click.argument("endpoint")
+@click.option("--depth", default=6, show_default=True, type=click.IntRange(1, 50), help="levels below Objects")
+@click.option(
+    "--node-class",
+    "node_classes",
+    multiple=True,
+    type=click.Choice(["Variable"]),
+    default=("Variable",),
+    show_default=True,
+    help="node classes that become tags",
+)
+@click.option("--name-filter", default=None, help="regular expression on browse names of variables")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="default: stdout")
+@click.option("--plant", default="plant", show_default=True)
+@click.option("--agent-id", default="edge-1", show_default=True)
+@click.option("--source-id", default="opcua-1", show_default=True)
+@click.option("--equipment-prefix", default="", help="ISA-95 levels above the server's object tree")
+@click.option("--username", default=None)
+@click.option("--password-env", default=None, help="environment variable holding the password (never a flag)")
+@click.option("--timeout", default=10.0, show_default=True, type=float)
+def browse_cmd(
+    endpoint: str,
+    depth: int,
+    node_classes: tuple[str, ...],
+    name_filter: str | None,
+    out: Path | None,
+    plant: str,
+    agent_id: str,
+    source_id: str,
+    equipment_prefix: str,
+    username: str | None,
+    password_env: str | None,
+    timeout: float,
+) -> None:
+    """Walk an OPC-UA server (security None) and write a tag config the agent accepts as is."""
+    import asyncio
+    import os
+    import re
+
+    import yaml
+
+    from plantstream.edge.config import dump_dict
+    from plantstream.edge.opcua.browse import browse, to_config
+
+    if name_filter is not None:
+        try:
+            re.compile(name_filter)
+        except re.error as exc:
+            raise click.BadParameter(f"not a regular expression: {exc}", param_hint="--name-filter") from None
+    password = os.environ.get(password_env, "") if password_env else None
+
+    async def walk() -> Any:
+        from asyncua.client.client import Client
+
+        client = Client(endpoint, timeout=timeout)
+        if username:
+            client.set_user(username)
+            client.set_password(password or "")
+        async with client:
+            return await browse(client, depth, name_filter, node_classes)
+
+    try:
+        result = asyncio.run(walk())
+    except (OSError, TimeoutError) as exc:
+        click.echo(f"plantstream: cannot browse {endpoint}: {exc}", err=True)
+        sys.exit(1)
+    extra: dict[str, Any] = {"username": username} if username else {}
+    try:
+        cfg = to_config(result, endpoint, plant, agent_id, source_id, equipment_prefix, extra)
+    except ValueError as exc:
+        click.echo(f"plantstream: {exc}", err=True)
+        sys.exit(1)
+    header = (
+        f"# Generated by `plantstream edge browse {endpoint}`: {len(result.variables)} variables, "
+        f"{len(result.skipped)} nodes skipped.\n# Review equipment paths, units and ranges; check with "
+        "`plantstream edge check --config FILE`.\n"
+    )
+    text = header + yaml.safe_dump(dump_dict(cfg), sort_keys=False, allow_unicode=True)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"{out}: {len(result.variables)} tags ({len(result.skipped)} nodes skipped)", err=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal, Self
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -107,6 +107,37 @@ class OpcuaTag(TagBase):
         return self
 
 
+SecurityPolicyName = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
+
+
+class OpcuaSecurity(_Strict):
+    """Secure channel. Certificates default to the PKI directory ``plantstream edge certs`` manages."""
+
+    policy: SecurityPolicyName = "None"
+    mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
+    pki_dir: Path | None = Field(None, description="default: $PLANTSTREAM_STATE_DIR/edge/pki")
+    certificate: Path | None = Field(None, description="client certificate (DER/PEM); default <pki_dir>/own/cert.der")
+    private_key: Path | None = Field(None, description="client key (PEM); default <pki_dir>/own/key.pem")
+    trust_all_servers: bool = Field(
+        False, description="accept any server certificate (commissioning only; logged as a warning)"
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> OpcuaSecurity:
+        if (self.policy == "None") != (self.mode == "None"):
+            raise ValueError("policy None goes with mode None, and a security policy needs mode Sign or SignAndEncrypt")
+        return self
+
+    def resolved(self, base: Path) -> OpcuaSecurity:
+        """Relative paths taken relative to ``base`` (the config file's folder)."""
+        upd = {
+            k: base / v
+            for k in ("pki_dir", "certificate", "private_key")
+            if (v := getattr(self, k)) is not None and not v.is_absolute()
+        }
+        return self.model_copy(update=upd) if upd else self
+
+
 class OpcuaSource(_Strict):
     """An OPC-UA server; each tag is a monitored item (subscription) or a polled node."""
 
@@ -122,6 +153,9 @@ class OpcuaSource(_Strict):
     request_timeout_s: float = Field(4.0, gt=0)
     watchdog_interval_s: float = Field(1.0, gt=0)
     reconnect: Backoff = Field(default_factory=lambda: Backoff.model_validate({}))
+    security: OpcuaSecurity = Field(default_factory=lambda: OpcuaSecurity.model_validate({}))
+    username: str | None = Field(None, description="user identity token; anonymous when unset")
+    password: SecretStr | None = None
     defaults: TagDefaults = Field(default_factory=TagDefaults)
     tags: list[OpcuaTag] = Field(min_length=1)
 
@@ -223,15 +257,38 @@ def template_filter(template: str) -> str:
     return "/".join(out)
 
 
-class MqttSource(_Strict):
-    """An MQTT broker carrying one JSON reading per message."""
+class MqttTls(_Strict):
+    """TLS for the broker connection (``mqtts://`` turns it on with the system CAs)."""
 
-    type: Literal["mqtt"]
+    ca_file: Path | None = Field(
+        None, description="PEM CA bundle that signed the broker's certificate; default: system CAs"
+    )
+    cert_file: Path | None = Field(None, description="client certificate (PEM) for brokers that require one")
+    key_file: Path | None = Field(None, description="client private key (PEM); default: inside cert_file")
+    check_hostname: bool = Field(True, description="verify the broker's name against its certificate")
+
+    @model_validator(mode="after")
+    def _pair(self) -> MqttTls:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file")
+        return self
+
+
+class MqttConnection(_Strict):
+    """How to reach an MQTT broker: shared by the JSON and the Sparkplug B sources.
+
+    Without ``url`` the agent uses ``PLANTSTREAM_MQTT_URL`` at start (one config file for every
+    environment). ``mqtts://`` (or a ``tls`` block) enables TLS; default ports 1883 / 8883.
+    """
+
     id: str
-    url: SecretStr = Field(description="mqtt://host:port (mqtts:// later); may carry user:password")
+    url: SecretStr | None = Field(
+        None, description="mqtt://host:port or mqtts://host:port, may carry user:password; default PLANTSTREAM_MQTT_URL"
+    )
     client_id: str | None = Field(None, description="fixed id so the broker keeps the session; default agent.source")
     username: str | None = None
     password: SecretStr | None = None
+    tls: MqttTls | None = None
     qos: Literal[0, 1] = 1
     protocol: Literal["3.1.1", "5"] = "5"
     session_expiry_s: int = Field(7 * 86400, ge=0, description="MQTT 5: how long the broker keeps the session")
@@ -240,41 +297,118 @@ class MqttSource(_Strict):
     accept_unlisted: bool = Field(True, description="readings of tags not listed under tags pass with defaults")
     reconnect: Backoff = Field(default_factory=lambda: Backoff.model_validate({}))
     defaults: TagDefaults = Field(default_factory=TagDefaults)
-    subscriptions: list[MqttSubscription] = Field(min_length=1)
-    tags: list[MqttTag] = []
 
     _check = field_validator("id")(_check_id)
 
     @field_validator("url")
     @classmethod
-    def _url(cls, v: SecretStr) -> SecretStr:
-        parts = urlsplit(v.get_secret_value())
-        if parts.scheme not in ("mqtt", "tcp"):
-            raise ValueError("url must be mqtt://host:port (mqtts:// is not supported yet)")
-        if not parts.hostname:
-            raise ValueError("url needs a host")
-        try:
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError:
-            raise ValueError("url port must be a number") from None
+    def _url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            check_mqtt_url(v.get_secret_value())
         return v
+
+    def _parts(self) -> SplitResult:
+        if self.url is None:
+            raise ValueError(f"source {self.id!r} has no url and PLANTSTREAM_MQTT_URL was not applied")
+        return urlsplit(self.url.get_secret_value())
+
+    @property
+    def use_tls(self) -> bool:
+        return self.tls is not None or self._parts().scheme in ("mqtts", "ssl")
 
     @property
     def host(self) -> str:
-        return urlsplit(self.url.get_secret_value()).hostname or "127.0.0.1"
+        return self._parts().hostname or "127.0.0.1"
 
     @property
     def port(self) -> int:
-        return urlsplit(self.url.get_secret_value()).port or 1883
+        return self._parts().port or (8883 if self.use_tls else 1883)
 
     def credentials(self) -> tuple[str | None, str | None]:
-        parts = urlsplit(self.url.get_secret_value())
-        user = self.username or parts.username
-        pwd = self.password.get_secret_value() if self.password else parts.password
+        parts = self._parts()
+        user = self.username or (unquote(parts.username) if parts.username else None)
+        pwd = (
+            self.password.get_secret_value() if self.password else (unquote(parts.password) if parts.password else None)
+        )
         return user, pwd
 
+    def with_default_url(self, url: str) -> Self:
+        """This source with ``url`` filled in when the file left it out (validated like the file's)."""
+        if self.url is not None:
+            return self
+        check_mqtt_url(url)
+        return self.model_copy(update={"url": SecretStr(url)})
 
-Source = Annotated[OpcuaSource | MqttSource, Field(discriminator="type")]
+
+def check_mqtt_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl"):
+        raise ValueError("url must be mqtt://host:port or mqtts://host:port")
+    if not parts.hostname:
+        raise ValueError("url needs a host")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError("url port must be a number") from None
+
+
+class MqttSource(MqttConnection):
+    """An MQTT broker carrying one JSON reading per message."""
+
+    type: Literal["mqtt"]
+    subscriptions: list[MqttSubscription] = Field(min_length=1)
+    tags: list[MqttTag] = []
+
+
+class SparkplugTag(TagBase):
+    """Metadata for a tag derived from a Sparkplug B metric (published as TagMeta at start)."""
+
+
+class SparkplugSource(MqttConnection):
+    """Sparkplug B edge nodes and devices on an MQTT broker (``spBv1.0/<group>/<type>/<node>[/<device>]``).
+
+    Names: ``{group}``, ``{node}``, ``{device}``, ``{metric}`` placeholders. Node-level metrics use
+    ``node_equipment`` / ``node_tag``, device metrics ``device_equipment`` / ``device_tag``; the
+    ISA-95 path is ``equipment_prefix`` + the equipment template.
+    """
+
+    type: Literal["sparkplug"]
+    group_ids: list[str] = Field(default_factory=lambda: ["+"], min_length=1, description="'+' = every group")
+    equipment_prefix: str = ""
+    node_equipment: str = "{group}/{node}"
+    device_equipment: str = "{group}/{node}/{device}"
+    node_tag: str = "{node}.{metric}"
+    device_tag: str = "{node}.{device}.{metric}"
+    host_id: str | None = Field(
+        None, description="publish Sparkplug 3.0 primary-host STATE (spBv1.0/STATE/<host_id>) as this id"
+    )
+    rebirth_interval_s: float = Field(5.0, gt=0, description="at most one rebirth request per node per interval")
+    tags: list[SparkplugTag] = []
+
+    @field_validator("group_ids")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        for g in v:
+            if g != "+" and (not g or any(c in g for c in "/+#")):
+                raise ValueError(f"group id {g!r} must be '+' or a name without '/', '+', '#'")
+        return v
+
+    @field_validator("equipment_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if v:
+            validate_equipment_path(v)
+        return v.rstrip("/")
+
+    @field_validator("host_id")
+    @classmethod
+    def _host(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "/+#")):
+            raise ValueError("host_id must be a name without '/', '+', '#'")
+        return v
+
+
+Source = Annotated[OpcuaSource | MqttSource | SparkplugSource, Field(discriminator="type")]
 
 
 class KafkaTarget(_Strict):
@@ -355,7 +489,7 @@ class EdgeConfig(_Strict):
         out: list[TagMeta] = []
         for s in self.sources:
             for t in s.tags:
-                address = t.node_id if isinstance(t, OpcuaTag) else f"mqtt:{s.id}"
+                address = t.node_id if isinstance(t, OpcuaTag) else f"{s.type}:{s.id}"
                 out.append(t.meta(self.plant, s.defaults, address))
         return out
 
@@ -367,7 +501,7 @@ class _AnyMapping(BaseModel):
 def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     """Drop the union tag pydantic inserts after a source index ('sources', 0, 'opcua', ...)."""
     out = list(loc)
-    if len(out) >= 3 and out[0] == "sources" and out[2] in ("opcua", "mqtt"):
+    if len(out) >= 3 and out[0] == "sources" and out[2] in ("opcua", "mqtt", "sparkplug"):
         del out[2]
     return tuple(out)
 
@@ -390,11 +524,17 @@ def load_config(path: str | Path) -> EdgeConfig:
             key = ".".join(str(x) for x in loc) or "(top level)"
             lines.append(f"{path}:{_line_of(node, loc)}: key '{key}': {err['msg']}")
         raise ConfigError("\n".join(lines)) from None
-    # A relative buffer path is relative to the config file, not to wherever the agent was started.
+    # Relative paths (buffer, certificates) are relative to the config file, not to wherever the
+    # agent was started.
+    base = Path(path).parent
     if cfg.buffer.path is not None and not cfg.buffer.path.is_absolute():
-        cfg = cfg.model_copy(
-            update={"buffer": cfg.buffer.model_copy(update={"path": Path(path).parent / cfg.buffer.path})}
-        )
+        cfg = cfg.model_copy(update={"buffer": cfg.buffer.model_copy(update={"path": base / cfg.buffer.path})})
+    sources = [
+        s.model_copy(update={"security": s.security.resolved(base)}) if isinstance(s, OpcuaSource) else s
+        for s in cfg.sources
+    ]
+    if sources != cfg.sources:
+        cfg = cfg.model_copy(update={"sources": sources})
     return cfg
 
 
@@ -425,11 +565,16 @@ __all__ = [
     "ConfigError",
     "EdgeConfig",
     "KafkaTarget",
+    "MqttConnection",
     "MqttSource",
     "MqttSubscription",
     "MqttTag",
+    "MqttTls",
+    "OpcuaSecurity",
     "OpcuaSource",
     "OpcuaTag",
+    "SparkplugSource",
+    "SparkplugTag",
     "TagDefaults",
     "dump_dict",
     "load_config",

@@ -38,6 +38,18 @@ class EdgeMetrics:
         self.kafka_failures = Counter(
             "plantstream_edge_kafka_delivery_failures", "Failed Kafka deliveries (retried)", ["agent"], registry=r
         )
+        self.duplicates = Counter(
+            "plantstream_edge_duplicates_dropped",
+            "Redelivered copies of readings already committed (not forwarded again)",
+            lbl,
+            registry=r,
+        )
+        self.events = Counter(
+            "plantstream_edge_protocol_events",
+            "Protocol events per source (Sparkplug: birth, death, stale_death, seq_gap, rebirth_requested, unknown_alias)",
+            [*lbl, "event"],
+            registry=r,
+        )
         self.port: int | None = None
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:

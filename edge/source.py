@@ -35,6 +35,9 @@ class Delivery:
     samples: list[Sample] | None = None
     deadletter: DeadLetter | None = None
     ack: Hashable | None = None  # handed back to Source.ack after the commit
+    # The transport says this may be a second copy (MQTT DUP after a reconnect): the agent drops
+    # samples it has already committed instead of giving them new sequence numbers.
+    redelivered: bool = False
 
 
 class Inbox:
@@ -106,9 +109,11 @@ class SourceStatus:
     readings_in: int = 0
     bad_quality: int = 0
     deadletters: int = 0
+    duplicates_dropped: int = 0  # redelivered copies of committed readings
     last_error: str = ""
     last_reading_us: int | None = None
     failing: dict[str, str] = field(default_factory=dict)  # node/tag -> why
+    events: dict[str, int] = field(default_factory=dict)  # protocol events (e.g. Sparkplug seq gaps)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

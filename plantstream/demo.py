@@ -32,8 +32,13 @@ DEMO_FAULTS = {
     "--duration", type=float, default=300.0, show_default=True, help="Seconds to run before stopping everything."
 )
 @click.option("--seed", type=int, default=7, show_default=True)
-@click.option("--speed", type=float, default=20.0, show_default=True,
-              help="Plant seconds per wall-clock second (a heat takes 40 plant minutes).")
+@click.option(
+    "--speed",
+    type=float,
+    default=20.0,
+    show_default=True,
+    help="Plant seconds per wall-clock second (a heat takes 40 plant minutes).",
+)
 @click.option("--rate", type=float, default=4.0, show_default=True, help="Samples per second per tag.")
 @click.option("--monitor-port", type=int, default=8765, show_default=True)
 @click.option("--plants", default="steel,chemical,fiber", show_default=True)
@@ -48,8 +53,9 @@ def demo(duration: float, seed: int, speed: float, rate: float | None, monitor_p
     env = stack.env()
     settings = Settings.from_env({**env, "PLANTSTREAM_TOPIC_PREFIX": "plantstream"})
     run_dir = stack.state / "demo" / time.strftime("%Y%m%d-%H%M%S")
-    pipe = Pipeline(settings, run_dir, plants=tuple(plants.split(",")), seed=seed, speed=speed, rate=rate,
-                    faults=DEMO_FAULTS)
+    pipe = Pipeline(
+        settings, run_dir, plants=tuple(plants.split(",")), seed=seed, speed=speed, rate=rate, faults=DEMO_FAULTS
+    )
 
     stopping = False
 

@@ -4,13 +4,18 @@ Delivery contract: a QoS 1 message is PUBACKed only after its reading (or its de
 committed to the edge buffer. The session is persistent (fixed client id, clean_session False /
 MQTT 5 clean_start False with a session expiry), so messages published while the agent is down
 or restarting are held by the broker and delivered on reconnect. Acks of a previous connection
-are never sent on a new one (the broker redelivers those messages; duplicates, not loss).
+are never sent on a new one (the broker redelivers those messages, flagged DUP; the agent drops
+a redelivered reading it already committed, see ``Delivery.redelivered``).
+
+:class:`MqttClientSource` is the connection (TLS, credentials, session, acks) shared with the
+Sparkplug B source; subclasses say what to subscribe to and how a message becomes deliveries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 from collections.abc import Hashable
 from typing import Any, cast
@@ -23,7 +28,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from plantstream.config import mask_url
 from plantstream.contract import Origin
-from plantstream.edge.config import MqttSource
+from plantstream.edge.config import MqttConnection, MqttSource
 from plantstream.edge.mqtt.decode import Malformed, MqttDecoder
 from plantstream.edge.source import DeadLetter, Delivery, Inbox, Source, now_us
 from plantstream.log import Throttle
@@ -31,22 +36,42 @@ from plantstream.log import Throttle
 log = logging.getLogger(__name__)
 
 
-class MqttJsonSource(Source):  # type: ignore[misc]  # Source is Any to mypy: editable-install namespace
-    origin = Origin.MQTT
+class MqttClientSource(Source):  # type: ignore[misc]  # Source is Any to mypy: editable-install namespace
+    """One paho client with a persistent session and manual acks; subclasses decode messages."""
 
-    def __init__(self, cfg: MqttSource, agent_id: str, inbox: Inbox) -> None:
-        super().__init__(cfg.id, "mqtt", mask_url(cfg.url.get_secret_value()), inbox)
-        self.cfg = cfg
+    kind = "mqtt"
+
+    def __init__(self, cfg: MqttConnection, agent_id: str, inbox: Inbox) -> None:
+        url = cfg.url.get_secret_value() if cfg.url is not None else ""
+        super().__init__(cfg.id, self.kind, mask_url(url), inbox)
+        self.conn = cfg
         self.client_id = cfg.client_id or f"plantstream-{agent_id}-{cfg.id}"
-        self.decoder = MqttDecoder(cfg)
         self._gen = 0  # connection generation: acks are only valid on the connection that got the message
         self._lock = threading.Lock()
         self._throttle = Throttle(30.0)
         self._client: mqtt.Client | None = None
         self._ever_connected = False
 
+    # --- for subclasses ---------------------------------------------------------------------------
+
+    def subscriptions(self) -> list[tuple[str, int]]:
+        raise NotImplementedError
+
+    def handle(self, client: mqtt.Client, msg: mqtt.MQTTMessage, topic: str, token: Hashable | None) -> None:
+        """Turn one message into deliveries; the last one carries ``token`` (acked after commit)."""
+        raise NotImplementedError
+
+    def configure(self, client: mqtt.Client) -> None:
+        """Hook before connecting (e.g. a will message)."""
+
+    def connected(self, client: mqtt.Client) -> None:
+        """Hook after each successful connect (e.g. a birth/state message)."""
+
+    # --- connection ---------------------------------------------------------------------------------
+
     def _make_client(self) -> mqtt.Client:
-        v5 = self.cfg.protocol == "5"
+        cfg = self.conn
+        v5 = cfg.protocol == "5"
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
@@ -55,27 +80,43 @@ class MqttJsonSource(Source):  # type: ignore[misc]  # Source is Any to mypy: ed
             manual_ack=True,
             reconnect_on_failure=True,
         )
-        user, pwd = self.cfg.credentials()
+        user, pwd = cfg.credentials()
         if user:
             client.username_pw_set(user, pwd)
-        client.reconnect_delay_set(max(1, int(self.cfg.reconnect.min_s)), max(1, int(self.cfg.reconnect.max_s)))
+        if cfg.use_tls:
+            client.tls_set_context(self._tls_context())
+        client.reconnect_delay_set(max(1, int(cfg.reconnect.min_s)), max(1, int(cfg.reconnect.max_s)))
         # paho's own queue of outgoing packets is in memory; we only send acks and subscribes.
         client.max_inflight_messages_set(1000)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        self.configure(client)
         return client
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """Verified TLS (1.2+): the configured CA file or the system CAs; client cert when configured."""
+        tls = self.conn.tls
+        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if tls is not None:
+            ctx.check_hostname = tls.check_hostname
+            if tls.cert_file is not None:
+                ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+        return ctx
 
     async def run(self) -> None:
         client = self._client = self._make_client()
         props = None
         kwargs: dict[str, Any] = {}
-        if self.cfg.protocol == "5":
+        cfg = self.conn
+        if cfg.protocol == "5":
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = self.cfg.session_expiry_s
+            props.SessionExpiryInterval = cfg.session_expiry_s
             kwargs = {"clean_start": False, "properties": props}
-        client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, **kwargs)
+        client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, **kwargs)
         client.loop_start()
         try:
             await self._stop.wait()
@@ -109,10 +150,9 @@ class MqttJsonSource(Source):  # type: ignore[misc]  # Source is Any to mypy: ed
         if self._ever_connected:
             self.status.reconnects += 1
         self._ever_connected = True
-        subs: list[tuple[str, int]] = [
-            (s.filter, s.qos if s.qos is not None else self.cfg.qos) for s in self.cfg.subscriptions
-        ]
+        subs = self.subscriptions()
         client.subscribe(subs)
+        self.connected(client)
         log.info(
             "mqtt connected",
             extra={
@@ -123,6 +163,17 @@ class MqttJsonSource(Source):  # type: ignore[misc]  # Source is Any to mypy: ed
                 }
             },
         )
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho does not hand over the exception: TCP refused, TLS handshake (unknown CA, name), timeout.
+        self.status.last_error = "connect failed (unreachable, or TLS handshake refused: check url, CA file)"
+        self.status.connected = False
+        n = self._throttle.should("connect_fail")
+        if n >= 0:
+            log.warning(
+                "mqtt connect failed; retrying with backoff",
+                extra={"kv": {"source": self.id, "endpoint": self.status.endpoint, "suppressed": n}},
+            )
 
     def _on_subscribe(
         self,
@@ -169,19 +220,14 @@ class MqttJsonSource(Source):  # type: ignore[misc]  # Source is Any to mypy: ed
             self._dead(msg.payload, "topic is not UTF-8", repr(msg._topic), token)
             return
         try:
-            sample = self.decoder.decode(topic, msg.payload, now_us())
-        except Malformed as exc:
-            self._dead(msg.payload, exc.reason, topic, token)
-            return
+            self.handle(client, msg, topic, token)
         except Exception as exc:  # a decoder bug must not kill paho's thread or lose the message
             log.exception("mqtt decode failed unexpectedly", extra={"kv": {"source": self.id, "topic": topic}})
             self._dead(msg.payload, f"internal error: {exc!r}", topic, token)
-            return
-        self.inbox.put(Delivery(self.id, Origin.MQTT, [sample], None, token))
 
     def _dead(self, payload: bytes | bytearray, reason: str, topic: str, token: Hashable | None) -> None:
         self.inbox.put(
-            Delivery(self.id, Origin.MQTT, None, DeadLetter(bytes(payload), reason, f"{self.id}:{topic}"), token)
+            Delivery(self.id, self.origin, None, DeadLetter(bytes(payload), reason, f"{self.id}:{topic}"), token)
         )
 
     # --- agent side ----------------------------------------------------------------------------
@@ -196,3 +242,25 @@ class MqttJsonSource(Source):  # type: ignore[misc]  # Source is Any to mypy: ed
                 g, mid = cast(tuple[int, int], tok)
                 if g == gen:
                     client.ack(mid, 1)
+
+
+class MqttJsonSource(MqttClientSource):
+    """One JSON reading per message, topic segments mapped by templates."""
+
+    origin = Origin.MQTT
+
+    def __init__(self, cfg: MqttSource, agent_id: str, inbox: Inbox) -> None:
+        super().__init__(cfg, agent_id, inbox)
+        self.cfg = cfg
+        self.decoder = MqttDecoder(cfg)
+
+    def subscriptions(self) -> list[tuple[str, int]]:
+        return [(s.filter, s.qos if s.qos is not None else self.cfg.qos) for s in self.cfg.subscriptions]
+
+    def handle(self, client: mqtt.Client, msg: mqtt.MQTTMessage, topic: str, token: Hashable | None) -> None:
+        try:
+            sample = self.decoder.decode(topic, msg.payload, now_us())
+        except Malformed as exc:
+            self._dead(msg.payload, exc.reason, topic, token)
+            return
+        self.inbox.put(Delivery(self.id, Origin.MQTT, [sample], None, token, redelivered=bool(msg.dup)))

@@ -89,7 +89,7 @@ def test_secrets_masked_in_repr(tmp_path: Path) -> None:
     assert "hunter2" not in text and "s3cret" not in text
 
 
-@pytest.mark.parametrize("example", ["opcua/example.yaml", "mqtt/example.yaml"])
+@pytest.mark.parametrize("example", ["opcua/example.yaml", "mqtt/example.yaml", "sparkplug/example.yaml"])
 def test_examples_are_valid(example: str) -> None:
     cfg = load_config(HERE / example)
     assert cfg.sources and cfg.tag_metas()
