@@ -9,11 +9,13 @@ other exception for server-side failures (recorded as 'failed').
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from plantstream.config import Settings
 from plantstream.datasets.models import PullRecord, PullRequest, Requester, RequestError, validate_request
-from plantstream.datasets.pull import Progress, ProgressFn, get_pull, list_pulls, pull
+from plantstream.datasets.pull import Plan, Progress, ProgressFn, PullCancelled, get_pull, list_pulls, pull
 
 
 def pull_dataset(
@@ -22,10 +24,28 @@ def pull_dataset(
     out: Path | None = None,
     settings: Settings | None = None,
     progress: ProgressFn | None = None,
+    *,
+    out_root: Path | None = None,
+    on_begin: Callable[[int], None] | None = None,
+    on_resolved: Callable[[Plan], None] | None = None,
+    cancel: threading.Event | None = None,
+    application_name: str = "plantstream-dataset",
 ) -> PullRecord:
-    """Pull ``request`` as ``requester`` into ``out`` (default ``./dataset-<snapshot>``)."""
+    """Pull ``request`` as ``requester`` into ``out`` (default ``out_root/<pull id>``, else
+    ``./dataset-<snapshot>``). The hooks and ``cancel`` are those of ``pull.pull``."""
     s = settings or Settings.from_env()
-    return pull(s.dsn, request, requester, out=out, progress=progress)
+    return pull(
+        s.dsn,
+        request,
+        requester,
+        out=out,
+        progress=progress,
+        application_name=application_name,
+        out_root=out_root,
+        on_begin=on_begin,
+        on_resolved=on_resolved,
+        cancel=cancel,
+    )
 
 
 def list_dataset_pulls(
@@ -41,7 +61,9 @@ def show_dataset_pull(ident: int | str, settings: Settings | None = None) -> Pul
 
 
 __all__ = [
+    "Plan",
     "Progress",
+    "PullCancelled",
     "PullRecord",
     "PullRequest",
     "RequestError",

@@ -54,6 +54,12 @@ from plantstream.datasets.source import SourceTag, WindowReader
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[["Progress"], None]
+
+
+class PullCancelled(Exception):
+    """The caller's ``cancel`` event was set; the pull is recorded as 'failed' and nothing is kept."""
+
+
 TARGET_READINGS_PER_WINDOW = 1_000_000
 MAX_CELLS_PER_WINDOW = 2_000_000
 _ARROW = {"float": pa.float64(), "int": pa.int64(), "bool": pa.bool_(), "str": pa.string()}
@@ -350,9 +356,19 @@ def pull(
     out: Path | None = None,
     progress: ProgressFn | None = None,
     application_name: str = "plantstream-dataset",
+    *,
+    out_root: Path | None = None,
+    on_begin: Callable[[int], None] | None = None,
+    on_resolved: Callable[[Plan], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> PullRecord:
     """Run a pull as ``requester``; return its record. RequestError for bad input (recorded as
-    'rejected', nothing written); other errors are recorded as 'failed' and re-raised."""
+    'rejected', nothing written); other errors are recorded as 'failed' and re-raised.
+
+    Output: ``out`` (must not exist), else ``out_root/<pull id>``, else ``./dataset-<snapshot>``.
+    ``on_begin(pull_id)`` is called once the record exists, ``on_resolved(plan)`` once the
+    request has passed every check against the database (callers serving HTTP use the two to
+    answer early). Setting ``cancel`` stops the pull between windows (PullCancelled, 'failed')."""
     if out is not None and out.exists():
         raise RequestError("out", f"{out} already exists; choose a new directory")
     with psycopg.connect(dsn, autocommit=True, application_name=application_name) as conn:
@@ -363,6 +379,8 @@ def pull(
         ).fetchone()
         assert row is not None
         pull_id = int(row[0])
+        if on_begin is not None:
+            on_begin(pull_id)
         log.info(
             "dataset pull started",
             extra={"kv": {"pull": pull_id, "requester": requester.name, "tier": requester.tier.value}},
@@ -373,7 +391,13 @@ def pull(
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 plan = resolve(conn, req)
                 withheld = [{"tag": t, "grade": g} for t, g in plan.withheld]
-                res = _produce(conn, req, requester, plan, out, progress)
+                if on_resolved is not None:
+                    on_resolved(plan)
+                if out is None and out_root is not None:
+                    out = out_root / str(pull_id)
+                    if out.exists():
+                        raise RequestError("out", f"{out} already exists; choose a new directory")
+                res = _produce(conn, req, requester, plan, out, progress, cancel)
             status = "complete"
         except RequestError as exc:
             status, error = "rejected", str(exc)
@@ -414,6 +438,7 @@ def _produce(
     plan: Plan,
     out: Path | None,
     progress: ProgressFn | None,
+    cancel: threading.Event | None = None,
 ) -> _Result:
     cols = columns_of(req, plan)
     schema = output.schema_of(cols)
@@ -421,7 +446,7 @@ def _produce(
     tmp = base / f".dataset-partial-{uuid.uuid4().hex[:12]}"
     tmp.mkdir(parents=True)
     try:
-        res = _stream(conn, req, plan, cols, schema, tmp, progress)
+        res = _stream(conn, req, plan, cols, schema, tmp, progress, cancel)
         snapshot = hashlib.sha256(
             "\n".join([output.FORMAT_VERSION, req.canonical_json(), json.dumps(plan.withheld), res.watermark]).encode()
         ).hexdigest()[:24]
@@ -475,6 +500,7 @@ def _stream(
     schema: pa.Schema,
     tmp: Path,
     progress: ProgressFn | None,
+    cancel: threading.Event | None = None,
 ) -> _Streamed:
     plans = []
     for t in plan.tags:
@@ -526,6 +552,8 @@ def _stream(
     # The database builds the next window while this thread resamples and writes the current
     # one (psycopg releases the GIL while it waits); the queue bounds memory to ~3 windows.
     for k, hi, chunk in _prefetch(reader, rs, len(plan.tags)):
+        if cancel is not None and cancel.is_set():
+            raise PullCancelled("the pull was cancelled")
         emit(rs.feed(k, hi, chunk))
         now = time.perf_counter()
         stats.readings, stats.seconds = reader.rows_read, now - t0
@@ -676,4 +704,4 @@ def readable_grades(requester: Requester) -> list[str]:
     return sorted(g.value for g in READABLE[requester.tier])
 
 
-__all__ = ["Plan", "Progress", "get_pull", "list_pulls", "pull", "resolve", "timedelta"]
+__all__ = ["Plan", "Progress", "PullCancelled", "get_pull", "list_pulls", "pull", "resolve", "timedelta"]

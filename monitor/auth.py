@@ -1,7 +1,10 @@
-"""Tokens -> tiers, and what a tier may see.
+"""Tokens -> tiers (and requester names), and what a tier may see.
 
-Tokens come from a YAML file (``tokens: {<token>: owner|member|public}``) and/or the environment
-variable ``PLANTSTREAM_MONITOR_TOKENS="tok1=owner,tok2=public"`` (the environment wins on a clash).
+Tokens come from a YAML file (``tokens: {<token>: owner|member|public}``, or with a requester name
+``<token>: {tier: member, name: mia}``) and/or the environment variable
+``PLANTSTREAM_MONITOR_TOKENS="tok1=owner,tok2=member:mia"`` (the environment wins on a clash).
+The name is what dataset pulls record as their requester; without one it is ``token-`` and the
+first 12 hex digits of the token's SHA-256, so the token itself is never stored or shown.
 A request presents its token as ``Authorization: Bearer <token>`` or ``?token=<token>`` (the
 browser's EventSource cannot set headers). Comparison is constant-time over every configured
 token, so response time does not reveal a prefix match.
@@ -16,19 +19,32 @@ Fail-closed rules:
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from plantstream.access import READABLE, Tier
 from plantstream.config import ConfigError, load_yaml
 from plantstream.contract import Grade
 
 TOKENS_ENV = "PLANTSTREAM_MONITOR_TOKENS"
+ANONYMOUS = "anonymous"
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+
+
+class TokenSpec(BaseModel):
+    """A token's tier and the (non-secret) name its dataset pulls are recorded under."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tier: Tier
+    name: str | None = Field(default=None, pattern=_NAME_PATTERN)
 
 
 class MonitorConfig(BaseModel):
@@ -36,7 +52,7 @@ class MonitorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tokens: dict[str, Tier] = Field(default_factory=dict)
+    tokens: dict[str, Tier | TokenSpec] = Field(default_factory=dict)
     # Tier for requests without a token; None: such requests are refused. Unset: public when no
     # token is configured, refused otherwise.
     anonymous_tier: Tier | Literal["none"] | None = None
@@ -47,19 +63,25 @@ class MonitorConfig(BaseModel):
     grade_refresh_s: float = Field(default=30.0, gt=0)
     # Forward the 1 min windows too (the page uses the 1 s windows only).
     forward_1m: bool = False
+    # Dataset pulls over HTTP: output root (default $PLANTSTREAM_STATE_DIR/datasets; each pull in
+    # <pull id>/), pulls running at once (more answer 429), and how long a POST waits for the
+    # request to pass the database checks (so an unknown tag is a 422, not a failed pull later).
+    datasets_dir: Path | None = None
+    max_concurrent_pulls: int = Field(default=1, ge=1, le=64)
+    pull_answer_wait_s: float = Field(default=10.0, ge=0, le=300)
 
     @field_validator("tokens")
     @classmethod
-    def _tokens_not_blank(cls, v: dict[str, Tier]) -> dict[str, Tier]:
+    def _tokens_not_blank(cls, v: dict[str, Tier | TokenSpec]) -> dict[str, Tier | TokenSpec]:
         for tok in v:
             if len(tok) < 8 or tok != tok.strip():
                 raise ValueError("tokens must be at least 8 characters without surrounding blanks")
         return v
 
 
-def parse_tokens_env(text: str) -> dict[str, Tier]:
-    """``"tok1=owner,tok2=public"`` -> mapping; ConfigError names the variable and the bad entry."""
-    out: dict[str, Tier] = {}
+def parse_tokens_env(text: str) -> dict[str, Tier | TokenSpec]:
+    """``"tok1=owner,tok2=member:mia"`` -> mapping; ConfigError names the variable and the bad entry."""
+    out: dict[str, Tier | TokenSpec] = {}
     for i, item in enumerate(x.strip() for x in text.split(",")):
         if not item:
             continue
@@ -67,8 +89,14 @@ def parse_tokens_env(text: str) -> dict[str, Tier]:
         tok = tok.strip()
         if not sep or not tok:
             raise ConfigError(f"environment variable {TOKENS_ENV}: entry {i + 1} must be token=tier")
+        tier, colon, name = tier.partition(":")
         try:
-            out[tok] = Tier(tier.strip())
+            out[tok] = TokenSpec(tier=Tier(tier.strip()), name=name.strip()) if colon else Tier(tier.strip())
+        except ValidationError:
+            raise ConfigError(
+                f"environment variable {TOKENS_ENV}: entry {i + 1} has name {name.strip()!r}; "
+                "names are 1-64 letters, digits, '_', '.', '@' or '-'"
+            ) from None
         except ValueError:
             raise ConfigError(
                 f"environment variable {TOKENS_ENV}: entry {i + 1} has tier {tier.strip()!r}; "
@@ -89,25 +117,47 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     return cfg
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a request is: the tier its token grants and a non-secret name (``anonymous`` without a token)."""
+
+    tier: Tier
+    name: str
+    anonymous: bool = False
+
+
+def token_label(token: str) -> str:
+    """The default requester name of a token: a hash prefix, never the token."""
+    return "token-" + hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
 class Authenticator:
     def __init__(self, cfg: MonitorConfig) -> None:
-        self._tokens = [(tok.encode(), tier) for tok, tier in cfg.tokens.items()]
+        self._tokens: list[tuple[bytes, Identity]] = []
+        for tok, spec in cfg.tokens.items():
+            tier, name = (spec.tier, spec.name) if isinstance(spec, TokenSpec) else (spec, None)
+            self._tokens.append((tok.encode(), Identity(tier, name or token_label(tok))))
         anon = cfg.anonymous_tier
         if anon is None:
             anon = "none" if self._tokens else Tier.PUBLIC
         self.anonymous: Tier | None = None if anon == "none" else Tier(anon)
 
-    def tier(self, token: str | None) -> Tier | None:
-        """The tier of ``token`` (None: anonymous); None means refused."""
+    def identify(self, token: str | None) -> Identity | None:
+        """The identity of ``token`` (None or empty: anonymous); None means refused."""
         if token is None or token == "":
-            return self.anonymous
+            return Identity(self.anonymous, ANONYMOUS, anonymous=True) if self.anonymous is not None else None
         given = token.encode()
-        found: Tier | None = None
-        for tok, tier in self._tokens:
+        found: Identity | None = None
+        for tok, ident in self._tokens:
             # No early exit: every request costs the same comparisons.
             if hmac.compare_digest(tok, given):
-                found = tier
+                found = ident
         return found
+
+    def tier(self, token: str | None) -> Tier | None:
+        """The tier of ``token`` (None: anonymous); None means refused."""
+        ident = self.identify(token)
+        return ident.tier if ident is not None else None
 
 
 def token_of(authorization: str | None, query_token: str | None) -> str | None:

@@ -22,6 +22,15 @@ class Metrics:
         self.decode_errors = Counter(
             "plantstream_monitor_decode_errors", "Undecodable Kafka records skipped", ["topic"], registry=r
         )
+        self.pulls = Counter(
+            "plantstream_monitor_dataset_pulls",
+            "Dataset pulls started over HTTP that ended, by outcome",
+            ["status"],
+            registry=r,
+        )
+        self.pulls_running = Gauge(
+            "plantstream_monitor_dataset_pulls_running", "Dataset pulls running in this monitor", registry=r
+        )
         self.api_seconds = Histogram(
             "plantstream_monitor_api_seconds",
             "HTTP API latency by route and status class",

@@ -15,11 +15,12 @@ Value = float | int | bool | str | None
 
 
 class Problem(BaseModel):
-    """Error body (RFC 9457 style subset)."""
+    """Error body (RFC 9457 ``application/problem+json`` subset)."""
 
     status: int
     title: str
     detail: str = ""
+    field: str | None = Field(default=None, description="the request field to fix (422 only)")
 
 
 class Me(BaseModel):
@@ -196,6 +197,62 @@ class DatasetPullList(BaseModel):
     pulls: list[DatasetPull]
 
 
+# --- dataset pulls over HTTP ------------------------------------------------------------------
+
+
+class PullProgress(BaseModel):
+    """How far a running pull is (updated about once a second)."""
+
+    readings: int = Field(description="source readings read so far")
+    rows: int = Field(description="grid rows written so far")
+    cells: int = Field(description="rows x tags written so far")
+    seconds: float
+    rows_per_s: float
+    cells_per_s: float
+    expected_rows: int = Field(description="grid rows of the request: an upper bound (lot filters drop rows)")
+
+
+class PullFile(BaseModel):
+    path: str
+    sha256: str
+    bytes: int
+    rows: int | None = None
+    url: str | None = Field(
+        default=None, description="download path (null until done, or when this monitor does not hold the files)"
+    )
+
+
+PullStatusName = Literal["running", "done", "failed", "rejected"]
+
+
+class DatasetPullAccepted(BaseModel):
+    """Answer to a started pull: poll ``location`` for its status."""
+
+    id: int
+    status: PullStatusName
+    location: str
+
+
+class DatasetPullStatus(BaseModel):
+    """One pull: progress while running; files with hashes, snapshot and withheld tags when done."""
+
+    id: int
+    status: PullStatusName
+    requester: str
+    tier: str
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    request: dict[str, Any]
+    progress: PullProgress | None = None
+    snapshot: str | None = None
+    watermark: str | None = None
+    files: list[PullFile] = Field(default_factory=list)
+    rows: int | None = None
+    cells: int | None = None
+    withheld: list[dict[str, str]] = Field(default_factory=list, description="tags above the tier, with grades")
+    error: str | None = None
+
+
 # --- live events (SSE ``data:`` payloads) -------------------------------------------------------
 
 
@@ -266,6 +323,8 @@ API_MODELS: list[type[BaseModel]] = [
     TagLimits,
     DeviationList,
     DatasetPullList,
+    DatasetPullAccepted,
+    DatasetPullStatus,
     LiveAggregates,
     LiveLot,
     LiveDeviation,

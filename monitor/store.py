@@ -20,6 +20,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from plantstream.datasets.models import PullRecord
 from plantstream.monitor import models as M
 from plantstream.sinks.timescaledb import queries as Q
 
@@ -399,3 +400,12 @@ def dataset_pulls(conn: psycopg.Connection[Any], limit: int = 100) -> M.DatasetP
         "SELECT row_to_json(p) FROM dataset_pulls p ORDER BY p.started_at DESC, p.id DESC LIMIT %s", (limit,)
     ).fetchall()
     return M.DatasetPullList(available=True, pulls=[M.DatasetPull(fields=r[0]) for r in rows])
+
+
+def dataset_pull(conn: psycopg.Connection[Any], pull_id: int) -> PullRecord | None:
+    """One recorded pull by id; None when absent (or without a dataset_pulls table)."""
+    row = conn.execute("SELECT to_regclass('dataset_pulls') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return None
+    found = conn.execute("SELECT row_to_json(p) FROM dataset_pulls p WHERE p.id = %s", (pull_id,)).fetchone()
+    return PullRecord.model_validate(found[0]) if found else None

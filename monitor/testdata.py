@@ -17,6 +17,7 @@ from aiohttp import web
 
 from plantstream.access import Tier
 from plantstream.contract import ContextEvent, ContextKind, Grade, Origin, Quality, Reading, TagMeta, now_us
+from plantstream.monitor.auth import TokenSpec
 from plantstream.monitor.web import K_FEED, K_HUB
 from plantstream.sinks.base import Record, RecordOrigin
 from plantstream.sinks.timescaledb.migrate import migrate
@@ -24,8 +25,9 @@ from plantstream.sinks.timescaledb.sink import PostgresSink
 from plantstream.testing.plugin import free_port
 
 OWNER, MEMBER, PUBLIC = "owner-token-0001", "member-token-0001", "public-token-0001"
-TOKENS: dict[str, Tier] = {OWNER: Tier.OWNER, MEMBER: Tier.MEMBER, PUBLIC: Tier.PUBLIC}
-TOKENS_ENV = ",".join(f"{t}={tier.value}" for t, tier in TOKENS.items())
+TIERS: dict[str, Tier] = {OWNER: Tier.OWNER, MEMBER: Tier.MEMBER, PUBLIC: Tier.PUBLIC}
+TOKENS: dict[str, Tier | TokenSpec] = dict(TIERS)
+TOKENS_ENV = ",".join(f"{t}={tier.value}" for t, tier in TIERS.items())
 
 CASTER = "acme/duisburg/steelmaking/caster1"
 # (plant, tag, equipment, unit, grade, spec_property, base value, amplitude)
@@ -199,6 +201,30 @@ class Served:
                 return r.status, json.loads(body) if "json" in ctype else body.decode()
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
+
+    def post(self, path: str, body: Any, token: str | None = OWNER) -> tuple[int, Any, dict[str, str]]:
+        """POST JSON (``body`` bytes are sent as they are); (status, parsed body, headers)."""
+        data = body if isinstance(body, bytes) else json.dumps(body, default=str).encode()
+        req = urllib.request.Request(self.url + path, data=data, method="POST")
+        req.add_header("Content-Type", "application/json")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.loads(r.read()), dict(r.headers)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null"), dict(exc.headers)
+
+    def raw(self, path: str, token: str | None = OWNER) -> tuple[int, dict[str, str], bytes]:
+        """GET without decoding: (status, headers, body bytes)."""
+        req = urllib.request.Request(self.url + path)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
 
     @property
     def hub(self) -> Any:

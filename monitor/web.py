@@ -8,14 +8,22 @@ Access: every ``/api/*`` route needs a token mapped to a tier (see ``auth``); ``
 ``/openapi.json``, ``/healthz`` and ``/metrics`` carry no plant data and are open. Query
 strings are never logged (tokens may travel in them).
 
-Errors are JSON ``Problem`` bodies: 400 (bad parameter, named), 401 (token), 404 (unknown *or
-withheld* tag), 503 (database unreachable; the live stream keeps working without a database).
+Errors are ``application/problem+json`` ``Problem`` bodies: 400 (bad parameter, named), 401
+(token), 404 (unknown *or withheld* tag or pull), 422 (a dataset request that cannot be served,
+with the ``field`` to fix), 429 (every pull slot taken), 503 (database unreachable; the live
+stream keeps working without a database).
+
+Dataset pulls: ``POST /api/dataset-pulls`` validates the request, waits up to
+``pull_answer_wait_s`` for the database checks (unknown tag, empty range: 422 at once), then
+answers 202 with a ``Location`` to poll while the pull runs on a background thread (see ``pulls``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -32,9 +40,10 @@ from pydantic.json_schema import models_json_schema
 
 from plantstream.access import Tier
 from plantstream.config import Settings
+from plantstream.datasets.models import PullRecord, PullRequest, Requester, RequestError, validate_request
 from plantstream.monitor import models as M
-from plantstream.monitor import store
-from plantstream.monitor.auth import Authenticator, MonitorConfig, token_of, visible_grades
+from plantstream.monitor import pulls, store
+from plantstream.monitor.auth import Authenticator, Identity, MonitorConfig, token_of, visible_grades
 from plantstream.monitor.feed import KafkaFeed
 from plantstream.monitor.hub import END, GradeBook, Hub
 from plantstream.monitor.metrics import Metrics
@@ -53,12 +62,23 @@ K_HUB = web.AppKey("hub", Hub)
 K_METRICS = web.AppKey("metrics", Metrics)
 K_POOL: web.AppKey[ConnectionPool[Any]] = web.AppKey("pool", ConnectionPool)
 K_FEED = web.AppKey("feed", KafkaFeed)
+K_PULLS = web.AppKey("pulls", pulls.PullRunner)
 K_TIER = web.RequestKey("tier", Tier)
+K_WHO = web.RequestKey("who", Identity)
+PULLS_URL = "/api/dataset-pulls"
 
 
 class BadParam(ValueError):
     def __init__(self, name: str, why: str) -> None:
         super().__init__(f"query parameter {name!r}: {why}")
+
+
+class ApiError(Exception):
+    """An error answer a handler chooses (status, title, detail, extra headers)."""
+
+    def __init__(self, status: int, title: str, detail: str = "", headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail or title)
+        self.status, self.title, self.detail, self.headers = status, title, detail, headers or {}
 
 
 # --- parameters --------------------------------------------------------------------------------
@@ -70,6 +90,7 @@ class Param:
     description: str
     required: bool = False
     schema: str = "string"  # string | integer | boolean
+    location: str = "query"  # query | path
 
 
 def _q(request: web.Request, name: str, required: bool = False) -> str | None:
@@ -221,6 +242,103 @@ async def h_pulls(request: web.Request) -> web.Response:
     return _json(await _db(request, store.dataset_pulls, _int(request, "limit", 100, 1, 1000)))
 
 
+def _who(request: web.Request) -> Identity:
+    who = request[K_WHO]
+    assert isinstance(who, Identity)
+    return who
+
+
+_NOT_FOUND = ApiError(404, "not found", "no such dataset pull")
+
+
+async def h_pull_start(request: web.Request) -> web.Response:
+    """Validate a pull request, start it in the background, answer 202 with where to poll."""
+    who = _who(request)
+    if who.anonymous:
+        # A pull is recorded under its requester; an anonymous caller has no name to record.
+        raise ApiError(401, "unauthorized", "dataset pulls need a token", {"WWW-Authenticate": "Bearer"})
+    try:
+        body = await request.json(loads=_loads)
+    except ValueError as exc:
+        raise ApiError(400, "bad request", f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise RequestError("(request)", "the body must be a JSON object of pull request fields")
+    req = validate_request(body)
+    runner = request.app[K_PULLS]
+    try:
+        job = runner.start(req, Requester(name=who.name, tier=who.tier))
+    except pulls.Busy as exc:
+        raise ApiError(429, "too many pulls", str(exc), {"Retry-After": "30"}) from None
+    # The record exists within a connection's time; then give the database checks a bounded wait.
+    await asyncio.to_thread(job.began.wait, 30.0)
+    await asyncio.to_thread(job.answered.wait, request.app[K_CONFIG].pull_answer_wait_s)
+    if job.pull_id is None:
+        if isinstance(job.error, psycopg.OperationalError) or not job.finished.is_set():
+            raise psycopg.OperationalError("the pull could not reach the database")
+        raise ApiError(500, "pull failed", f"{type(job.error).__name__}: the pull could not start")
+    if job.state == "rejected" and isinstance(job.error, RequestError):
+        raise job.error
+    where = f"{PULLS_URL}/{job.pull_id}"
+    state: M.PullStatusName = "running" if job.state == "starting" else job.state
+    resp = _json(M.DatasetPullAccepted(id=job.pull_id, status=state, location=where), 202)
+    resp.headers["Location"] = where
+    return resp
+
+
+def _loads(text: str) -> Any:
+    import json
+
+    return json.loads(text)
+
+
+def _pull_id(request: web.Request) -> int:
+    text = request.match_info["id"]
+    if not text.isdigit() or len(text) > 18:
+        raise _NOT_FOUND
+    return int(text)
+
+
+async def _visible_record(request: web.Request, pull_id: int) -> PullRecord:
+    job = request.app[K_PULLS].get(pull_id)
+    rec = job.record if job is not None and job.finished.is_set() else None
+    if rec is None:
+        rec = await _db(request, store.dataset_pull, pull_id)
+    if rec is None or not pulls.may_see(_who(request), rec.requester):
+        raise _NOT_FOUND
+    return rec
+
+
+async def h_pull_status(request: web.Request) -> web.Response:
+    pull_id = _pull_id(request)
+    job = request.app[K_PULLS].get(pull_id)
+    if job is not None and not job.finished.is_set():
+        if not pulls.may_see(_who(request), job.requester.name):
+            raise _NOT_FOUND
+        return _json(pulls.status_of_job(job))
+    rec = await _visible_record(request, pull_id)
+    return _json(pulls.status_of_record(rec, request.app[K_PULLS].root, PULLS_URL))
+
+
+async def h_pull_file(request: web.Request) -> web.StreamResponse:
+    """A file of a finished pull, streamed; only files its record lists, only under datasets_dir."""
+    rec = await _visible_record(request, _pull_id(request))
+    found = pulls.file_of(rec, request.app[K_PULLS].root, request.match_info["path"])
+    if found is None:
+        raise ApiError(404, "not found", "no such file in this pull (or the pull is not done)")
+    path, ctype, sha = found
+    digest = base64.b64encode(bytes.fromhex(sha)).decode()
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": ctype,
+            "Content-Disposition": f'attachment; filename="{path.name}"',
+            "Repr-Digest": f"sha-256=:{digest}:",
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "private, max-age=3600",
+        },
+    )
+
+
 async def h_stream(request: web.Request) -> web.StreamResponse:
     """Server-sent events: ``hello`` then ``aggregates`` / ``deviation`` / ``lot``; a comment every 15 s."""
     hub = request.app[K_HUB]
@@ -293,6 +411,12 @@ class Route:
     model: type[BaseModel] | None
     params: tuple[Param, ...] = ()
     tag: str = "api"
+    method: str = "get"
+    body: type[BaseModel] | None = None  # JSON request body (validation schema)
+    status: int = 200
+    # Error answers documented for this route (None: the GET set 400, 401, 404, 503).
+    errors: tuple[tuple[int, str], ...] | None = None
+    media: tuple[str, ...] = ()  # non-JSON success media types (file downloads)
 
 
 ROUTES: tuple[Route, ...] = (
@@ -356,6 +480,51 @@ ROUTES: tuple[Route, ...] = (
         M.DatasetPullList,
     ),
     Route(
+        PULLS_URL,
+        h_pull_start,
+        "Start a dataset pull as the caller (tier and requester name from the token); poll the Location",
+        M.DatasetPullAccepted,
+        method="post",
+        body=PullRequest,
+        status=202,
+        errors=(
+            (400, "the body is not JSON"),
+            (401, "missing or unknown token (anonymous callers cannot pull)"),
+            (422, "the request cannot be served; 'field' names what to fix"),
+            (429, "every pull slot of this monitor is taken; retry after Retry-After seconds"),
+            (503, "database unavailable"),
+        ),
+    ),
+    Route(
+        PULLS_URL + "/{id}",
+        h_pull_status,
+        "A dataset pull's status: progress while running; files, hashes, snapshot and withheld tags when done "
+        "(owners and the requester only)",
+        M.DatasetPullStatus,
+        (Param("id", "pull id", True, "integer", "path"),),
+        errors=(
+            (401, "missing or unknown token"),
+            (404, "no such pull, or not the caller's"),
+            (503, "database unavailable"),
+        ),
+    ),
+    Route(
+        PULLS_URL + "/{id}/files/{path:.+}",
+        h_pull_file,
+        "Download a file of a finished pull (a path from its 'files', e.g. data/split=all/part-00000.parquet)",
+        None,
+        (
+            Param("id", "pull id", True, "integer", "path"),
+            Param("path", "file path as listed in the pull's files (may contain '/')", True, "string", "path"),
+        ),
+        errors=(
+            (401, "missing or unknown token"),
+            (404, "no such file, pull not done, or not the caller's"),
+            (503, "database unavailable"),
+        ),
+        media=tuple(sorted(set(pulls.CONTENT_TYPES.values()))),
+    ),
+    Route(
         "/api/stream",
         h_stream,
         "Live events (text/event-stream): hello, aggregates (LiveAggregates), deviation (LiveDeviation), lot (LiveLot)",
@@ -365,44 +534,61 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+_PATH_PARAM = re.compile(r"\{(\w+):[^}]+\}")
+
+
 def openapi() -> dict[str, Any]:
-    _, defs = models_json_schema(
-        [(m, "serialization") for m in M.API_MODELS], ref_template="#/components/schemas/{model}"
-    )
+    models: list[tuple[type[BaseModel], Any]] = [(m, "serialization") for m in M.API_MODELS]
+    models += [(r.body, "validation") for r in ROUTES if r.body is not None]
+    _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
     paths: dict[str, Any] = {}
-    problem = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    default_errors = (
+        (400, "bad parameter"),
+        (401, "missing or unknown token"),
+        (404, "not found (or withheld from this tier)"),
+        (503, "database unavailable"),
+    )
     for r in ROUTES:
         ok: dict[str, Any]
-        if r.model is None:
+        if r.media:
+            ok = {
+                "description": "the file",
+                "content": {m: {"schema": {"type": "string", "format": "binary"}} for m in r.media},
+            }
+        elif r.model is None:
             ok = {"description": "event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}
         else:
             ok = {
-                "description": "OK",
+                "description": "Accepted" if r.status == 202 else "OK",
                 "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{r.model.__name__}"}}},
             }
-        paths[r.path] = {
-            "get": {
-                "summary": r.summary,
-                "operationId": r.handler.__name__.removeprefix("h_"),
-                "parameters": [
-                    {
-                        "name": p.name,
-                        "in": "query",
-                        "required": p.required,
-                        "description": p.description,
-                        "schema": {"type": p.schema},
-                    }
-                    for p in r.params
-                ],
-                "responses": {
-                    "200": ok,
-                    "400": {"description": "bad parameter", "content": problem},
-                    "401": {"description": "missing or unknown token", "content": problem},
-                    "404": {"description": "not found (or withheld from this tier)", "content": problem},
-                    "503": {"description": "database unavailable", "content": problem},
-                },
-            }
+        if r.status == 202:
+            ok["headers"] = {"Location": {"description": "where to poll the status", "schema": {"type": "string"}}}
+        op: dict[str, Any] = {
+            "summary": r.summary,
+            "operationId": r.handler.__name__.removeprefix("h_"),
+            "parameters": [
+                {
+                    "name": p.name,
+                    "in": p.location,
+                    "required": p.required,
+                    "description": p.description,
+                    "schema": {"type": p.schema},
+                }
+                for p in r.params
+            ],
+            "responses": {
+                str(r.status): ok,
+                **{str(code): {"description": why, "content": problem} for code, why in r.errors or default_errors},
+            },
         }
+        if r.body is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{r.body.__name__}"}}},
+            }
+        paths.setdefault(_PATH_PARAM.sub(r"{\1}", r.path), {})[r.method] = op
     return {
         "openapi": "3.1.0",
         "info": {
@@ -426,8 +612,9 @@ def openapi() -> dict[str, Any]:
 # --- middleware --------------------------------------------------------------------------------
 
 
-def _problem(status: int, title: str, detail: str = "") -> web.Response:
-    return _json(M.Problem(status=status, title=title, detail=detail), status)
+def _problem(status: int, title: str, detail: str = "", field: str | None = None) -> web.Response:
+    body = M.Problem(status=status, title=title, detail=detail, field=field).model_dump_json(exclude_none=True)
+    return web.Response(body=body, status=status, content_type="application/problem+json")
 
 
 @web.middleware
@@ -440,19 +627,27 @@ async def middleware(
     status = 500
     try:
         if request.path.startswith("/api/"):
-            tier = request.app[K_AUTH].tier(token_of(request.headers.get("Authorization"), request.query.get("token")))
-            if tier is None:
+            who = request.app[K_AUTH].identify(
+                token_of(request.headers.get("Authorization"), request.query.get("token"))
+            )
+            if who is None:
                 status = 401
                 resp: web.StreamResponse = _problem(
                     401, "unauthorized", "a valid token is required (Bearer or ?token=)"
                 )
                 resp.headers["WWW-Authenticate"] = "Bearer"
                 return resp
-            request[K_TIER] = tier
+            request[K_TIER] = who.tier
+            request[K_WHO] = who
         try:
             resp = await handler(request)
         except BadParam as exc:
             resp = _problem(400, "bad request", str(exc))
+        except RequestError as exc:
+            resp = _problem(422, "unprocessable dataset request", str(exc), exc.field)
+        except ApiError as exc:
+            resp = _problem(exc.status, exc.title, exc.detail)
+            resp.headers.update(exc.headers)
         except store.UnknownTag as exc:
             resp = _problem(404, "not found", str(exc))
         except (psycopg.OperationalError, PoolTimeout) as exc:
@@ -480,8 +675,14 @@ def make_app(settings: Settings, cfg: MonitorConfig, kafka: bool = True) -> web.
     app[K_AUTH] = Authenticator(cfg)
     app[K_METRICS] = metrics
     app[K_HUB] = Hub(GradeBook(), cfg.client_queue, metrics)
+    app[K_PULLS] = pulls.PullRunner(
+        settings, cfg.datasets_dir or settings.state_dir / "datasets", cfg.max_concurrent_pulls, metrics
+    )
     for r in ROUTES:
-        app.router.add_get(r.path, r.handler)
+        if r.method == "get":
+            app.router.add_get(r.path, r.handler)
+        else:
+            app.router.add_route(r.method.upper(), r.path, r.handler)
     app.router.add_get("/openapi.json", h_openapi)
     app.router.add_get("/metrics", h_metrics)
     app.router.add_get("/healthz", h_health)
@@ -491,7 +692,12 @@ def make_app(settings: Settings, cfg: MonitorConfig, kafka: bool = True) -> web.
     if kafka:
         app.cleanup_ctx.append(_kafka)
     app.on_shutdown.append(_end_streams)
+    app.on_cleanup.append(_stop_pulls)
     return app
+
+
+async def _stop_pulls(app: web.Application) -> None:
+    await asyncio.to_thread(app[K_PULLS].close, 30.0)
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

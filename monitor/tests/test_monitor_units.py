@@ -120,3 +120,55 @@ def test_time_parameters_and_buckets() -> None:
     assert bucket_for(timedelta(minutes=10), 600) == timedelta(seconds=1)
     assert bucket_for(timedelta(hours=24), 600) == timedelta(minutes=5)
     assert bucket_for(timedelta(days=400), 10) >= timedelta(days=1)
+
+
+def test_token_names_for_pull_records(tmp_path: Path) -> None:
+    from plantstream.monitor.auth import TokenSpec, token_label
+
+    cfg_file = tmp_path / "m.yaml"
+    cfg_file.write_text("tokens:\n  yaml-token-1: member\n  yaml-token-2: {tier: public, name: pat}\n")
+    cfg = load_config(cfg_file, env={"PLANTSTREAM_MONITOR_TOKENS": "env-token-1=owner:olga"})
+    assert cfg.tokens["yaml-token-1"] == Tier.MEMBER  # the short form still works
+    assert cfg.tokens["yaml-token-2"] == TokenSpec(tier=Tier.PUBLIC, name="pat")
+    auth = Authenticator(cfg)
+    pat, olga, plain = auth.identify("yaml-token-2"), auth.identify("env-token-1"), auth.identify("yaml-token-1")
+    assert pat is not None and (pat.tier, pat.name) == (Tier.PUBLIC, "pat")
+    assert olga is not None and (olga.tier, olga.name) == (Tier.OWNER, "olga")
+    assert plain is not None and plain.name == token_label("yaml-token-1") and "yaml-token-1" not in plain.name
+    assert auth.identify("yaml-token-3") is None and auth.identify(None) is None
+    anon = Authenticator(MonitorConfig()).identify(None)
+    assert anon is not None and anon.anonymous and anon.tier is Tier.PUBLIC
+    cfg_file.write_text("tokens:\n  yaml-token-1: {tier: member, name: 'no spaces'}\n")
+    with pytest.raises(ConfigError, match=r"m.yaml:2: key 'tokens.yaml-token-1"):
+        load_config(cfg_file, env={})
+    with pytest.raises(ConfigError, match="entry 1 has name"):
+        parse_tokens_env("abcdefgh=member:a b")
+
+
+def test_pull_runner_cancels_on_close(tmp_path: Path) -> None:
+    import threading
+    from typing import Any
+
+    from plantstream.config import Settings
+    from plantstream.datasets.models import Requester, validate_request
+    from plantstream.monitor import pulls
+
+    started = threading.Event()
+
+    def waits_for_cancel(req: Any, who: Any, **kw: Any) -> Any:
+        kw["on_begin"](7)
+        started.set()
+        assert kw["cancel"].wait(10)
+        raise pulls.PullCancelled("cancelled")
+
+    dead = Settings.from_env({"PLANTSTREAM_DB_DSN": "postgresql://nobody@127.0.0.1:1/none"})
+    runner = pulls.PullRunner(dead, tmp_path, max_concurrent=1, run=waits_for_cancel)
+    req = validate_request({"plant": "p", "start": "2025-01-01T00:00:00Z", "end": "2025-01-01T00:01:00Z"})
+    job = runner.start(req, Requester(name="mia", tier=Tier.MEMBER))
+    assert started.wait(10) and runner.get(7) is job
+    with pytest.raises(pulls.Busy):
+        runner.start(req, Requester(name="mia", tier=Tier.MEMBER))
+    runner.close(10)
+    assert job.finished.is_set() and job.state == "failed" and runner.running == 0
+    with pytest.raises(pulls.Busy):  # closed: nothing new starts
+        runner.start(req, Requester(name="mia", tier=Tier.MEMBER))
