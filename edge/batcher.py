@@ -9,7 +9,7 @@ same transaction that stores the batch.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from plantstream.contract import Origin, Value
@@ -38,9 +38,11 @@ class Batcher:
         self._open: dict[tuple[str, str], _Open] = {}
         self._full: list[ReadingBatch] = []
 
-    def add(self, source: str, origin: Origin, samples: Iterable[Sample]) -> int:
-        """Queue samples (seq assigned now); returns how many were added."""
-        buf = self.buffer
+    def add(self, source: str, origin: Origin, samples: Sequence[Sample]) -> int:
+        """Queue samples (seq assigned now, in order); returns how many were added."""
+        if not samples:
+            return 0
+        seq = self.buffer.reserve(source, len(samples))
         n = 0
         open_ = self._open
         for equipment, tag, ts_us, value, unit, quality, status, server_ts in samples:
@@ -55,7 +57,8 @@ class Batcher:
             b.value.append(value)
             b.quality.append(quality)
             b.status_code.append(status)
-            b.seq.append(buf.reserve(source))
+            b.seq.append(seq)
+            seq += 1
             b.server_ts_us.append(server_ts)
             b.lot.append(None)
             b.reason.append(None)

@@ -195,20 +195,28 @@ class MqttSubscription(_Strict):
     unit_path: str | None = "unit"
     unit: str | None = Field(None, description="fixed unit; wins over unit_path")
     quality_path: str | None = "quality"
+    readings_path: str | None = Field(
+        None,
+        description="several readings per message: '$' = the payload is a JSON array of readings, else a dotted "
+        "path to a list of them in a JSON object; the other paths are then relative to each element",
+    )
+    tag_path: str | None = Field(None, description="tag name inside the reading (wins over the topic's {tag})")
     qos: Literal[0, 1] | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> MqttSubscription:
         if self.template is None and self.topic is None:
             raise ValueError("set template (preferred) or topic")
+        if self.readings_path is not None and (not self.readings_path or self.readings_path.startswith(".")):
+            raise ValueError("readings_path must be '$' or a dotted path such as 'data.readings'")
         if self.template is not None:
             fields = template_fields(self.template)
-            if "tag" not in fields and not self.tag:
-                raise ValueError("template has no {tag}; set a fixed tag")
+            if "tag" not in fields and not self.tag and not self.tag_path:
+                raise ValueError("template has no {tag}; set a fixed tag or a tag_path")
             if "equipment" not in fields and not self.equipment:
                 raise ValueError("template has no {equipment} or {equipment+}; set a fixed equipment")
-        elif not (self.tag and self.equipment):
-            raise ValueError("without a template, set both a fixed tag and equipment")
+        elif not ((self.tag or self.tag_path) and self.equipment):
+            raise ValueError("without a template, set a fixed equipment and a fixed tag (or a tag_path)")
         if self.equipment is not None:
             validate_equipment_path(self.equipment)
         return self

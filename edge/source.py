@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import time
 from collections.abc import Hashable
 from dataclasses import asdict, dataclass, field
@@ -38,6 +39,17 @@ class Delivery:
     # The transport says this may be a second copy (MQTT DUP after a reconnect): the agent drops
     # samples it has already committed instead of giving them new sequence numbers.
     redelivered: bool = False
+    # Identity of the whole message (see message_identity). When set, this delivery is the only one
+    # of its message, and a redelivered copy of a committed message is dropped as a whole; when
+    # unset (but acked), the agent falls back to one identity per sample.
+    identity: int | None = None
+
+
+def message_identity(source: str, topic: str, payload: bytes | bytearray) -> int:
+    """A stable 63-bit key of a message's topic and bytes: equal for a broker's redelivered copy."""
+    h = hashlib.blake2b(f"{source}\x1f{topic}\x00".encode("utf-8", "surrogatepass"), digest_size=8)
+    h.update(payload)
+    return int.from_bytes(h.digest(), "big") >> 1
 
 
 class Inbox:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
@@ -14,6 +19,9 @@ from plantstream.config import Settings
 from plantstream.edge.agent import Agent
 from plantstream.edge.config import EdgeConfig
 from plantstream.producers.codec import ReadingBatch, decode_readings
+from plantstream.stack import tansu_binary, wait_port
+from plantstream.testing.plugin import free_port
+from plantstream.testing.proxy import TcpProxy
 
 
 def read_topic(
@@ -103,3 +111,166 @@ class AgentThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# --- fault-test helpers ------------------------------------------------------------------------
+
+
+class IsolatedKafka:
+    """A private Kafka-protocol broker (Tansu, memory storage) behind a stoppable :class:`TcpProxy`.
+
+    The broker advertises the proxy's port, so clients keep going through the proxy after their
+    first metadata call and ``proxy.stop()`` really cuts them off; the broker itself keeps running,
+    so its (in-memory) topics survive the outage. The shared test broker advertises its own port
+    and cannot be used for this.
+    """
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.broker_port = free_port()
+        self.proxy = TcpProxy(self.broker_port, listen_port=free_port())
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.proxy.port}"
+
+    def start(self) -> IsolatedKafka:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log_file:
+            self._proc = subprocess.Popen(
+                [
+                    str(tansu_binary()),
+                    "broker",
+                    "--listener-url",
+                    f"tcp://127.0.0.1:{self.broker_port}",
+                    "--advertised-listener-url",
+                    f"tcp://127.0.0.1:{self.proxy.port}",
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        wait_port(self.broker_port, 30, "private Kafka-protocol broker", self._proc, self.log_path)
+        self.proxy.start()
+        return self
+
+    def stop(self) -> None:
+        self.proxy.stop()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(10)
+
+    def __enter__(self) -> IsolatedKafka:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class OpcuaServerThread:
+    """An asyncua server on its own event-loop thread with Double variables ``ns=2;s=<name>``,
+    for tests that run the agent in another thread or process."""
+
+    NAMESPACE = "urn:plantstream:edge-test"
+
+    def __init__(self, port: int, names: list[str]) -> None:
+        self.port = port
+        self.names = names
+        self.endpoint = f"opc.tcp://127.0.0.1:{port}/ps/"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: Any = None
+        self._nodes: dict[str, Any] = {}
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True, name=f"opcua-server-{port}")
+
+    @staticmethod
+    def node_id(name: str) -> str:
+        return f"ns=2;s={name}"
+
+    def _main(self) -> None:
+        async def go() -> None:
+            from asyncua import ua
+            from asyncua.server.server import Server
+
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            server = self._server = Server()
+            await server.init()
+            server.set_endpoint(self.endpoint)
+            idx = await server.register_namespace(self.NAMESPACE)
+            for name in self.names:
+                nid = ua.NodeId(ua.String(name), ua.Int16(idx))
+                self._nodes[name] = await server.nodes.objects.add_variable(nid, name, 0.0)
+            await server.start()
+            self._ready.set()
+            try:
+                await self._stop.wait()
+            finally:
+                await server.stop()
+
+        try:
+            asyncio.run(go())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+
+    def start(self) -> OpcuaServerThread:
+        self._thread.start()
+        if not self._ready.wait(30) or self._error is not None:
+            raise AssertionError(f"OPC-UA test server did not start: {self._error!r}")
+        return self
+
+    def write(self, name: str, value: float, ts_us: int) -> None:
+        """Set ``name`` to ``value`` with source timestamp ``ts_us`` (a data change the agent sees)."""
+        from asyncua import ua
+
+        ts = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ts_us)
+        dv = ua.DataValue(
+            Value=ua.Variant(value, ua.VariantType.Double),
+            StatusCode=ua.StatusCode(ua.UInt32(0)),
+            SourceTimestamp=ts,  # type: ignore[arg-type]
+            ServerTimestamp=ts,  # type: ignore[arg-type]
+        )
+        assert self._loop is not None
+        fut = asyncio.run_coroutine_threadsafe(
+            self._server.write_attribute_value(self._nodes[name].nodeid, dv), self._loop
+        )
+        fut.result(10)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(15)
+
+    def __enter__(self) -> OpcuaServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of an agent's /metrics endpoint: (name, labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): float(s.value)
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+def metric(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    """Sum of ``name`` over the samples whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, lbl), v in samples.items() if n == name and want <= lbl)

@@ -12,7 +12,7 @@ from typing import Any
 
 from paho.mqtt.client import topic_matches_sub
 
-from plantstream.contract import Quality, Value
+from plantstream.contract import Value
 from plantstream.edge.batcher import Sample
 from plantstream.edge.config import MqttSource, MqttSubscription, MqttTag, TagDefaults
 
@@ -77,6 +77,11 @@ class _Template:
 
 
 def _path(doc: Any, path: str) -> Any:
+    if "." not in path and type(doc) is dict:  # the common case, without the split
+        try:
+            return doc[path]
+        except KeyError:
+            raise KeyError(path) from None
     cur = doc
     for key in path.split("."):
         if isinstance(cur, dict) and key in cur:
@@ -103,12 +108,29 @@ def _timestamp(raw: Any, fmt: str) -> int:
         raise Malformed(f"timestamp is {type(raw).__name__}, not a number ({fmt})")
     scale = {"epoch_us": 1, "epoch_ms": 1000, "epoch_s": 1_000_000}[fmt]
     ts = int(raw) * scale if isinstance(raw, int) else round(raw * scale)
-    if not 0 < ts < 32_503_680_000_000_000:  # year 3000
+    if not 0 < ts < _YEAR_3000_US:
         raise Malformed(f"timestamp {raw} out of range for {fmt}")
     return ts
 
 
+class _Route:
+    """What a topic resolves to (cached per topic): its subscription, tag and equipment."""
+
+    __slots__ = ("equipment", "error", "listed", "sub", "tag")
+
+    def __init__(
+        self, sub: MqttSubscription, tag: str, equipment: str, listed: MqttTag | None, error: str | None = None
+    ) -> None:
+        self.sub, self.tag, self.equipment, self.listed, self.error = sub, tag, equipment, listed, error
+
+
+_ROUTE_CACHE_MAX = 50_000  # distinct topics remembered; cleared (not evicted one by one) beyond it
+
+
 class MqttDecoder:
+    """Topic + payload -> samples. One message holds one reading, or with ``readings_path`` a list
+    of them (``$``: the payload is a JSON array; else a dotted path to a list in a JSON object)."""
+
     def __init__(self, cfg: MqttSource) -> None:
         self.cfg = cfg
         self.subs: list[tuple[MqttSubscription, _Template | None]] = [
@@ -116,10 +138,65 @@ class MqttDecoder:
         ]
         self.tags: dict[str, MqttTag] = {t.tag: t for t in cfg.tags}
         self.defaults: TagDefaults = cfg.defaults
+        self._routes: dict[str, _Route | None] = {}
 
     def decode(self, topic: str, payload: bytes | bytearray, received_us: int) -> Sample:
+        """The one reading of a single-reading message; Malformed otherwise."""
+        samples, problems = self.decode_all(topic, payload, received_us)
+        if problems:
+            raise Malformed(problems[0])
+        if len(samples) != 1:
+            raise Malformed(f"message holds {len(samples)} readings, not one")
+        return samples[0]
+
+    def decode_all(self, topic: str, payload: bytes | bytearray, received_us: int) -> tuple[list[Sample], list[str]]:
+        """(samples, problems). Raises Malformed when nothing of the message is usable (oversized,
+        unmatched topic, not UTF-8/JSON, single reading invalid, no list at ``readings_path``).
+        For a list, invalid elements are reported in ``problems`` (index and reason) and the valid
+        ones are still returned."""
         if len(payload) > self.cfg.max_payload_bytes:
             raise Malformed(f"payload of {len(payload)} bytes exceeds max_payload_bytes {self.cfg.max_payload_bytes}")
+        route = self._routes.get(topic, _MISSING)
+        if route is _MISSING:
+            route = self._route(topic)
+            if len(self._routes) >= _ROUTE_CACHE_MAX:
+                self._routes.clear()
+            self._routes[topic] = route
+        if route is None:
+            raise Malformed("topic matches no configured subscription template")
+        assert isinstance(route, _Route)
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Malformed(f"payload is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise Malformed(f"payload is not JSON: {exc}") from None
+        sub = route.sub
+        if sub.readings_path is None:
+            if route.error is not None:
+                raise Malformed(route.error)
+            return [self._reading(route, doc, received_us)], []
+        if sub.readings_path == "$":
+            items = doc
+        else:
+            try:
+                items = _path(doc, sub.readings_path)
+            except KeyError:
+                raise Malformed(f"no list of readings at '{sub.readings_path}'") from None
+        if not isinstance(items, list):
+            raise Malformed(f"readings at '{sub.readings_path}' are {type(items).__name__}, not a list")
+        samples: list[Sample] = []
+        problems: list[str] = []
+        for i, item in enumerate(items):
+            try:
+                samples.append(self._reading(route, item, received_us))
+            except Malformed as exc:
+                problems.append(f"reading {i} of {len(items)}: {exc.reason}")
+        return samples, problems
+
+    def _route(self, topic: str) -> _Route | None:
         for sub, tmpl in self.subs:
             if tmpl is not None:
                 fields = tmpl.match(topic)
@@ -129,24 +206,17 @@ class MqttDecoder:
                 fields = {}
             else:
                 continue
-            return self._decode(sub, fields, payload, received_us)
-        raise Malformed("topic matches no configured subscription template")
+            return self._resolve(sub, fields)
+        return None
 
-    def _decode(
-        self, sub: MqttSubscription, fields: dict[str, str], payload: bytes | bytearray, received_us: int
-    ) -> Sample:
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise Malformed(f"payload is not UTF-8 ({exc.reason} at byte {exc.start})") from None
-        try:
-            doc = json.loads(text)
-        except ValueError as exc:
-            raise Malformed(f"payload is not JSON: {exc}") from None
+    def _resolve(self, sub: MqttSubscription, fields: dict[str, str]) -> _Route:
+        """Tag and equipment from the topic; a problem is kept in ``error`` (raised per message,
+        since with ``tag_path`` the element may still name the tag)."""
         tag = sub.tag or fields.get("tag", "")
         listed = self.tags.get(tag)
-        if listed is None and not self.cfg.accept_unlisted:
-            raise Malformed(f"tag {tag!r} is not configured and accept_unlisted is false")
+        error = None
+        if tag and listed is None and not self.cfg.accept_unlisted:
+            error = f"tag {tag!r} is not configured and accept_unlisted is false"
         if "equipment" in fields:
             equipment = sub.equipment_prefix + fields["equipment"]
         elif sub.equipment:
@@ -154,14 +224,50 @@ class MqttDecoder:
         elif listed is not None:
             equipment = listed.equipment
         else:
-            raise Malformed("no equipment for this topic")
+            equipment = ""
+            error = error or "no equipment for this topic"
         levels = equipment.split("/")
-        if not 1 <= len(levels) <= 5 or not all(levels):
-            raise Malformed(f"equipment path {equipment!r} is not 1-5 ISA-95 levels")
-        try:
-            value: Value = _path(doc, sub.value_path) if sub.value_path else doc
-        except KeyError:
-            raise Malformed(f"value missing at '{sub.value_path}'") from None
+        if equipment and (not 1 <= len(levels) <= 5 or not all(levels)):
+            error = error or f"equipment path {equipment!r} is not 1-5 ISA-95 levels"
+        return _Route(sub, tag, equipment, listed, error)
+
+    def _reading(self, route: _Route, doc: Any, received_us: int) -> Sample:
+        sub = route.sub
+        listed = route.listed
+        tag = route.tag
+        equipment = route.equipment
+        if sub.tag_path:
+            try:
+                raw_tag = _path(doc, sub.tag_path)
+            except KeyError:
+                raw_tag = None
+            if raw_tag is not None:
+                if not isinstance(raw_tag, str) or not raw_tag or len(raw_tag) > 200:
+                    raise Malformed(f"tag at '{sub.tag_path}' must be a non-empty string")
+                if raw_tag != tag:
+                    tag = raw_tag
+                    listed = self.tags.get(tag)
+                    if listed is None and not self.cfg.accept_unlisted:
+                        raise Malformed(f"tag {tag!r} is not configured and accept_unlisted is false")
+                    if not equipment and listed is not None:
+                        equipment = listed.equipment
+            if not tag:
+                raise Malformed(f"tag missing at '{sub.tag_path}'")
+            if not equipment:
+                raise Malformed("no equipment for this topic")
+        elif route.error is not None:
+            raise Malformed(route.error)
+        # Fast path for the common shape: a flat object with the configured keys.
+        vp = sub.value_path
+        if isinstance(doc, dict) and vp and "." not in vp:
+            if vp not in doc:
+                raise Malformed(f"value missing at '{vp}'")
+            value: Value = doc[vp]
+        else:
+            try:
+                value = _path(doc, vp) if vp else doc
+            except KeyError:
+                raise Malformed(f"value missing at '{vp}'") from None
         if value is None or not isinstance(value, float | int | str):  # bool is an int
             raise Malformed(f"value is {type(value).__name__}; expected a number, bool or string")
         if sub.timestamp_path:
@@ -169,7 +275,10 @@ class MqttDecoder:
                 raw_ts = _path(doc, sub.timestamp_path)
             except KeyError:
                 raise Malformed(f"timestamp missing at '{sub.timestamp_path}'") from None
-            ts = _timestamp(raw_ts, sub.timestamp_format)
+            if sub.timestamp_format == "epoch_us" and type(raw_ts) is int and 0 < raw_ts < _YEAR_3000_US:
+                ts = raw_ts
+            else:
+                ts = _timestamp(raw_ts, sub.timestamp_format)
         else:
             ts = received_us
         if sub.unit is not None:
@@ -187,7 +296,7 @@ class MqttDecoder:
                 unit = raw_unit
             else:  # no unit in the payload: the tag's configured unit, else the source default
                 unit = listed.unit if listed is not None and listed.unit is not None else self.defaults.unit
-        quality = Quality.GOOD
+        quality = 0
         if sub.quality_path:
             try:
                 raw_q = _path(doc, sub.quality_path)
@@ -195,9 +304,13 @@ class MqttDecoder:
                 raw_q = "good"
             try:
                 if isinstance(raw_q, bool):  # True/False == 1/0 as dict keys; a bool means good/bad
-                    quality = Quality.GOOD if raw_q else Quality.BAD
+                    quality = 0 if raw_q else 2
                 else:
-                    quality = Quality(_QUALITY[raw_q.lower() if isinstance(raw_q, str) else raw_q])
+                    quality = _QUALITY[raw_q.lower() if isinstance(raw_q, str) else raw_q]
             except (KeyError, TypeError):
                 raise Malformed(f"quality {raw_q!r} is not good/uncertain/bad") from None
-        return (equipment, tag, ts, value, unit, int(quality), None, None)
+        return (equipment, tag, ts, value, unit, quality, None, None)
+
+
+_MISSING: Any = object()
+_YEAR_3000_US = 32_503_680_000_000_000

@@ -30,7 +30,7 @@ from plantstream.config import mask_url
 from plantstream.contract import Origin
 from plantstream.edge.config import MqttConnection, MqttSource
 from plantstream.edge.mqtt.decode import Malformed, MqttDecoder
-from plantstream.edge.source import DeadLetter, Delivery, Inbox, Source, now_us
+from plantstream.edge.source import DeadLetter, Delivery, Inbox, Source, message_identity, now_us
 from plantstream.log import Throttle
 
 log = logging.getLogger(__name__)
@@ -223,12 +223,15 @@ class MqttClientSource(Source):  # type: ignore[misc]  # Source is Any to mypy: 
             self.handle(client, msg, topic, token)
         except Exception as exc:  # a decoder bug must not kill paho's thread or lose the message
             log.exception("mqtt decode failed unexpectedly", extra={"kv": {"source": self.id, "topic": topic}})
-            self._dead(msg.payload, f"internal error: {exc!r}", topic, token)
+            self._dead(msg.payload, f"internal error: {exc!r}", topic, token, bool(msg.dup))
 
-    def _dead(self, payload: bytes | bytearray, reason: str, topic: str, token: Hashable | None) -> None:
-        self.inbox.put(
-            Delivery(self.id, self.origin, None, DeadLetter(bytes(payload), reason, f"{self.id}:{topic}"), token)
-        )
+    def _dead(
+        self, payload: bytes | bytearray, reason: str, topic: str, token: Hashable | None, dup: bool = False
+    ) -> None:
+        """The whole message to the dead-letter topic (one delivery: deduplicated as a message)."""
+        ident = message_identity(self.id, topic, payload) if token is not None else None
+        dl = DeadLetter(bytes(payload), reason, f"{self.id}:{topic}")
+        self.inbox.put(Delivery(self.id, self.origin, None, dl, token, redelivered=dup, identity=ident))
 
     # --- agent side ----------------------------------------------------------------------------
 
@@ -245,7 +248,7 @@ class MqttClientSource(Source):  # type: ignore[misc]  # Source is Any to mypy: 
 
 
 class MqttJsonSource(MqttClientSource):
-    """One JSON reading per message, topic segments mapped by templates."""
+    """JSON readings (one per message, or a list with ``readings_path``), topic segments mapped by templates."""
 
     origin = Origin.MQTT
 
@@ -258,9 +261,18 @@ class MqttJsonSource(MqttClientSource):
         return [(s.filter, s.qos if s.qos is not None else self.cfg.qos) for s in self.cfg.subscriptions]
 
     def handle(self, client: mqtt.Client, msg: mqtt.MQTTMessage, topic: str, token: Hashable | None) -> None:
+        payload = msg.payload
+        dup = bool(msg.dup)
         try:
-            sample = self.decoder.decode(topic, msg.payload, now_us())
+            samples, problems = self.decoder.decode_all(topic, payload, now_us())
         except Malformed as exc:
-            self._dead(msg.payload, exc.reason, topic, token)
+            self._dead(payload, exc.reason, topic, token, dup)
             return
-        self.inbox.put(Delivery(self.id, Origin.MQTT, [sample], None, token, redelivered=bool(msg.dup)))
+        # Invalid elements of a list: the message (original bytes) is dead-lettered with their
+        # reasons, in the same delivery as the valid readings, so both commit (and dedup) together.
+        dl = None
+        if problems:
+            reason = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            dl = DeadLetter(bytes(payload), reason, f"{self.id}:{topic}")
+        ident = message_identity(self.id, topic, payload) if token is not None else None
+        self.inbox.put(Delivery(self.id, Origin.MQTT, samples, dl, token, redelivered=dup, identity=ident))

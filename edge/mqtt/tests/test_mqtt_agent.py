@@ -154,3 +154,48 @@ def test_messages_published_while_agent_is_down_arrive_after_restart(
     finally:
         pub.loop_stop()
         pub.disconnect()
+
+
+def test_json_arrays_many_readings_per_message_counted_as_readings(
+    tmp_path: Path, kafka_bootstrap: str, mqtt_port: int, topic_prefix: str
+) -> None:
+    cfg, settings, root = _setup(tmp_path, kafka_bootstrap, mqtt_port, topic_prefix)
+    data = cfg.model_dump(mode="json")
+    data["sources"][0]["url"] = f"mqtt://127.0.0.1:{mqtt_port}"
+    data["sources"][0]["subscriptions"][0]["readings_path"] = "$"
+    cfg = EdgeConfig.model_validate(data)
+    topics = Topics(topic_prefix, 2)
+    topic = f"{root}/acme/site/area/temp"
+    pub = _publisher(mqtt_port)
+    ts0 = 1_700_000_000_000_000
+    try:
+        with AgentThread(cfg, settings) as agent:
+            src = agent.agent.sources[0]
+            wait_until(lambda: src.status.connected, 20, "subscribed")
+            want = set()
+            for m in range(20):
+                rows = [(ts0 + m * 25 + k, float(m * 25 + k)) for k in range(25)]
+                want.update(rows)
+                pub.publish(topic, json.dumps([{"ts_us": t, "value": v} for t, v in rows]), qos=1)
+            bad = json.dumps([{"ts_us": ts0 - 1, "value": 1.0}, {"ts_us": ts0 - 2, "value": None}, {"ts_us": ts0 - 3,
+                                                                                                      "value": 3.0}])  # fmt: skip
+            want.update({(ts0 - 1, 1.0), (ts0 - 3, 3.0)})
+            pub.publish(topic, bad, qos=1)
+            raw = read_topic(
+                kafka_bootstrap,
+                topics.raw,
+                lambda ms: want <= {(t, v) for b in batches(ms) for t, v in zip(b.ts_us, b.value, strict=True)},
+                30,
+            )
+            dl = read_topic(kafka_bootstrap, topics.deadletter, lambda ms: len(ms) >= 1, 20)
+            assert src.status.readings_in == len(want), "readings counted, not messages"
+            assert src.status.deadletters == 1
+        got = [(t, v) for b in batches(raw) for t, v in zip(b.ts_us, b.value, strict=True)]
+        assert sorted(got) == sorted(want), "each reading once"
+        (letter,) = dl
+        h = dict(cast("list[tuple[str, bytes]]", letter.headers() or []))
+        assert h["plantstream-reason"] == b"reading 1 of 3: value is NoneType; expected a number, bool or string"
+        assert letter.value() == bad.encode()
+    finally:
+        pub.loop_stop()
+        pub.disconnect()

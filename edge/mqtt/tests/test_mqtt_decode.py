@@ -75,3 +75,43 @@ def test_timestamp_formats(fmt: str, raw: object, us: int) -> None:
 def test_malformed_payloads_name_the_reason(topic: str, payload: bytes, reason: str) -> None:
     with pytest.raises(Malformed, match=reason):
         _decoder().decode(topic, payload, 0)
+
+
+def test_json_array_payload_is_many_readings_of_the_topic_tag() -> None:
+    d = _decoder(readings_path="$")
+    payload = json.dumps([{"ts_us": 10 + i, "value": float(i), "quality": "good"} for i in range(3)]).encode()
+    samples, problems = d.decode_all("plantstream-sim/steel/acme/x/t1", payload, 0)
+    assert problems == []
+    assert [(s[0], s[1], s[2], s[3], s[4]) for s in samples] == [
+        ("acme/x", "t1", 10 + i, float(i), "bar") for i in range(3)
+    ]
+
+
+def test_list_inside_an_object_with_tags_per_reading_and_bad_elements_reported() -> None:
+    d = _decoder(readings_path="data.readings", tag_path="name", timestamp_path="t", timestamp_format="epoch_ms")
+    doc = {
+        "gw": "g7",
+        "data": {
+            "readings": [
+                {"name": "press", "t": 1000, "value": 2.5},
+                {"name": "temp", "t": 1001, "value": {"bad": 1}},
+                {"t": 1002, "value": 7},  # no name: the topic's {tag}
+                {"name": 5, "t": 1003, "value": 1},
+            ]
+        },
+    }
+    samples, problems = d.decode_all("plantstream-sim/steel/acme/x/gw7", json.dumps(doc).encode(), 0)
+    assert [(s[1], s[2], s[3]) for s in samples] == [("press", 1_000_000, 2.5), ("gw7", 1_002_000, 7)]
+    assert problems == [
+        "reading 1 of 4: value is dict; expected a number, bool or string",
+        "reading 3 of 4: tag at 'name' must be a non-empty string",
+    ]
+    with pytest.raises(Malformed, match=r"no list of readings at 'data\.readings'"):
+        d.decode_all("plantstream-sim/steel/acme/x/gw7", b'{"data": {}}', 0)
+    with pytest.raises(Malformed, match="are dict, not a list"):
+        d.decode_all("plantstream-sim/steel/acme/x/gw7", b'{"data": {"readings": {}}}', 0)
+
+
+def test_single_reading_subscription_refuses_an_array() -> None:
+    with pytest.raises(Malformed, match="value missing"):
+        _decoder().decode("plantstream-sim/steel/acme/x/t1", b'[{"ts_us": 1, "value": 1}]', 0)
