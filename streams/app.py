@@ -16,11 +16,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import partial
 from typing import Any, cast
 
 import faust
@@ -31,13 +30,23 @@ from prometheus_client import Counter, Gauge, start_http_server
 from plantstream.config import Settings
 from plantstream.contract import ContextKind, now_us
 from plantstream.log import Throttle
-from plantstream.producers.codec import encode_aggregates, encode_deviation, encode_readings
+from plantstream.producers.codec import ReadingBatch, encode_aggregates, encode_deviation, encode_readings
 from plantstream.producers.kafka import ensure_contract_topics, make_producer
 from plantstream.producers.topics import (
     DEADLETTER_ORIGIN_HEADER,
     DEADLETTER_REASON_HEADER,
     DEADLETTER_STAGE_HEADER,
     Topics,
+)
+from plantstream.streams.checkpoints import (
+    checkpoint_key,
+    choose,
+    committed_offsets,
+    ensure_checkpoint_topic,
+    read_checkpoints,
+)
+from plantstream.streams.checkpoints import (
+    checkpoint_topic as checkpoint_topic_name,
 )
 from plantstream.streams.config import StreamsConfig
 from plantstream.streams.logic.processor import DeadLetter, Output, Processor, SharedContext, decode_context_record
@@ -66,34 +75,71 @@ class Runtime:
     assigned: set[int] = field(default_factory=set)  # raw partitions this worker owns
     pending: dict[int, deque[Any]] = field(default_factory=dict)  # partition -> unacked faust events
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    restored: asyncio.Event = field(default_factory=asyncio.Event)  # clear while an assignment is restored
     producer: Any = None
     delivery_failed: int = 0
     readings_in: int = 0
     throttle: Throttle = field(default_factory=lambda: Throttle(30.0))
+    # Output delivery tracking: a sequence number per produced message, removed when acknowledged.
+    seq: int = 0
+    inflight: set[int] = field(default_factory=set)
+    checkpointing: bool = False
+    last_checkpoint: dict[int, str] = field(default_factory=dict)
+    last_offset: dict[int, int] = field(default_factory=dict)  # last raw offset processed per partition
 
     @property
-    def checkpoint_dir(self) -> Path:
-        return self.settings.state_dir / "streams" / self.app_id
+    def checkpoint_topic(self) -> str:
+        name: str = checkpoint_topic_name(self.topics.prefix)
+        return name
 
     def processor(self, partition: int) -> Processor:
         proc = self.processors.get(partition)
         if proc is None:
             proc = self.processors[partition] = Processor(self.shared, self.cfg.processor(), partition)
-            cp = self.checkpoint_dir / f"p{partition}.json"
-            if cp.exists():
-                try:
-                    proc.restore(json.loads(cp.read_text()))
-                    log.info("checkpoint restored", extra={"kv": {"partition": partition}})
-                except (ValueError, OSError, TypeError) as exc:
-                    log.warning(
-                        "checkpoint unusable; windows rebuild from the committed offset",
-                        extra={"kv": {"partition": partition, "error": str(exc)}},
-                    )
         return proc
+
+    async def restore(self, partitions: set[int]) -> None:
+        """Create processors for newly assigned partitions, restored from their checkpoints in
+        Kafka (see ``checkpoints``). Runs while Faust holds the partitions paused."""
+        new = {p for p in partitions if p not in self.processors}
+        if not new:
+            return
+        s = self.settings
+        try:
+            found = await read_checkpoints(s.kafka_bootstrap, self.checkpoint_topic, self.app_id, new)
+            committed = await asyncio.get_running_loop().run_in_executor(
+                None, committed_offsets, s.kafka_bootstrap, self.app_id, self.topics.raw, new
+            )
+        except Exception as exc:  # broker trouble: start without; the first minute may be partial
+            log.warning(
+                "checkpoints unavailable; windows rebuild from the committed offset",
+                extra={"kv": {"partitions": sorted(new), "error": str(exc)}},
+            )
+            return
+        for p in sorted(new):
+            proc = self.processor(p)
+            cp = choose(found.get(p, []), committed.get(p))
+            if cp is None:
+                if p in committed:
+                    log.warning(
+                        "no checkpoint matches the committed offset; the first minute per tag may be partial",
+                        extra={"kv": {"partition": p, "committed": committed[p], "checkpoints": len(found.get(p, []))}},
+                    )
+                continue
+            try:
+                proc.restore(cp)
+            except (ValueError, TypeError, KeyError) as exc:
+                log.warning("checkpoint unusable", extra={"kv": {"partition": p, "error": str(exc)}})
+                continue
+            log.info(
+                "checkpoint restored",
+                extra={"kv": {"partition": p, "offset": cp.get("offset"), "committed": committed.get(p)}},
+            )
 
     # --- output --------------------------------------------------------------------------------
 
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+    def _on_delivery(self, seq: int, err: KafkaError | None, msg: Message) -> None:
+        self.inflight.discard(seq)
         if err is not None:
             self.delivery_failed += 1
             if (n := self.throttle.should("delivery")) >= 0:
@@ -107,17 +153,38 @@ class Runtime:
         value: bytes | None,
         key: str | bytes | None,
         headers: list[tuple[str, bytes | None]] | None = None,
+        partition: int | None = None,
     ) -> None:
+        self.seq += 1
+        self.inflight.add(self.seq)
+        kw: dict[str, Any] = {
+            "value": value,
+            "key": key,
+            "headers": headers,
+            "on_delivery": partial(self._on_delivery, self.seq),
+        }
+        if partition is not None:
+            kw["partition"] = partition
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
+                self.producer.produce(topic, **kw)
                 break
             except BufferError:
                 self.producer.poll(0.05)
 
+    async def delivered(self, upto: int, timeout: float) -> bool:
+        """Wait until every message with sequence <= ``upto`` is acknowledged (False on timeout)."""
+        deadline = time.monotonic() + timeout
+        while any(s <= upto for s in self.inflight):
+            if time.monotonic() > deadline:
+                return False
+            self.producer.poll(0)
+            await asyncio.sleep(0.005)
+        return True
+
     def emit(self, out: Output) -> None:
         t = self.topics
-        for batch in out.clean:
+        for batch in _coalesce(out.clean):
             self._send(t.clean, encode_readings(batch), batch.key)
             READINGS_OUT.inc(len(batch))
         if out.aggregates:
@@ -156,29 +223,55 @@ class Runtime:
     # --- checkpoints ---------------------------------------------------------------------------
 
     async def checkpoint(self, app: faust.App) -> None:
-        """Flush outputs, persist per-partition checkpoints, then ack what is safe to commit."""
-        failed_before = self.delivery_failed
-        remaining = await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, 30.0)
-        if remaining or self.delivery_failed != failed_before or self.delivery_failed:
-            return  # outputs not durable: commit nothing (a restart re-processes from the last commit)
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        for partition, proc in list(self.processors.items()):
-            cp = proc.checkpoint()
-            safe = cp["offset"]
-            if safe is None:
-                continue
-            path = self.checkpoint_dir / f"p{partition}.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(cp))
-            os.replace(tmp, path)
-            queue = self.pending.get(partition)
-            while queue and queue[0].message.offset < safe:
-                app.consumer.ack(queue.popleft().message)
+        """Snapshot every partition, wait until the outputs produced before the snapshot are
+        acknowledged (not a flush: production goes on meanwhile), write the checkpoints to Kafka,
+        wait for them, and only then ack the raw records below each partition's safe offset."""
+        if self.checkpointing or self.delivery_failed:
+            return  # a failed output: commit nothing more (a restart re-processes from the last commit)
+        self.checkpointing = True
+        try:
+            snap = [(p, proc, proc.checkpoint()) for p, proc in list(self.processors.items())]
+            snap = [x for x in snap if x[2]["offset"] is not None]
+            if not snap or not await self.delivered(self.seq, 60.0) or self.delivery_failed:
+                return
+            for p, proc, cp in snap:
+                body = json.dumps(cp, separators=(",", ":"))
+                if self.processors.get(p) is proc and self.last_checkpoint.get(p) != body:
+                    self._send(self.checkpoint_topic, body.encode(), checkpoint_key(self.app_id, p), partition=p)
+                    self.last_checkpoint[p] = body
+            if not await self.delivered(self.seq, 60.0) or self.delivery_failed:
+                return
+            for p, proc, cp in snap:
+                if self.processors.get(p) is not proc:
+                    continue  # revoked meanwhile: its new owner decides
+                queue = self.pending.get(p)
+                safe = cp["offset"]
+                while queue and queue[0].message.offset < safe:
+                    app.consumer.ack(queue.popleft().message)
+        finally:
+            self.checkpointing = False
 
     def forget(self, partitions: set[int]) -> None:
         for p in partitions:
             self.processors.pop(p, None)
             self.pending.pop(p, None)
+            self.last_checkpoint.pop(p, None)
+            self.last_offset.pop(p, None)
+
+
+def _coalesce(batches: list[ReadingBatch]) -> list[ReadingBatch]:
+    """Concatenate batches of the same plant/equipment/source (in order: per-tag order holds), so
+    a worker produces one clean message per stream and take, not one per raw record."""
+    out: dict[tuple[str, str, int, str], ReadingBatch] = {}
+    for b in batches:
+        k = (b.plant, b.equipment, int(b.origin), b.source)
+        have = out.get(k)
+        if have is None:
+            out[k] = b
+            continue
+        for name in ("tag", "unit", "ts_us", "value", "quality", "status_code", "seq", "server_ts_us", "lot", "reason"):
+            getattr(have, name).extend(getattr(b, name))
+    return [b for b in out.values() if len(b)]
 
 
 async def _load_broadcast(rt: Runtime) -> None:
@@ -192,6 +285,7 @@ async def _load_broadcast(rt: Runtime) -> None:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         client_id=f"{rt.app_id}-broadcast",
+        fetch_max_wait_ms=rt.cfg.fetch_wait_ms,
     )
     while True:
         try:
@@ -276,28 +370,67 @@ def build_app(settings: Settings, cfg: StreamsConfig) -> tuple[faust.App, Runtim
         stream_wait_empty=False,  # acks are deliberately held back while windows are open
         broker_commit_interval=max(1.0, cfg.checkpoint_interval_s / 2),
         producer_compression_type="lz4",
+        # A SIGKILLed worker's partitions move to the others after the session timeout.
+        broker_session_timeout=cfg.session_timeout_s,
+        broker_heartbeat_interval=cfg.session_timeout_s / 5,
+        broker_rebalance_timeout=max(cfg.session_timeout_s, 30.0),
     )
+    _set_fetch_wait(cfg.fetch_wait_ms)
     rt = Runtime(settings, cfg, topics, app_id)
     raw = app.topic(topics.raw, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
     @app.agent(raw)
     async def process_raw(stream: faust.StreamT[bytes]) -> None:
-        async for event in cast(Any, stream).noack().events():
+        # Events in takes (up to batch_max_events, or whatever arrived within batch_within_ms):
+        # outputs are produced once per take and stream, not once per raw record.
+        takes = cast(Any, stream).noack().noack_take(cfg.batch_max_events, within=cfg.batch_within_ms / 1000)
+        async for events in takes:
             if not rt.loaded.is_set():
                 await rt.loaded.wait()
-            msg = event.message
-            origin = f"{msg.topic}/{msg.partition}/{msg.offset}"
-            try:
-                out = rt.processor(msg.partition).process_raw(
-                    msg.value, origin, msg.offset, now_us(), msg.key, [(k, v) for k, v in (msg.headers or [])]
-                )
-                rt.emit(out)
-            except Exception:  # the processor already turns input problems into dead letters
-                log.exception("raw record failed", extra={"kv": {"origin": origin}})
-            rt.pending.setdefault(msg.partition, deque()).append(event)
-            hw = app.consumer.highwater(msg.tp) if hasattr(app.consumer, "highwater") else None
+            if not rt.restored.is_set():
+                # Faust may deliver records of a new assignment while the assignment handler is
+                # still reading checkpoints: a processor fed before its restore emits partial minutes.
+                await rt.restored.wait()
+            outs: dict[int, Output] = {}
+            now = now_us()
+            generation = app.consumer_generation_id
+            for event in events:
+                msg = event.message
+                if msg.generation_id != generation or msg.partition not in rt.assigned:
+                    # Fetched before a rebalance (a take can hold it across one): the partition
+                    # was re-sought to its committed offset and this record comes again. Feeding
+                    # it to the freshly restored processor would advance dedup past the records
+                    # before it and leave their windows partial.
+                    continue
+                prev = rt.last_offset.get(msg.partition)
+                if prev is None or msg.offset != prev + 1:
+                    log.info(
+                        "partition resumed",
+                        extra={"kv": {"partition": msg.partition, "offset": msg.offset, "previous": prev}},
+                    )
+                rt.last_offset[msg.partition] = msg.offset
+                origin = f"{msg.topic}/{msg.partition}/{msg.offset}"
+                try:
+                    out = rt.processor(msg.partition).process_raw(
+                        msg.value, origin, msg.offset, now, msg.key, [(k, v) for k, v in (msg.headers or [])]
+                    )
+                    have = outs.get(msg.partition)
+                    if have is None:
+                        outs[msg.partition] = out
+                    else:
+                        have.extend(out)
+                except Exception:  # the processor already turns input problems into dead letters
+                    log.exception("raw record failed", extra={"kv": {"origin": origin}})
+                rt.pending.setdefault(msg.partition, deque()).append(event)
+            for out in outs.values():
+                try:
+                    rt.emit(out)
+                except Exception:
+                    log.exception("output failed")
+            last = events[-1].message
+            hw = app.consumer.highwater(last.tp) if hasattr(app.consumer, "highwater") else None
             if hw is not None:
-                LAG.labels(msg.topic, str(msg.partition)).set(max(0, hw - msg.offset - 1))
+                LAG.labels(last.topic, str(last.partition)).set(max(0, hw - last.offset - 1))
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, *args: Any, **kw: Any) -> None:
@@ -310,6 +443,11 @@ def build_app(settings: Settings, cfg: StreamsConfig) -> tuple[faust.App, Runtim
     async def on_assigned(sender: Any, *args: Any, **kw: Any) -> None:
         assigned = args[0] if args else kw.get("assigned", set())
         rt.assigned = {tp.partition for tp in assigned if tp.topic == topics.raw}
+        rt.restored.clear()
+        try:
+            await rt.restore(rt.assigned)
+        finally:
+            rt.restored.set()
 
     @app.task  # type: ignore[untyped-decorator]
     async def broadcast() -> None:
@@ -352,6 +490,29 @@ def build_app(settings: Settings, cfg: StreamsConfig) -> tuple[faust.App, Runtim
     return app, rt
 
 
+_FETCH_WAIT_MS = [50]
+
+
+def _set_fetch_wait(ms: int) -> None:
+    """Faust hard-codes ``fetch_max_wait_ms=1500`` for its consumer. Brokers that hold a fetch for
+    the whole wait even when data arrives (Tansu does) then add up to 1.5 s per hop; Kafka answers
+    as soon as data is there, so a short wait costs only idle polls. Patched once, per process."""
+    from faust.transport.drivers import aiokafka as drv
+
+    _FETCH_WAIT_MS[0] = ms
+    create = drv.AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(create, "_plantstream", False):
+        return
+
+    def patched(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        consumer._fetch_max_wait_ms = _FETCH_WAIT_MS[0]  # read by AIOKafkaConsumer.start()
+        return consumer
+
+    patched._plantstream = True  # type: ignore[attr-defined]
+    drv.AIOKafkaConsumerThread._create_worker_consumer = patched  # type: ignore[method-assign]
+
+
 def run_worker(settings: Settings, cfg: StreamsConfig) -> None:
     """Run until SIGINT/SIGTERM. Creates missing contract topics first (retrying while the broker
     is unreachable)."""
@@ -359,6 +520,9 @@ def run_worker(settings: Settings, cfg: StreamsConfig) -> None:
     while True:
         try:
             ensure_contract_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix, settings.partitions))
+            ensure_checkpoint_topic(
+                settings.kafka_bootstrap, checkpoint_topic_name(settings.topic_prefix), settings.partitions
+            )
             break
         except ConnectionError as exc:
             log.warning("broker unreachable; retrying", extra={"kv": {"error": str(exc)}})
@@ -366,7 +530,7 @@ def run_worker(settings: Settings, cfg: StreamsConfig) -> None:
     if metrics_port is not None:
         start_http_server(metrics_port, addr="127.0.0.1")
     app, rt = build_app(settings, cfg)
-    rt.producer = make_producer(settings.kafka_bootstrap, client_id=f"{rt.app_id}-out")
+    rt.producer = make_producer(settings.kafka_bootstrap, client_id=f"{rt.app_id}-out", **{"linger.ms": cfg.linger_ms})
     log.info(
         "streams worker starting",
         extra={

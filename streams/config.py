@@ -23,6 +23,15 @@ class StreamsConfig(BaseModel):
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="Prometheus /metrics; env PLANTSTREAM_METRICS_PORT"
     )
+    session_timeout_s: float = Field(
+        default=10.0, ge=2, le=300, description="a dead worker's partitions move to the others after this long"
+    )
+    fetch_wait_ms: int = Field(
+        default=50, ge=1, le=10_000, description="longest the broker may hold a fetch (latency; see README)"
+    )
+    linger_ms: int = Field(default=5, ge=0, le=1000, description="producer linger for outputs")
+    batch_max_events: int = Field(default=5000, ge=1, le=100_000, description="raw records processed per take")
+    batch_within_ms: float = Field(default=5.0, gt=0, le=5000, description="longest a take waits to fill")
     dedup_max_streams: int = Field(default=200_000, ge=1)
     lot_history: int = Field(default=256, ge=1)
 

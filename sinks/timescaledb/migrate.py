@@ -96,7 +96,12 @@ def discover(flavor: Flavor, directory: Path = MIGRATIONS_DIR) -> list[Migration
 
 
 def available_flavor(conn: psycopg.Connection[Any]) -> Flavor:
-    row = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
+    """``timescale`` when the extension is installed AND preloaded (CREATE EXTENSION fails
+    without ``shared_preload_libraries = 'timescaledb'``), else ``plain``."""
+    row = conn.execute(
+        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb' "
+        "AND current_setting('shared_preload_libraries') ~ '(^|[ ,])timescaledb([ ,]|$)'"
+    ).fetchone()
     return "timescale" if row else "plain"
 
 

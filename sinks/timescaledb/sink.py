@@ -811,9 +811,11 @@ class Deviation:
     """The deviation map on Topics.deviations, as this sink reads it.
 
     Keys: ``id`` (stable; a re-emission with the same id updates the row; derived from
-    kind/plant/lot/tag/property/start when absent), ``kind`` (process | lab), ``plant``,
-    ``equipment``, ``lot``, ``spec``, ``property``, ``tag``, ``start_us``, ``end_us``, ``peak``,
-    ``limit``, ``status``. Other keys are kept in ``attrs``.
+    kind/plant/lot/tag/property/start when absent), ``kind`` (process | lab | late_data),
+    ``plant``, ``equipment``, ``lot``, ``spec``, ``property``, ``tag``, ``start_us``, ``end_us``,
+    ``peak``, ``limit``, ``status`` (streams also sends it as ``state``: either is read). Other
+    keys (``limit_min``, ``limit_max``, ``unit``, ``duration_s``, ``count``, ...) are kept in
+    ``attrs``. Without ``limit``, the bound ``peak`` crossed is taken from ``limit_min``/``limit_max``.
     """
 
     id: str
@@ -876,7 +878,11 @@ class Deviation:
                 "|".join((kind, plant, text("lot"), text("tag"), text("property"), str(start))).encode()
             ).hexdigest()
         )
-        attrs = {k: v for k, v in d.items() if k not in cls.KNOWN}
+        attrs = {k: v for k, v in d.items() if k not in cls.KNOWN and k != "state"}
+        peak, limit = num("peak"), num("limit")
+        if limit is None and peak is not None:
+            lo, hi = num("limit_min"), num("limit_max")
+            limit = lo if lo is not None and peak < lo else hi if hi is not None and peak > hi else None
         return cls(
             ident,
             kind,
@@ -888,9 +894,9 @@ class Deviation:
             text("tag"),
             start,
             end,
-            num("peak"),
-            num("limit"),
-            text("status") or "open",
+            peak,
+            limit,
+            text("status") or text("state") or "open",
             attrs,
         )
 

@@ -288,6 +288,7 @@ class Processor:
                         "id": deviation_id("late", plant, tag, wstart, offset),
                         "kind": "late_data",
                         "state": "closed",
+                        "status": "closed",
                         "plant": plant,
                         "equipment": eq,
                         "tag": tag,

@@ -5,6 +5,13 @@
   limits opens an excursion (a deviation record with ``state="open"``); coming back, a change of
   lot, or :meth:`SpecChecker.close_all` closes it (same ``id``, ``state="closed"``, with end,
   duration and peak). A live page can upsert by ``id``.
+
+Record (one map per message on the deviations topic; the sink stores it in ``deviations``):
+``id`` (deterministic), ``kind`` (process | lab | late_data), ``state`` and its alias ``status``
+(open | closed), ``plant``, ``equipment``, ``tag``, ``lot``, ``spec``, ``property``, ``start_us``,
+``end_us`` (None while open), ``peak`` (the value furthest outside), ``limit`` (the bound it
+crossed), ``limit_min``/``limit_max``/``unit`` (the whole window, tag's canonical unit),
+``duration_s``; lab records add ``condition`` and ``test_method``.
 * Lab: a ``lab_result`` context event is checked against the ``basis="lab"`` limits of the lot's
   material; each result outside becomes a lot-level deviation (``state="closed"`` at once).
 
@@ -110,6 +117,14 @@ class ProcessLimit:
     def outside(self, v: float) -> bool:
         return (self.lo is not None and v < self.lo) or (self.hi is not None and v > self.hi)
 
+    def violated(self, v: float) -> float | None:
+        """The bound ``v`` lies beyond (the deviation record's ``limit``); None when inside."""
+        if self.lo is not None and v < self.lo:
+            return self.lo
+        if self.hi is not None and v > self.hi:
+            return self.hi
+        return None
+
     def excess(self, v: float) -> float:
         if self.lo is not None and v < self.lo:
             return self.lo - v
@@ -190,6 +205,8 @@ class SpecChecker:
                     "id": deviation_id("process", plant, tag, lot, limit.spec_id, prop, ts),
                     "kind": "process",
                     "state": "open",
+                    "status": "open",
+                    "limit": limit.violated(value),
                     "plant": plant,
                     "equipment": equipment,
                     "tag": tag,
@@ -217,7 +234,14 @@ class SpecChecker:
     def _close(self, key: tuple[str, str], exc: _Excursion, end: int) -> Deviation:
         del self._open[key]
         rec = dict(exc.record)
-        rec.update(state="closed", end_us=end, peak=exc.peak, duration_s=(end - rec["start_us"]) / 1e6)
+        rec.update(
+            state="closed",
+            status="closed",
+            end_us=end,
+            peak=exc.peak,
+            limit=exc.limit.violated(exc.peak),
+            duration_s=(end - rec["start_us"]) / 1e6,
+        )
         return rec
 
     def close_all(self) -> list[Deviation]:
@@ -258,6 +282,8 @@ class SpecChecker:
                         "id": deviation_id("lab", ev.plant, ev.lot, spec.spec_id, prop, ev.ts_us),
                         "kind": "lab",
                         "state": "closed",
+                        "status": "closed",
+                        "limit": lim.min if lim.min is not None and v < lim.min else lim.max,
                         "plant": ev.plant,
                         "equipment": ev.equipment,
                         "tag": None,

@@ -298,6 +298,10 @@ class WindowEngine:
         mp = st.minutes.get(m)
         if mp is None:
             mp = st.minutes[m] = Partial(m, w.first_offset)
+        elif w.first_offset < mp.first_offset:
+            # Out-of-order arrival: a later second can hold an earlier record than the minute's
+            # first second did; the replay must start at the minute's earliest record.
+            mp.first_offset = w.first_offset
         mp.merge(p)
 
     def _aggregate(self, st: _TagState, window: str, p: Partial, end: int, carry: bool) -> Aggregate:

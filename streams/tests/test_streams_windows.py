@@ -204,3 +204,21 @@ def test_streams_windows_safe_offset_tracks_oldest_open_window() -> None:
     assert eng.safe_offset() == 5
     feed(eng, [("x", T0 + MINUTE_US + 1, 1.0)], offset0=7)  # x's first minute closes; y still open
     assert eng.safe_offset() == 6
+
+
+def test_streams_windows_replay_after_out_of_order_arrival_keeps_the_earliest_record() -> None:
+    # Second 1 gets a record before second 0 does: the minute's replay must start at that record.
+    samples = [
+        ("x", T0 + 1_100_000, 1.0),  # offset 0, second 1
+        ("x", T0 + 900_000, 2.0),  # offset 1, second 0 (out of order, within lateness)
+        ("x", T0 + 2_500_000, 3.0),
+        ("x", T0 + 3_500_000, 4.0),  # closes seconds 0 and 1 into the open minute
+        ("x", T0 + MINUTE_US + 2_500_000, 5.0),  # closes the minute
+    ]
+    eng = WindowEngine(allowed_lateness_us=SECOND_US)
+    feed(eng, samples[:4])
+    assert eng.safe_offset() == 0
+    full, replayed = run_with_crash(samples, crash_at=4)
+    minute = [a for a in replayed if a.window == "1m"]
+    assert [a.count for a in minute] == [4]
+    assert minute == [a for a in full if a.window == "1m"]

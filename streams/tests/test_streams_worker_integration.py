@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from plantstream.producers.codec import (
 )
 from plantstream.producers.kafka import ensure_contract_topics, make_producer, produce
 from plantstream.producers.topics import Topics
+from plantstream.streams.checkpoints import checkpoint_topic
 from plantstream.testing.plugin import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -182,4 +184,8 @@ def test_streams_worker_end_to_end(settings: Settings, worker: subprocess.Popen[
         assert wait_until(lambda: committed() == 5, timeout=30, what="raw offset 5 committed")
     finally:
         group.close()
-    assert (settings.state_dir / "streams" / f"{settings.topic_prefix}-streams").is_dir()
+    # the checkpoint behind that commit is in Kafka (any worker on any host can resume from it)
+    cps = TopicReader(bs, checkpoint_topic(settings.topic_prefix), settings.partitions)
+    wait_until(cps.poll, timeout=30, what="a checkpoint record")
+    bodies = [json.loads(v) for v, _ in cps.messages if v is not None]
+    assert any(cp["offset"] == 5 and cp["horizons"] == [["steel", "temp", T0 + 60_000_000]] for cp in bodies)

@@ -156,7 +156,6 @@ def test_db_cut_mid_run_dead_letters_and_replay(settings: Settings, topics: Topi
     assert reasons[0].startswith("rejected by database") and reasons[1].startswith("undecodable")
     # Offsets committed for exactly what is in the topic (read it: this broker's watermarks are unreliable).
     c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": r.group_id})
-    committed = c.committed([TopicPartition(topics.clean, p) for p in range(settings.partitions)], timeout=10)
     c.assign([TopicPartition(topics.clean, p, OFFSET_BEGINNING) for p in range(settings.partitions)])
     ends: dict[int, int] = {}
     seen = 0
@@ -170,8 +169,14 @@ def test_db_cut_mid_run_dead_letters_and_replay(settings: Settings, topics: Topi
         return seen >= n_msgs
 
     wait_until(read_all, 30, "the whole topic")
+
+    def committed() -> dict[int, int]:
+        tps = c.committed([TopicPartition(topics.clean, p) for p in range(settings.partitions)], timeout=10)
+        return {tp.partition: tp.offset for tp in tps if tp.offset >= 0}
+
+    # Commits are asynchronous (after the database commit): they arrive shortly after the writes.
+    wait_until(lambda: committed() == ends, 15, f"committed offsets {ends}")
     c.close()
-    assert {tp.partition: tp.offset for tp in committed if tp.offset >= 0} == ends
 
     # Replay the topics from the start (a new group) twice: the tables do not change.
     before = checksums(settings.dsn)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from plantstream.sinks.timescaledb.migrate import migrate
+from plantstream.sinks.timescaledb.migrate import available_flavor, migrate
 from plantstream.sinks.timescaledb.sink import PostgresSink
 from plantstream.sinks.timescaledb.testdata import reading_records, readings
 
@@ -18,7 +18,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timescaledb]
 def ts_db(fresh_db: str) -> Iterator[str]:
     with psycopg.connect(fresh_db) as conn:
         if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone() is None:
-            pytest.skip("TimescaleDB extension not installed")
+            pytest.skip("TimescaleDB is not installed on this PostgreSQL server (plain path tested instead)")
+        if available_flavor(conn) != "timescale":
+            pytest.skip("TimescaleDB is installed but not in shared_preload_libraries (plain path tested instead)")
     migrate(fresh_db)
     yield fresh_db
 
