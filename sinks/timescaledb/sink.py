@@ -24,6 +24,7 @@ re-emission is identical), context and registrations are keyed upserts.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import struct
@@ -43,6 +44,7 @@ from plantstream.contract import ContextEvent, ContextKind, TagMeta, validate_eq
 from plantstream.producers import codec
 from plantstream.producers.codec import Aggregate, CodecError, ReadingBatch
 from plantstream.sinks.base import DeadLetter, Record, RecordOrigin, SinkUnavailable
+from plantstream.streams.logic.validate import RuleError, compile_rule
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +289,19 @@ class FlushStats:
     other: int = 0
     dead_letters: int = 0
     seconds: float = 0.0
+
+
+def canonical_meta(m: TagMeta) -> TagMeta:
+    """The tag as stored: readings arrive from streams in the canonical unit of their quantity, so
+    the registry keeps that unit and the engineering range and rate limit converted into it. A tag
+    whose unit streams cannot normalize keeps its own (its readings pass through unconverted)."""
+    try:
+        rule = compile_rule(m)
+    except RuleError:
+        return m
+    if rule.canonical == m.unit:
+        return m
+    return dataclasses.replace(m, unit=rule.canonical, lo=rule.lo, hi=rule.hi, roc_limit=rule.roc)
 
 
 class PostgresSink:
@@ -556,6 +571,7 @@ class PostgresSink:
         return int(row[0])
 
     def _tag_meta(self, cur: psycopg.Cursor[Any], m: TagMeta) -> None:
+        m = canonical_meta(m)
         eq = self._equipment_id(cur, m.plant, m.equipment)
         ident = self._upsert_returning(
             cur,

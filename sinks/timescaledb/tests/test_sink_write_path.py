@@ -239,3 +239,24 @@ def test_out_of_window_rows_land_in_default_partition(sink: PostgresSink, fresh_
         )
     assert parts.pop("readings_default") == 10
     assert list(parts.values()) == [10] and next(iter(parts)).startswith("readings_p")
+
+
+def test_tag_registry_keeps_the_canonical_unit_and_range(sink: PostgresSink, fresh_db: str) -> None:
+    """Readings arrive normalized by streams; the registry must label them with that unit."""
+    from plantstream.sinks.timescaledb.sink import canonical_meta
+
+    legacy = TagMeta("chemical", "condenser.cw_outlet_temperature", "acme/antwerp/pta/train1/condenser", "degF",
+                     lo=32.0, hi=212.0, roc_limit=9.0)  # fmt: skip
+    odd = TagMeta("chemical", "x.odd", "acme/antwerp/pta/train1/x", "furlongs per nothing")
+    assert canonical_meta(odd) == odd  # streams cannot normalize it either: kept as the source says
+    sink.write(records("tags", [legacy, odd]))
+    sink.flush()
+    with psycopg.connect(fresh_db) as conn:
+        rows = dict(
+            (tag, (unit, lo, hi, roc))
+            for tag, unit, lo, hi, roc in conn.execute("SELECT tag, unit, lo, hi, roc_limit FROM tags").fetchall()
+        )
+    unit, lo, hi, roc = rows["condenser.cw_outlet_temperature"]
+    assert (unit, lo, hi) == ("degC", 0.0, 100.0)
+    assert abs(roc - 5.0) < 1e-9
+    assert rows["x.odd"][0] == "furlongs per nothing"
