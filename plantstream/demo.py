@@ -16,7 +16,6 @@ from plantstream.producers.topics import Topics
 from plantstream.progress import consumer_lag, db_counts, ledger_lines
 from plantstream.stack import Stack, StackError
 
-
 # Excursions on spec-checked tags, so deviations show up on the live page while the demo runs.
 # Wall seconds after start; at --speed 20 the first slab reaches the caster after 120 s, the
 # first coil the mill after 270 s. Spec checks need a lot on the line, so faults come after that.
