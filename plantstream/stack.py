@@ -211,6 +211,7 @@ class Stack:
 
     def start_postgres(self) -> str:
         if port_open(self.ports.pg):
+            self._check_ours()
             return "reused"
         data = self._pg_data_dir()
         fresh = not (data / "PG_VERSION").exists()
@@ -270,6 +271,22 @@ class Stack:
         wait_port(self.ports.pg, 30, "PostgreSQL", logfile=logfile)
         self._ensure_database()
         return "started"
+
+    def _check_ours(self) -> None:
+        """A server already on our port must be the one this state directory made (our credentials
+        work); anything else is a foreign server we must not write to."""
+        import psycopg
+
+        try:
+            with psycopg.connect(self.dsn("postgres"), connect_timeout=5):
+                pass
+        except psycopg.OperationalError as exc:
+            raise StackError(
+                f"127.0.0.1:{self.ports.pg} is taken by a PostgreSQL this state directory ({self.state}) did not "
+                f"start ({str(exc).strip().splitlines()[-1]}); stop it, or choose another port with "
+                "PLANTSTREAM_STACK_PG_PORT"
+            ) from None
+        self._ensure_database()
 
     def _ensure_database(self) -> None:
         import psycopg

@@ -197,12 +197,21 @@ class ServerTrust:
         tp = thumbprint(cert)
         if tp in self.pinned or self._issued_by_trusted_ca(cert):
             return
-        rejected = self.pki_dir / "rejected" / f"{_safe(common_name(cert))}-{tp[:16]}.der"
+        name = f"{_safe(common_name(cert))}-{tp[:16]}.der"
+        trusted = self.pki_dir / "trusted" / name
+        if trusted.exists():  # trusted since the list was loaded (`edge certs trust` while we retry)
+            self.pinned.add(tp)
+            return
+        rejected = self.pki_dir / "rejected" / name
         try:
             rejected.parent.mkdir(parents=True, exist_ok=True)
             rejected.write_bytes(cert.public_bytes(serialization.Encoding.DER))
         except OSError:
             pass
+        if trusted.exists():  # `trust` ran between our check and the write: undo the stale copy
+            rejected.unlink(missing_ok=True)
+            self.pinned.add(tp)
+            return
         log.error(
             "opcua: server certificate is not trusted; connection refused",
             extra={
