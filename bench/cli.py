@@ -1,7 +1,11 @@
-"""``plantstream bench [--quick] [--out DIR]``: measure this machine's limits, every stage and the whole pipeline."""
+"""``plantstream bench [--quick] [--out DIR]``: measure this machine's limits, every stage and the whole pipeline.
+
+``plantstream bench --soak [--soak-minutes 10]``: the edge agent's memory soak alone (see soak.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -21,19 +25,45 @@ RESULTS = Path(__file__).resolve().parent / "results"
     default=None,
     help="output directory (default bench/results/<timestamp>/; then also bench/results/latest.md|json)",
 )
-def bench(quick: bool, out: Path | None) -> None:
+@click.option(
+    "--mqtt-per-message",
+    type=click.IntRange(1, 1000),
+    default=20,
+    show_default=True,
+    help="readings per MQTT message (JSON array) in the MQTT edge stage; 1 per message is measured as well",
+)
+@click.option("--soak", is_flag=True, help="run only the edge memory soak (Kafka up, then down; bounded buffer)")
+@click.option("--soak-minutes", type=click.FloatRange(1.0, 24 * 60), default=10.0, show_default=True)
+def bench(quick: bool, out: Path | None, mqtt_per_message: int, soak: bool, soak_minutes: float) -> None:
     """Benchmark: machine limits (PostgreSQL COPY, Kafka, MQTT, OPC-UA), each stage alone, end to end at
     stepped rates until lag grows without bound, and peak memory per process.
 
     Writes bench.json, bench.md and PNG plots. Targets are reported (pass/miss with the bounding
     stage), never enforced: the exit status is 0 unless the bench itself could not run.
     Uses PLANTSTREAM_* connection settings; creates and drops its own databases and topic prefixes.
-    """
-    from plantstream.bench.runner import run
 
+    With --soak, only the memory soak runs: one edge agent process under steady OPC-UA + MQTT load,
+    first half with Kafka reachable, second half unreachable so the buffer fills to its cap and drops
+    oldest; writes soak.md, soak.json and soak.png (exit 0 whatever the verdict).
+    """
     settings = Settings.from_env()
     out = out or RESULTS / datetime.now().strftime("%Y%m%d-%H%M%S")
-    r = run(settings, out, quick)
+    if soak:
+        from plantstream.bench import soak as soak_mod
+
+        res = soak_mod.run_and_report(settings, out, soak_mod.SoakConfig(minutes=soak_minutes))
+        click.echo((out / "soak.md").read_text())
+        click.echo(f"results in {out}")
+        if out.resolve().is_relative_to(RESULTS):
+            shutil.copyfile(out / "soak.md", RESULTS / "latest-soak.md")
+        if not res.samples:
+            click.echo("soak took no samples", err=True)
+            sys.exit(1)
+        return
+    from plantstream.bench.runner import FULL, QUICK, run
+
+    sizes = dataclasses.replace(QUICK if quick else FULL, mqtt_per_message=mqtt_per_message)
+    r = run(settings, out, quick, sizes)
     click.echo((out / "bench.md").read_text())
     click.echo(f"results in {out}")
     failed = [m.name for m in r.metrics if m.status == "failed"]

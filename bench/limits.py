@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
 import uuid
@@ -118,8 +119,8 @@ def kafka(bootstrap: str, prefix: str, batches: int, per_batch: int = 500, parti
         t1 = time.perf_counter()
         deadline = time.monotonic() + 60
         while got < len(msgs) and time.monotonic() < deadline:
-            for m in c.consume(1000, timeout=0.2):
-                err = m.error()
+            for msg in c.consume(1000, timeout=0.2):
+                err = msg.error()
                 if err is None:
                     got += 1
                 elif err.code() != KafkaError._PARTITION_EOF:
@@ -255,9 +256,13 @@ def start_opcua_servers(ports: list[int], tags: int, logdir: Path, name: str) ->
     """Bench OPC-UA server processes, ready to serve (stopped again if any fails to start)."""
     servers = [spawn(f"{name}-{i}", python_module("plantstream.bench.workers", "opcua-server", "--port", str(port),
                      "--tags", str(tags)), logdir) for i, port in enumerate(ports)]  # fmt: skip
+
+    def ready(srv: Worker) -> bool:
+        return any(x.get("ready") for x in srv.lines())
+
     try:
         for srv in servers:
-            wait_for(lambda srv=srv: any(x.get("ready") for x in srv.lines()), 60, "bench OPC-UA server", srv.check)
+            wait_for(functools.partial(ready, srv), 60, "bench OPC-UA server", srv.check)
     except BaseException:
         for srv in servers:
             srv.stop()

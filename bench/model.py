@@ -195,3 +195,41 @@ def judge_step(obs: StepObservation) -> tuple[bool, str]:
         f"streams/sink: database receives {fmt_num(obs.db_per_s)}/s of {fmt_num(obs.edge_out_per_s)}/s,"
         f" freshness lag grows {grow:.2f} s/s{cpu_note}"
     )
+
+
+# --- memory soak ------------------------------------------------------------------------------
+
+# "Flat" memory over a soak (issue 3): the RSS trend over the second half is under 1 MB/min (the
+# first half is allowed to warm up: imports, caches, librdkafka queues) and no sample rises more
+# than 20 MB above the median (a leak that a late drop hides, or a runaway spike).
+FLAT_MAX_SLOPE_MB_PER_MIN = 1.0
+FLAT_MAX_ABOVE_MEDIAN_MB = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class Flatness:
+    slope_mb_per_min: float  # least squares over the second half of the samples
+    above_median_mb: float  # max - median over all samples
+    flat: bool
+    reason: str  # why not flat ('' when flat)
+
+
+def judge_flat(
+    samples: Sequence[tuple[float, float]],
+    max_slope_mb_per_min: float = FLAT_MAX_SLOPE_MB_PER_MIN,
+    max_above_median_mb: float = FLAT_MAX_ABOVE_MEDIAN_MB,
+) -> Flatness:
+    """Judge ``(seconds, RSS MB)`` samples of one process; needs >= 4 samples (else not flat)."""
+    if len(samples) < 4:
+        return Flatness(0.0, 0.0, False, f"only {len(samples)} samples")
+    pts = sorted(samples)
+    half = pts[len(pts) // 2 :]
+    per_min = slope([(t / 60.0, mb) for t, mb in half])
+    med = percentile([mb for _, mb in pts], 50) or 0.0
+    above = max(mb for _, mb in pts) - med
+    why = []
+    if per_min >= max_slope_mb_per_min:
+        why.append(f"RSS grows {per_min:.2f} MB/min over the second half (limit {max_slope_mb_per_min:g})")
+    if above >= max_above_median_mb:
+        why.append(f"peak {above:.1f} MB above the median (limit {max_above_median_mb:g})")
+    return Flatness(per_min, above, not why, "; ".join(why))

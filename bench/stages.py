@@ -54,9 +54,15 @@ class EdgeResult:
     load_cpu_pct: float | None = None  # busiest load generator process
     load_processes: int = 1
     services_cpu_pct: dict[str, float] = field(default_factory=dict)  # postgres/tansu/mosquitto, all instances
+    per_message: int = 1  # readings per source message (MQTT JSON arrays); 1 for OPC-UA
+
+    @property
+    def msgs_per_s(self) -> float:
+        """Source messages/s behind ``readings_per_s`` (what the broker carried)."""
+        return self.readings_per_s / max(1, self.per_message)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "msgs_per_s": self.msgs_per_s}
 
 
 def _env(settings: Settings, prefix: str, state: Path) -> dict[str, str]:
@@ -91,6 +97,7 @@ def _run_edge(
     warmup: float,
     counter_key: str,
     profile_s: float = 0.0,
+    per_message: int = 1,
 ) -> EdgeResult:
     prefix = str(cfg["kafka"]["topic_prefix"])
     topics = Topics(prefix, 3)
@@ -130,9 +137,11 @@ def _run_edge(
         cpu = [100.0 * (b - a) / (t1 - t0) for a, b in zip(c0, c1, strict=True)]
         series = per_second(counter.events, t0 - warmup)
         load_mb = max((peak_rss_mb(w.pid) or 0.0 for w in load), default=0.0)
-        return EdgeResult(rate, writes_rate(load, t0, t1, counter_key), t1 - t0, cpu[0], peak_rss_mb(edge.pid),
-                          load_mb, series, counter.error, top, max(cpu[1:], default=None), len(load),
-                          {k: round(100.0 * (s1[k] - v) / (t1 - t0), 1) for k, v in s0.items()})  # fmt: skip
+        offered = writes_rate(load, t0, t1, counter_key)
+        return EdgeResult(rate, None if offered is None else offered * per_message, t1 - t0, cpu[0],
+                          peak_rss_mb(edge.pid), load_mb, series, counter.error, top, max(cpu[1:], default=None),
+                          len(load), {k: round(100.0 * (s1[k] - v) / (t1 - t0), 1) for k, v in s0.items()},
+                          per_message)  # fmt: skip
     finally:
         edge.stop()
         for w in load:
@@ -195,18 +204,26 @@ def edge_mqtt(
     publishers: int = 1,
     tags: int = 200,
     profile_s: float = 0.0,
+    per_message: int = 1,
 ) -> EdgeResult:
-    """paho publisher processes (QoS 1, JSON) -> Mosquitto -> one edge agent process -> Kafka raw topic."""
+    """paho publisher processes (QoS 1, JSON) -> Mosquitto -> one edge agent process -> Kafka raw topic.
+
+    ``per_message`` > 1 publishes JSON arrays of that many readings per message (as data loggers
+    batch them; the subscription reads them with ``readings_path: $``)."""
     from urllib.parse import urlsplit
 
     root = f"psbench{uuid.uuid4().hex[:8]}"
     prefix = f"psb{uuid.uuid4().hex[:8]}m"
     url = urlsplit(settings.mqtt)
+    name = "edge-mqtt" if per_message == 1 else f"edge-mqtt-x{per_message}"
+    sub: dict[str, Any] = {"template": f"{root}/{{_}}/{{equipment+}}/{{tag}}"}
+    if per_message > 1:
+        sub["readings_path"] = "$"
     cfg = {
         "agent_id": "bench-mqtt",
         "plant": "bench",
         "kafka": {"topic_prefix": prefix, "partitions": 3},
-        "buffer": {"path": str(workdir / "edge-mqtt" / "buffer.db")},
+        "buffer": {"path": str(workdir / name / "buffer.db")},
         "progress_interval_s": 5,
         "sources": [
             {
@@ -217,20 +234,22 @@ def edge_mqtt(
                 "qos": 1,
                 # The broker must not keep this throwaway session after the run.
                 "session_expiry_s": 0,
-                "subscriptions": [{"template": f"{root}/{{_}}/{{equipment+}}/{{tag}}"}],
+                "max_payload_bytes": 1 << 20,
+                "subscriptions": [sub],
             }
         ],
     }
 
     def start() -> list[Worker]:
         return [
-            spawn(f"edge-mqtt-pub-{i}", python_module("plantstream.bench.workers", "mqtt-pub", "--host",
+            spawn(f"{name}-pub-{i}", python_module("plantstream.bench.workers", "mqtt-pub", "--host",
                   url.hostname or "127.0.0.1", "--port", str(url.port or 1883), "--root", f"{root}/p{i}", "--qos",
-                  "1", "--seconds", str(warmup + seconds + 2), "--tags", str(tags)), workdir / "logs")
+                  "1", "--seconds", str(warmup + seconds + 2), "--tags", str(tags), "--per-message",
+                  str(per_message)), workdir / "logs")
             for i in range(publishers)
         ]  # fmt: skip
 
-    return _run_edge("edge-mqtt", cfg, settings, workdir, start, seconds, warmup, "done", profile_s)
+    return _run_edge(name, cfg, settings, workdir, start, seconds, warmup, "done", profile_s, per_message)
 
 
 def streams(readings: int, profile_readings: int = 0) -> dict[str, Any]:

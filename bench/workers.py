@@ -1,11 +1,14 @@
 """Load generators the bench runs as separate processes (so they do not share a GIL with what they load).
 
-``python -m plantstream.bench.workers opcua-server --port P --tags N [--seconds S]``
+``python -m plantstream.bench.workers opcua-server --port P --tags N [--seconds S] [--rate W]``
     An asyncua server writing new Double values to N variables as fast as it can (every write is a
-    data change), printing ``{"t": wall, "writes": n}`` once a second.
-``python -m plantstream.bench.workers mqtt-pub --host H --port P --root R --qos Q (--count N | --seconds S)``
+    data change), or at about W writes/s in all, printing ``{"t": wall, "writes": n}`` once a second.
+``python -m plantstream.bench.workers mqtt-pub --host H --port P --root R --qos Q (--count N | --seconds S)
+  [--per-message K] [--rate M]``
     A paho 2.x publisher of simulator-shaped JSON readings on ``R/<equipment path>/<tag>``, as fast
-    as the broker acknowledges, printing ``{"t": wall, "sent": n, "done": n}`` once a second.
+    as the broker acknowledges (or about M messages/s), printing ``{"t": wall, "sent": n, "done": n}``
+    (messages) once a second. ``--per-message K`` > 1 sends JSON arrays of K readings, the way data
+    loggers batch them (the agent reads them with ``readings_path: $``).
 
 Both exit 0 at the end of their run or on SIGTERM; any failure exits non-zero with the reason on stderr.
 """
@@ -38,7 +41,7 @@ def _say(**kv: Any) -> None:
     print(json.dumps({"t": time.time(), **kv}), flush=True)
 
 
-async def opcua_server(port: int, tags: int, seconds: float | None) -> None:
+async def opcua_server(port: int, tags: int, seconds: float | None, rate: float | None = None) -> None:
     from asyncua import ua
     from asyncua.server.server import Server
     from asyncua.ua.attribute_ids import AttributeIds
@@ -83,6 +86,11 @@ async def opcua_server(port: int, tags: int, seconds: float | None) -> None:
                 if writes % 256 == 0:
                     # Let the server publish to its subscribers between bursts of writes.
                     await asyncio.sleep(0)
+            if rate:
+                # Paced: round k is due at k * tags / rate seconds after the start (no drift).
+                ahead = start + round_no * len(nids) / rate - time.monotonic()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
             if time.monotonic() >= next_say:
                 next_say += 1.0
                 _say(writes=writes)
@@ -91,15 +99,31 @@ async def opcua_server(port: int, tags: int, seconds: float | None) -> None:
         await server.stop()
 
 
-def mqtt_payload(ts_us: int, value: float) -> bytes:
-    return b'{"ts_us":%d,"value":%r,"unit":"degC","quality":"good"}' % (ts_us, value)
+_ONE = b'{"ts_us":%d,"value":%r,"unit":"degC","quality":"good"}'
+
+
+def mqtt_payload(ts_us: int, value: float, per_message: int = 1) -> bytes:
+    """One reading as a JSON object, or ``per_message`` > 1 readings as a JSON array (1 us apart)."""
+    if per_message <= 1:
+        return _ONE % (ts_us, value)
+    return b"[" + b",".join(_ONE % (ts_us + k, value + k) for k in range(per_message)) + b"]"
 
 
 def mqtt_topics(root: str, tags: int, units: int = 10) -> list[str]:
     return [f"{root}/{EQUIPMENT}/u{i % units}/t{i}" for i in range(tags)]
 
 
-def mqtt_pub(host: str, port: int, root: str, qos: int, count: int | None, seconds: float | None, tags: int) -> None:
+def mqtt_pub(
+    host: str,
+    port: int,
+    root: str,
+    qos: int,
+    count: int | None,
+    seconds: float | None,
+    tags: int,
+    per_message: int = 1,
+    rate: float | None = None,
+) -> None:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -135,12 +159,12 @@ def mqtt_pub(host: str, port: int, root: str, qos: int, count: int | None, secon
             break
         if seconds is not None and time.monotonic() - start >= seconds:
             break
-        if sent - done[0] >= window:
-            time.sleep(0.0005)
+        if sent - done[0] >= window or (rate and sent >= (time.monotonic() - start) * rate):
+            time.sleep(0.0005 if not rate else 0.005)
         else:
             ts = time.time_ns() // 1000
-            for _ in range(100):
-                client.publish(topics[sent % tags], mqtt_payload(ts, sent * 0.5), qos=qos)
+            for _ in range(100 if not rate else max(1, min(100, int(rate // 100)))):
+                client.publish(topics[sent % tags], mqtt_payload(ts, sent * 0.5, per_message), qos=qos)
                 sent += 1
         if time.monotonic() >= next_say:
             next_say += 1.0
@@ -160,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     o.add_argument("--port", type=int, required=True)
     o.add_argument("--tags", type=int, default=200)
     o.add_argument("--seconds", type=float, default=None)
+    o.add_argument("--rate", type=float, default=None, help="writes/s in all (default: as fast as possible)")
     m = sub.add_parser("mqtt-pub")
     m.add_argument("--host", default="127.0.0.1")
     m.add_argument("--port", type=int, required=True)
@@ -168,11 +193,13 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--count", type=int, default=None)
     m.add_argument("--seconds", type=float, default=None)
     m.add_argument("--tags", type=int, default=200)
+    m.add_argument("--per-message", type=int, default=1, help="readings per message (> 1: a JSON array)")
+    m.add_argument("--rate", type=float, default=None, help="messages/s (default: as fast as acknowledged)")
     a = ap.parse_args(argv)
     if a.cmd == "opcua-server":
-        asyncio.run(opcua_server(a.port, a.tags, a.seconds))
+        asyncio.run(opcua_server(a.port, a.tags, a.seconds, a.rate))
     else:
-        mqtt_pub(a.host, a.port, a.root, a.qos, a.count, a.seconds, a.tags)
+        mqtt_pub(a.host, a.port, a.root, a.qos, a.count, a.seconds, a.tags, a.per_message, a.rate)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ EXPECTED = [
     "limit.opcua_notifications",
     "edge.opcua_readings_per_s",
     "edge.mqtt_readings_per_s",
+    "edge.mqtt_single_readings_per_s",
     "streams.readings_per_s_per_worker",
     "sink.readings_per_s",
     "dataset.cells_per_s",
@@ -70,6 +71,14 @@ def test_quick_bench_reports_every_metric(settings_env: dict[str, str], settings
         assert m["value"] is not None and m["value"] > 0, f"{name} has no positive value: {m}"
     assert any(n.startswith("memory.") for n in metrics), "no peak-memory metrics"
     assert metrics["sink.readings_per_s"]["limit"] == metrics["limit.pg_copy_readings"]["value"]
+    # The MQTT target is measured on JSON arrays (20 readings a message); 1 a message is shown beside it.
+    batched, single = (
+        metrics["edge.mqtt_readings_per_s"]["details"],
+        metrics["edge.mqtt_single_readings_per_s"]["details"],
+    )
+    assert batched["per_message"] == 20 and single["per_message"] == 1
+    assert batched["msgs_per_s"] == pytest.approx(batched["readings_per_s"] / 20)
+    assert not any(n.startswith("soak") for n in metrics), "the soak must not run in --quick"
     md = (out / "bench.md").read_text()
     for name in EXPECTED:
         assert f"| {name} |" in md
@@ -139,5 +148,5 @@ def test_targets_pass_and_miss() -> None:
 def test_collapsed_stacks_give_leaf_shares() -> None:
     text = "main;a;hot 30\nmain;b;hot 10\nmain;cold 10\n"
     top = collapsed_top(text)
-    assert top[0] == ("hot", pytest.approx(0.8))
-    assert top[1] == ("cold", pytest.approx(0.2))
+    assert [f for f, _ in top] == ["hot", "cold"]
+    assert [share for _, share in top] == pytest.approx([0.8, 0.2])
