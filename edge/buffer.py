@@ -32,6 +32,8 @@ from typing import Literal
 
 import msgpack
 
+from plantstream.log import Throttle
+
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
@@ -103,6 +105,8 @@ class Buffer:
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
+        self._drop_log = Throttle(30.0)
+        self._drops_since_log = 0
         self.max_age_us = int(max_age_s * 1e6)
         self._sync = synchronous.upper()
         if readonly:
@@ -260,18 +264,22 @@ class Buffer:
         self._readings -= readings
         self._entries -= n
         self.dropped[key] = self.dropped.get(key, 0) + readings
-        log.warning(
-            "buffer full: dropped oldest entries",
-            extra={
-                "kv": {
-                    "reason": reason,
-                    "entries": n,
-                    "readings": readings,
-                    "bytes": size,
-                    "dropped_total": self.dropped[key],
-                }
-            },
-        )
+        # At the cap this happens on every append: say it once per interval, with the totals.
+        self._drops_since_log += readings
+        suppressed = self._drop_log.should(key)
+        if suppressed >= 0:
+            log.warning(
+                "buffer full: dropped oldest entries",
+                extra={
+                    "kv": {
+                        "reason": reason,
+                        "readings_since_last_log": self._drops_since_log,
+                        "drops_since_last_log": suppressed + 1,
+                        "dropped_total": self.dropped[key],
+                    }
+                },
+            )
+            self._drops_since_log = 0
         return int(readings)
 
     # --- read / delete ---------------------------------------------------------------------

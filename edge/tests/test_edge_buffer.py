@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 from plantstream.contract import Origin
 from plantstream.edge.batcher import Batcher
@@ -144,3 +147,13 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
             assert set(range(acked_ts + 1)) <= stored_ts, "an acknowledged reading was lost"
             assert stored_seq == sorted(stored_seq) and len(set(stored_seq)) == len(stored_seq)
             assert buf.last_seq("src") >= acked_seq
+
+
+def test_drops_at_the_cap_are_logged_once_per_interval(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    one = _entry(0, size=1000).size
+    with Buffer(tmp_path / "b.db", max_bytes=one * 5) as buf, caplog.at_level(logging.WARNING):
+        for i in range(40):  # every append past the cap drops the oldest entry
+            buf.append([_entry(i, size=1000)])
+        assert sum(buf.dropped.values()) >= 30
+    warnings = [r for r in caplog.records if "buffer full" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
