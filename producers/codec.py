@@ -325,8 +325,9 @@ def decode_deviation(data: bytes) -> dict[str, Any]:
     return body
 
 
-def encode_context(ev: ContextEvent) -> bytes:
-    body = {
+def context_to_dict(ev: ContextEvent) -> dict[str, Any]:
+    """A context event as plain data (the wire body; also what ledgers and logs record)."""
+    return {
         "kind": ev.kind.value,
         "plant": ev.plant,
         "equipment": ev.equipment,
@@ -339,7 +340,10 @@ def encode_context(ev: ContextEvent) -> bytes:
         "results": {k: list(v) for k, v in ev.results.items()},
         "attrs": ev.attrs,
     }
-    return _pack(Kind.CONTEXT, body)
+
+
+def encode_context(ev: ContextEvent) -> bytes:
+    return _pack(Kind.CONTEXT, context_to_dict(ev))
 
 
 def decode_context(data: bytes) -> ContextEvent:

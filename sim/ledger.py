@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from plantstream.contract import ContextEvent, Value
+from plantstream.contract import ContextEvent
+from plantstream.producers.codec import Value, context_to_dict
 
 
 class Ledger:
@@ -33,21 +34,8 @@ class Ledger:
         )  # fmt: skip
 
     def event(self, ev: ContextEvent) -> None:
-        self._write(
-            {
-                "event": ev.kind.value,
-                "plant": ev.plant,
-                "equipment": ev.equipment,
-                "ts_us": ev.ts_us,
-                "lot": ev.lot,
-                "lot_kind": ev.lot_kind,
-                "material": ev.material,
-                "parents": list(ev.parents),
-                "relation": ev.relation,
-                "results": {k: list(v) for k, v in ev.results.items()},
-                "attrs": ev.attrs,
-            }
-        )
+        body = context_to_dict(ev)
+        self._write({"event": body.pop("kind"), **body})
 
     def _write(self, obj: dict[str, Any]) -> None:
         if self._f is None:
