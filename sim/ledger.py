@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from plantstream.contract import ContextEvent
-from plantstream.producers.codec import Value, context_to_dict
+from plantstream.contract import ContextEvent, Value
+from plantstream.producers.codec import context_to_dict
 
 
 class Ledger:
