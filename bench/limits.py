@@ -27,21 +27,10 @@ from plantstream.bench import workers
 from plantstream.bench.infra import reading_batches
 from plantstream.bench.procs import Worker, python_module, spawn, wait_for
 from plantstream.producers.kafka import ensure_topics, make_producer
+from plantstream.sinks.timescaledb.sink import READINGS_COLUMN_TYPES
 
-READINGS_TYPES = [
-    "timestamptz",
-    "int4",
-    "float8",
-    "int8",
-    "bool",
-    "text",
-    "int2",
-    "int8",
-    "int4",
-    "timestamptz",
-    "int8",
-]
-READINGS_COLUMNS = "time, tag_id, v_float, v_int, v_bool, v_text, quality, status_code, lot_id, server_time, seq"
+READINGS_TYPES = list(READINGS_COLUMN_TYPES.values())
+READINGS_COLUMNS = ", ".join(READINGS_COLUMN_TYPES)
 
 
 def _rows(n: int, tags: int = 200) -> list[tuple[Any, ...]]:

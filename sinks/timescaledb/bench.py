@@ -25,7 +25,7 @@ from plantstream.contract import now_us
 from plantstream.producers import codec
 from plantstream.sinks.base import RecordOrigin
 from plantstream.sinks.timescaledb.migrate import migrate
-from plantstream.sinks.timescaledb.sink import PostgresSink, decode
+from plantstream.sinks.timescaledb.sink import READINGS_COLUMN_TYPES, PostgresSink, decode
 from plantstream.sinks.timescaledb.testdata import messages, readings
 
 
@@ -98,21 +98,7 @@ def measure(
         with conn.cursor() as cur:
             for start in range(0, len(tuples), rows_per_flush):
                 with cur.copy("COPY bench_copy FROM STDIN (FORMAT BINARY)") as cp:
-                    cp.set_types(
-                        [
-                            "timestamptz",
-                            "int4",
-                            "float8",
-                            "int8",
-                            "bool",
-                            "text",
-                            "int2",
-                            "int8",
-                            "int4",
-                            "timestamptz",
-                            "int8",
-                        ]
-                    )
+                    cp.set_types(list(READINGS_COLUMN_TYPES.values()))
                     for row in tuples[start : start + rows_per_flush]:
                         cp.write_row(row)
                 conn.commit()

@@ -227,24 +227,26 @@ _AGG_TYPES = [
     "int4",
 ]
 
+# The readings table's columns (table order) with the binary COPY type of each: the one place
+# benchmarks and the sink take them from.
+READINGS_COLUMN_TYPES: dict[str, str] = {
+    "time": "timestamptz",
+    "tag_id": "int4",
+    "v_float": "float8",
+    "v_int": "int8",
+    "v_bool": "bool",
+    "v_text": "text",
+    "quality": "int2",
+    "status_code": "int8",
+    "lot_id": "int4",
+    "server_time": "timestamptz",
+    "seq": "int8",
+}
 # Direct COPY uses the staging column order, with times as timestamptz.
-_COPY_READINGS = (
-    "COPY readings (tag_id, time, v_float, v_int, v_bool, v_text, quality, status_code, lot_id, server_time, seq) "
-    "FROM STDIN (FORMAT BINARY)"
-)
-_READING_TYPES_DIRECT = [
-    "int4",
-    "timestamptz",
-    "float8",
-    "int8",
-    "bool",
-    "text",
-    "int2",
-    "int8",
-    "int4",
-    "timestamptz",
-    "int8",
-]
+_DIRECT_ORDER = ("tag_id", "time", "v_float", "v_int", "v_bool", "v_text", "quality", "status_code", "lot_id",
+                 "server_time", "seq")  # fmt: skip
+_COPY_READINGS = f"COPY readings ({', '.join(_DIRECT_ORDER)}) FROM STDIN (FORMAT BINARY)"
+_READING_TYPES_DIRECT = [READINGS_COLUMN_TYPES[c] for c in _DIRECT_ORDER]
 _FAST_PROBE_EVERY = 20  # flushes on the staging path after a conflict before trying direct COPY again
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds: PostgreSQL's binary time origin
 _pack_q = struct.Struct(">q").pack
