@@ -5,7 +5,6 @@ edge agent -> broker -> streams spec check -> monitor's Kafka feed -> page in he
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import subprocess
 import sys
@@ -18,9 +17,8 @@ import psycopg
 import pytest
 
 from plantstream.config import Settings
-from plantstream.paths import project_root
 from plantstream.pipeline import Pipeline
-from plantstream.testing.browser import CHROMIUM, chromium, open_page
+from plantstream.testing.browser import CHROMIUM, chromium, open_page, save_screenshot
 from plantstream.testing.plugin import free_port, wait_until
 
 pytestmark = [
@@ -82,12 +80,7 @@ def test_fault_in_simulator_shows_as_deviation_on_page(
                     shown_after = time.monotonic() - t0
                     text = await page.js(f"document.querySelector({selector}).textContent")
                     assert "PTA" in text or "limit" in text, text
-                    shot = await page.send("Page.captureScreenshot", format="png")
-                    png = base64.b64decode(shot["data"])
-                    (tmp_path / "deviation.png").write_bytes(png)
-                    artifacts = project_root() / ".state" / "artifacts"
-                    artifacts.mkdir(parents=True, exist_ok=True)
-                    (artifacts / "e2e-deviation.png").write_bytes(png)
+                    await save_screenshot(page, tmp_path, "e2e-deviation.png")
                     # A visitor (public tier) never sees this core-grade tag's deviation.
                     visitor = await open_page(session, devtools, f"{url}/?token=visitor-token&plant=chemical")
                     assert (

@@ -7,7 +7,6 @@ aggregates and a deviation produced to the broker while the page is open.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import subprocess
 import sys
@@ -24,11 +23,10 @@ import pytest
 from plantstream.config import Settings
 from plantstream.contract import now_us
 from plantstream.monitor.testdata import CASTER, OWNER, PUBLIC, TAGS, TOKENS_ENV
-from plantstream.paths import project_root
 from plantstream.producers import codec
 from plantstream.producers.kafka import ensure_contract_topics, make_producer, produce
 from plantstream.producers.topics import Topics
-from plantstream.testing.browser import CHROMIUM, open_page
+from plantstream.testing.browser import CHROMIUM, open_page, save_screenshot
 from plantstream.testing.browser import chromium as launch_chromium
 from plantstream.testing.plugin import free_port, wait_until
 
@@ -180,12 +178,7 @@ def test_page_live_values_deviation_and_withholding(
             assert await owner.js(f"{xs}.length") > 300  # seeded from server-side downsampled history
             newest = await owner.js(f"{xs}[{xs}.length - 1]")
             await owner.until(f"{xs}[{xs}.length - 1] >= {newest + 5}", 10, "more live points on the trend")
-            shot = await owner.send("Page.captureScreenshot", format="png")
-            png = base64.b64decode(shot["data"])
-            (tmp_path / "monitor.png").write_bytes(png)
-            artifacts = project_root() / ".state" / "artifacts"
-            artifacts.mkdir(parents=True, exist_ok=True)
-            (artifacts / "monitor.png").write_bytes(png)
+            await save_screenshot(owner, tmp_path, "monitor.png")
 
             # The public tier: the core tag exists nowhere on its page, not even via the live stream.
             public = await open_page(session, chromium, f"{monitor_url}/?token={PUBLIC}&plant=steel")

@@ -4,6 +4,7 @@ websocket client (no browser download: Debian's ``chromium`` package)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import shutil
@@ -12,10 +13,12 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from plantstream.paths import project_root
 from plantstream.testing.plugin import free_port, wait_until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -121,3 +124,14 @@ async def open_page(session: aiohttp.ClientSession, devtools: int, url: str) -> 
     await cdp.send("Page.navigate", url=url)
     await cdp.until("document.body && document.body.dataset.ready === '1'", 20, f"page ready at {url}")
     return cdp
+
+
+async def save_screenshot(page: Cdp, tmp_dir: Path, artifact: str) -> bytes:
+    """Capture the page as PNG into the test's tmp dir and ``.state/artifacts/<artifact>`` (for humans)."""
+    shot = await page.send("Page.captureScreenshot", format="png")
+    png = base64.b64decode(shot["data"])
+    (tmp_dir / artifact).write_bytes(png)
+    artifacts = project_root() / ".state" / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    (artifacts / artifact).write_bytes(png)
+    return png
