@@ -1,43 +1,55 @@
-"""End to end at stepped rates: simulators -> edge agents -> Kafka -> streams worker -> sink -> PostgreSQL.
+"""End to end at stepped rates: sources -> edge agents -> Kafka -> streams worker -> sink -> PostgreSQL.
 
 The pipeline runs as real processes (:class:`plantstream.pipeline.Pipeline`). Sink and streams stay
-up for the whole run; for each rate step the simulators restart at ``--rate`` samples/s per tag and
-the edge agents restart against them. Stepping stops at the first step the pipeline cannot sustain.
+up for the whole run; for each rate step the load restarts at the step's rate and the edge agents
+restart against it. Stepping stops at the first step the pipeline cannot sustain. Two sources:
 
-Latency (source timestamp -> database commit). The schema has no insertion-time column and
-``track_commit_timestamp`` is off, so a poller asks every ``poll_s`` for the rows committed since its
-previous query (rows whose ``xmin`` transaction id is newer than the newest it has seen - one sink
-commits sequentially, so transaction ids grow in commit order). Such a row committed between the
-two queries; its latency is the midpoint of those two wall-clock instants minus its ``time``
-(resolution +- poll_s/2). A deterministic 1-in-``sample_every`` subset (by ``seq``) is kept. The
-simulators stamp sample k with ``t0 + k/rate`` where ``t0`` is taken just before their OPC-UA
-server starts, so latencies include that start-up offset (a fraction of a second, an overestimate).
+- ``plants``: the three plant simulators (OPC-UA + MQTT JSON, lots, faults), stepped by samples/s
+  per tag. Realistic, but one asyncua server process tops out at a few thousand value changes/s.
+- ``loggers``: synthetic data loggers - publisher processes sending JSON arrays of readings over
+  MQTT QoS 1 (as field data loggers batch them) to one edge agent - stepped by readings/s in all.
+  This is the source that can offer the rates the target asks for.
+
+Measured from the sink's own Prometheus metrics, scraped every ``poll_s`` (cheap; polling the
+readings table at 50k rows/s would itself load the database): rows committed
+(``plantstream_sink_rows_written_total``), source -> commit latency
+(``plantstream_sink_source_to_commit_seconds``, observed right after each commit for 1 reading in
+16; quantiles interpolated inside the histogram's buckets, which are 0.1-0.25 s wide below 2 s) and
+freshness (wall clock - ``plantstream_sink_newest_source_timestamp_seconds``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
+import math
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 
 from plantstream.bench.infra import RawCounter
-from plantstream.bench.model import StepObservation, judge_step, per_second, percentile, window_rate
+from plantstream.bench.limits import writes_rate
+from plantstream.bench.model import StepObservation, histogram_quantile, judge_step, per_second, window_rate
 from plantstream.bench.procs import (
+    Worker,
     collapsed_top,
     cpu_seconds,
     peak_rss_mb,
     py_spy_available,
     py_spy_top,
+    python_module,
     service_cpu,
+    spawn,
 )
 from plantstream.config import Settings
 from plantstream.pipeline import Pipeline, Proc
@@ -48,14 +60,22 @@ from plantstream.testing.plugin import free_port
 log = logging.getLogger(__name__)
 
 
+Source = Literal["plants", "loggers"]
+
+
 @dataclass
 class E2EConfig:
     plants: tuple[str, ...] = ("steel", "chemical", "fiber")
-    steps_hz: tuple[float, ...] = (20, 50, 100, 200, 400, 800)
+    steps_hz: tuple[float, ...] = (20, 50, 100, 200, 400, 800)  # plants: samples/s per tag
+    # loggers: readings/s in all, spread over the publishers
+    logger_steps: tuple[float, ...] = (10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 70_000, 80_000)
+    logger_publishers: int = 2
+    logger_per_message: int = 20
+    logger_tags: int = 500
+    sources: tuple[Source, ...] = ("loggers", "plants")
     step_s: float = 20.0
     settle_s: float = 3.0
     poll_s: float = 0.5
-    sample_every: int = 8
     first_rows_timeout_s: float = 120.0
     profile_s: float = 0.0  # py-spy the bounding process this long (0: no profile)
 
@@ -75,43 +95,67 @@ class StepResult:
 
 @dataclass
 class E2EResult:
+    source: Source = "plants"
     steps: list[StepResult] = field(default_factory=list)
     sustained_per_s: float = 0.0
-    sustained_hz: float | None = None
+    sustained_step: float | None = None
     latency_p50_s: float | None = None
     latency_p99_s: float | None = None
     bound: str = ""
     profile: list[tuple[str, float]] = field(default_factory=list)
     profiled: str = ""
-    peaks_mb: dict[str, float] = field(default_factory=dict)
     db_series: list[tuple[float, float]] = field(default_factory=list)
     raw_series: list[tuple[float, float]] = field(default_factory=list)
-    latency_series: list[tuple[float, float]] = field(default_factory=list)
+    latency_series: list[tuple[float, float]] = field(default_factory=list)  # (t, p99 of the interval)
     t0: float = 0.0
 
+    @property
+    def step_unit(self) -> str:
+        return "Hz/tag" if self.source == "plants" else "readings/s"
 
-class DbPoller:
-    """Rows committed to ``readings`` since the previous poll, and their source->commit latency."""
 
-    SQL = """
-        SELECT count(*), max(xmin::text::bigint), max(time),
-               array_agg((extract(epoch FROM time) * 1000000)::bigint) FILTER (WHERE seq %% %(k)s = 0)
-        FROM readings
-        WHERE time > %(lo)s AND xmin::text::bigint > %(x)s
-    """
+@dataclass(frozen=True, slots=True)
+class SinkSample:
+    t: float
+    rows: float
+    newest_source_s: float | None
+    latency_buckets: tuple[tuple[float, float], ...]  # cumulative (le, count)
 
-    def __init__(self, dsn: str, poll_s: float, sample_every: int) -> None:
-        self.dsn = dsn
+
+def parse_sink_metrics(text: str, t: float) -> SinkSample:
+    """The sink's /metrics text -> rows committed to readings, newest source time, latency buckets."""
+    rows = 0.0
+    newest: float | None = None
+    buckets: list[tuple[float, float]] = []
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            if smp.name == "plantstream_sink_rows_written_total" and smp.labels.get("table") == "readings":
+                rows = smp.value
+            elif smp.name == "plantstream_sink_newest_source_timestamp_seconds" and smp.value > 0:
+                newest = smp.value
+            elif smp.name == "plantstream_sink_source_to_commit_seconds_bucket":
+                buckets.append((float(smp.labels["le"]), smp.value))
+    return SinkSample(t, rows, newest, tuple(sorted(buckets)))
+
+
+def bucket_delta(a: SinkSample, b: SinkSample) -> list[tuple[float, float]]:
+    """Observations between two scrapes, as cumulative buckets."""
+    before = dict(a.latency_buckets)
+    return [(le, n - before.get(le, 0.0)) for le, n in b.latency_buckets]
+
+
+class SinkScraper:
+    """Scrapes the sink's /metrics every ``poll_s``: commit rate, latency histogram, freshness."""
+
+    def __init__(self, port: int, poll_s: float) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
         self.poll_s = poll_s
-        self.k = sample_every
-        self.events: list[tuple[float, int]] = []
-        self.latencies: list[tuple[float, float]] = []
-        self.freshness: list[tuple[float, float]] = []
+        self.samples: list[SinkSample] = []
         self.error = ""
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="db-poller", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="sink-scraper", daemon=True)
 
-    def start(self) -> DbPoller:
+    def start(self) -> SinkScraper:
         self._thread.start()
         return self
 
@@ -119,36 +163,49 @@ class DbPoller:
         self._stop.set()
         self._thread.join(10)
 
-    @property
-    def total(self) -> int:
-        return sum(n for _, n in self.events)
-
     def _run(self) -> None:
-        newest_us: int | None = None
-        try:
-            with psycopg.connect(self.dsn, autocommit=True, application_name="plantstream-bench-poller") as conn:
-                row = conn.execute("SELECT coalesce(max(xmin::text::bigint), 0) FROM readings").fetchone()
-                last_x = int(row[0]) if row else 0
-                prev = time.time()
-                while not self._stop.wait(self.poll_s):
-                    q = time.time()
-                    lo = datetime.fromtimestamp(q - 600).astimezone()
-                    row = conn.execute(self.SQL, {"k": self.k, "lo": lo, "x": last_x}).fetchone()
-                    mid = (prev + q) / 2
-                    prev = q
-                    if row is None:
-                        continue
-                    n, x, newest, sample = row
-                    if n:
-                        last_x = int(x)
-                        self.events.append((mid, int(n)))
-                        self.latencies.extend((mid, mid - ts / 1e6) for ts in (sample or ()))
-                        newest_us = max(newest_us or 0, int(newest.timestamp() * 1e6))
-                    if newest_us is not None:
-                        self.freshness.append((q, q - newest_us / 1e6))
-        except Exception as exc:
-            self.error = repr(exc)
-            log.warning("db poller failed", extra={"kv": {"error": self.error}})
+        while not self._stop.wait(self.poll_s):
+            try:
+                text = urllib.request.urlopen(self.url, timeout=5).read().decode()
+            except OSError as exc:
+                self.error = repr(exc)  # the sink may still be starting: keep trying
+                continue
+            self.samples.append(parse_sink_metrics(text, time.time()))
+
+    @property
+    def total(self) -> float:
+        return self.samples[-1].rows if self.samples else 0.0
+
+    def events(self) -> list[tuple[float, int]]:
+        """(time, rows committed since the previous scrape)."""
+        s = self.samples
+        return [(b.t, int(b.rows - a.rows)) for a, b in itertools.pairwise(s)]
+
+    def at(self, t: float) -> SinkSample | None:
+        """The last scrape at or before ``t``."""
+        best = None
+        for smp in self.samples:
+            if smp.t <= t:
+                best = smp
+        return best
+
+    def window(self, t0: float, t1: float) -> tuple[float, float | None, float | None, list[tuple[float, float]]]:
+        """(rows/s, p50, p99, freshness points) between the scrapes nearest t0 and t1."""
+        a, b = self.at(t0), self.at(t1)
+        if a is None or b is None or b.t <= a.t:
+            return 0.0, None, None, []
+        d = bucket_delta(a, b)
+        fresh = [(smp.t - t0, smp.t - smp.newest_source_s) for smp in self.samples
+                 if a.t <= smp.t <= b.t and smp.newest_source_s is not None]  # fmt: skip
+        return (b.rows - a.rows) / (b.t - a.t), histogram_quantile(d, 0.5), histogram_quantile(d, 0.99), fresh
+
+    def p99_series(self, t0: float) -> list[tuple[float, float]]:
+        out = []
+        for a, b in zip(self.samples, self.samples[1:], strict=False):
+            q = histogram_quantile(bucket_delta(a, b), 0.99)
+            if q is not None and not math.isnan(q):
+                out.append((b.t - t0, q))
+        return out
 
 
 def _sim_progress(proc: Proc) -> list[tuple[float, int, float]]:
@@ -177,8 +234,11 @@ class EndToEnd:
         self.workdir = workdir
         self.pipe = Pipeline(self.settings, workdir, plants=cfg.plants, sim_ports={p: free_port() for p in cfg.plants})
         self.peaks: dict[str, float] = {}
-        self.poller: DbPoller | None = None
+        self.metrics_port = free_port()
+        self.scraper: SinkScraper | None = None
         self.counter: RawCounter | None = None
+        self.publishers: list[Worker] = []
+        self.source: Source = "plants"
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -186,7 +246,7 @@ class EndToEnd:
         """Topics, schema, sink and streams worker: started early, since the worker's first consumer
         group join takes the broker ~20-30 s and can overlap other measurements."""
         self.pipe.prepare()
-        self.pipe.spawn("sink", "sink", "run", "--static-assignment")
+        self.pipe.spawn("sink", "sink", "run", "--static-assignment", "--metrics-port", str(self.metrics_port))
         self.pipe.start_streams(1)
 
     def _note_peaks(self, names: list[str] | None = None) -> None:
@@ -196,16 +256,28 @@ class EndToEnd:
                 if mb:
                     key = "e2e " + p.name
                     self.peaks[key] = max(self.peaks.get(key, 0.0), mb)
+        for w in self.publishers:
+            mb = peak_rss_mb(w.pid)
+            if mb:
+                key = "e2e " + w.name
+                self.peaks[key] = max(self.peaks.get(key, 0.0), mb)
 
-    def _restart_load(self, hz: float) -> None:
-        names = [p.name for p in self.pipe.procs if p.name.startswith(("sim-", "edge-"))]
+    def _stop_load(self) -> None:
+        names = [p.name for p in self.pipe.procs if p.name.startswith(("sim-", "edge-")) and p.alive()]
         self._note_peaks(names)
         edges = [n for n in names if n.startswith("edge-")]
         if edges:
             self.pipe.stop(edges)
+        for w in self.publishers:
+            w.stop()
+        self.publishers = []
         sims = [n for n in names if n.startswith("sim-")]
         if sims:
             self.pipe.stop(sims)
+        self.pipe.procs = [p for p in self.pipe.procs if p.alive()]
+
+    def _restart_plants(self, hz: float) -> None:
+        self._stop_load()
         for plant in self.cfg.plants:
             self.pipe.spawn(f"sim-{plant}", "sim", plant, "--seed", "7", "--rate", str(hz), "--opcua-port",
                             str(self.pipe.sim_ports[plant]), "--mqtt-url", self.settings.mqtt)  # fmt: skip
@@ -214,18 +286,68 @@ class EndToEnd:
             status = self.workdir / "edge-state" / plant / "buffer.status.json"
             status.unlink(missing_ok=True)
         self.pipe.start_edges()
-        deadline = time.monotonic() + 60
-        while not self.pipe.edges_ready():
+        self._wait(self.pipe.edges_ready, 60, "edge agents did not connect within 60 s")
+
+    def _logger_status(self) -> Path:
+        return self.workdir / "edge-state" / "loggers" / "buffer.status.json"
+
+    def _restart_loggers(self, per_s: float) -> None:
+        """One MQTT edge agent subscribed to the loggers' root; publishers at ``per_s`` readings/s in all."""
+        from plantstream.edge.config import EdgeConfig
+        from plantstream.edge.simconfig import dump_config
+
+        self._stop_load()
+        cfg = self.cfg
+        root = f"psbl{uuid.uuid4().hex[:8]}"
+        edge_cfg = {
+            "agent_id": "bench-loggers",
+            "plant": "loggers",
+            "kafka": {"topic_prefix": self.topics.prefix, "partitions": 3},
+            "buffer": {"path": str(self._logger_status().with_name("buffer.db"))},
+            "progress_interval_s": 5,
+            "sources": [{
+                "type": "mqtt", "id": "loggers", "url": self.settings.mqtt, "client_id": f"bench-edge-{root}",
+                "qos": 1, "session_expiry_s": 0, "max_payload_bytes": 1 << 20,
+                "subscriptions": [{"template": f"{root}/{{_}}/{{equipment+}}/{{tag}}", "readings_path": "$"}],
+            }],
+        }  # fmt: skip
+        path = self.workdir / "edge-loggers.yaml"
+        dump_config(EdgeConfig.model_validate(edge_cfg), path)
+        self._logger_status().unlink(missing_ok=True)
+        self.pipe.spawn("edge-loggers", "edge", "run", "--config", str(path))
+        self._wait(self._loggers_connected, 60, "the loggers' edge agent did not connect within 60 s")
+        url = urlsplit(self.settings.mqtt)
+        msgs = per_s / cfg.logger_per_message / cfg.logger_publishers
+        self.publishers = [
+            spawn(f"logger-pub-{i}", python_module("plantstream.bench.workers", "mqtt-pub", "--host",
+                  url.hostname or "127.0.0.1", "--port", str(url.port or 1883), "--root", f"{root}/p{i}", "--qos", "1",
+                  "--tags", str(cfg.logger_tags // cfg.logger_publishers), "--per-message",
+                  str(cfg.logger_per_message), "--rate", f"{msgs:.1f}"), self.workdir / "logs")
+            for i in range(cfg.logger_publishers)
+        ]  # fmt: skip
+
+    def _loggers_connected(self) -> bool:
+        try:
+            st = json.loads(self._logger_status().read_text())
+        except (OSError, ValueError):
+            return False
+        srcs = st.get("sources", [])
+        return bool(srcs) and all(s.get("connected") for s in srcs)
+
+    def _wait(self, cond: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
             if time.monotonic() > deadline:
-                raise TimeoutError("edge agents did not connect within 60 s")
+                raise TimeoutError(what)
+            self.pipe.check_alive()
             time.sleep(0.2)
 
     def _edge_buffered(self) -> int:
         n = 0
-        for plant in self.cfg.plants:
+        paths = [self.workdir / "edge-state" / p / "buffer.status.json" for p in self.cfg.plants]
+        for path in [*paths, self._logger_status()]:
             with contextlib.suppress(OSError, ValueError):
-                st = json.loads((self.workdir / "edge-state" / plant / "buffer.status.json").read_text())
-                n += int(st.get("buffer", {}).get("readings", 0))
+                n += int(json.loads(path.read_text()).get("buffer", {}).get("readings", 0))
         return n
 
     def _lags(self) -> tuple[int, int]:
@@ -236,11 +358,26 @@ class EndToEnd:
 
     def _cpu(self) -> dict[str, float]:
         out = {p.name: cpu_seconds(p.popen.pid) or 0.0 for p in self.pipe.procs}
+        out.update({w.name: cpu_seconds(w.pid) or 0.0 for w in self.publishers})
         out.update({f"{k} (all)": v for k, v in service_cpu().items()})
         return out
 
-    def _measure(self, hz: float) -> StepResult:
-        assert self.poller is not None and self.counter is not None
+    def _offered(self, t0: float, t1: float) -> tuple[float, float]:
+        """(readings/s the source served, how far a simulator fell behind its schedule in s)."""
+        if self.source == "loggers":
+            msgs = writes_rate(self.publishers, t0, t1, "done") or 0.0
+            return msgs * self.cfg.logger_per_message, 0.0
+        offered, sim_lag = 0.0, 0.0
+        for p in self.pipe.procs:
+            if p.name.startswith("sim-"):
+                pts = [x for x in _sim_progress(p) if t0 - 3 <= x[0] <= t1 + 3]
+                if len(pts) >= 2:
+                    offered += (pts[-1][1] - pts[0][1]) / max(1e-6, pts[-1][0] - pts[0][0])
+                    sim_lag = max(sim_lag, pts[-1][2])
+        return offered, sim_lag
+
+    def _measure(self, step: float) -> StepResult:
+        assert self.scraper is not None and self.counter is not None
         cfg = self.cfg
         time.sleep(cfg.settle_s)
         self.pipe.check_alive()
@@ -251,26 +388,19 @@ class EndToEnd:
         while time.time() < deadline:
             time.sleep(min(1.0, max(0.0, deadline - time.time())))
             self.pipe.check_alive()
+            for w in self.publishers:
+                w.check()
         t1 = time.time()
         cpu1 = self._cpu()
         lag1, buf1 = self._lags(), self._edge_buffered()
+        time.sleep(cfg.poll_s * 1.5)  # the scrape after t1
         dt = t1 - t0
         cpu = {k: round(100.0 * (cpu1.get(k, 0.0) - v) / dt, 1) for k, v in cpu0.items() if k in cpu1}
-        offered, sim_lag = 0.0, 0.0
-        for p in self.pipe.procs:
-            if p.name.startswith("sim-"):
-                pts = [x for x in _sim_progress(p) if t0 - 3 <= x[0] <= t1 + 3]
-                if len(pts) >= 2:
-                    offered += (pts[-1][1] - pts[0][1]) / max(1e-6, pts[-1][0] - pts[0][0])
-                    sim_lag = max(sim_lag, pts[-1][2])
+        offered, sim_lag = self._offered(t0, t1)
         edge_out = window_rate(self.counter.events, t0, t1)
-        # The poller's rows lag the raw topic by the pipeline latency; a window shifted by the median
-        # latency would be fairer, but at a steady state both windows see the same rate.
-        db = window_rate(self.poller.events, t0, t1)
-        lats = [lat for t, lat in self.poller.latencies if t0 <= t < t1]
-        fresh = [(t - t0, f) for t, f in self.poller.freshness if t0 <= t < t1]
+        db, p50, p99, fresh = self.scraper.window(t0, t1)
         obs = StepObservation(
-            rate_hz=hz,
+            rate_hz=step,
             seconds=dt,
             offered_per_s=offered or edge_out,
             edge_out_per_s=edge_out,
@@ -280,13 +410,14 @@ class EndToEnd:
             raw_lag_growth=lag1[0] - lag0[0],
             clean_lag_growth=lag1[1] - lag0[1],
             edge_buffer_growth=buf1 - buf0,
-            latency_p50_s=percentile(lats, 50),
-            latency_p99_s=percentile(lats, 99),
+            latency_p50_s=p50,
+            latency_p99_s=p99,
             cpu=cpu,
         )
         ok, why = judge_step(obs)
-        log.info("e2e step", extra={"kv": {"hz": hz, "offered": round(obs.offered_per_s), "edge": round(edge_out),
-                 "db": round(db), "p99": obs.latency_p99_s, "sustained": ok, "why": why, "lag_probe_s": t_lags}})  # fmt: skip
+        log.info("e2e step", extra={"kv": {"source": self.source, "step": step, "offered": round(obs.offered_per_s),
+                 "edge": round(edge_out), "db": round(db), "p50": p50, "p99": p99, "sustained": ok, "why": why,
+                 "lag_probe_s": t_lags}})  # fmt: skip
         return StepResult(obs, ok, why, t0, t1)
 
     def _profile(self, reason: str, out: Path) -> tuple[str, list[tuple[str, float]]]:
@@ -300,63 +431,74 @@ class EndToEnd:
         if not cands:
             return "", []
         busiest = max(cands, key=lambda p: cpu_seconds(p.popen.pid) or 0.0)
-        top = py_spy_top(busiest.popen.pid, self.cfg.profile_s, out / f"profile-{busiest.name}.txt")
+        top = py_spy_top(busiest.popen.pid, self.cfg.profile_s, out / f"profile-{self.source}-{busiest.name}.txt")
         if not top:
             with contextlib.suppress(OSError):
-                top = collapsed_top((out / f"profile-{busiest.name}.txt").read_text())
+                top = collapsed_top((out / f"profile-{self.source}-{busiest.name}.txt").read_text())
         return busiest.name, top
 
-    def run(self, out: Path) -> E2EResult:
-        """Step through the rates; always stops every process it started."""
-        cfg = self.cfg
-        res = E2EResult(t0=time.time())
-        self.poller = DbPoller(self.settings.dsn, cfg.poll_s, cfg.sample_every).start()
+    def run(self, out: Path) -> list[E2EResult]:
+        """Step through the rates of every configured source; always stops every process it started."""
+        results: list[E2EResult] = []
+        self.scraper = SinkScraper(self.metrics_port, self.cfg.poll_s).start()
         self.counter = RawCounter(self.settings.kafka_bootstrap, self.topics.raw).start()
         try:
-            for i, hz in enumerate(cfg.steps_hz):
-                self._restart_load(hz)
-                if i == 0:
-                    # The streams worker may still be joining its group: wait for the first rows.
-                    deadline = time.monotonic() + cfg.first_rows_timeout_s
-                    while self.poller.total == 0:
-                        if time.monotonic() > deadline:
-                            raise TimeoutError(
-                                f"no readings reached the database within {cfg.first_rows_timeout_s:.0f} s"
-                                f" (poller: {self.poller.error or 'ok'})"
-                            )
-                        self.pipe.check_alive()
-                        time.sleep(0.5)
-                step = self._measure(hz)
-                res.steps.append(step)
-                self._note_peaks()
-                if not step.sustained:
-                    res.bound = step.reason
-                    if cfg.profile_s > 0:
-                        res.profiled, res.profile = self._profile(step.reason, out)
-                    break
-            good = [s for s in res.steps if s.sustained]
-            best = max(good, key=lambda s: s.obs.db_per_s) if good else None
-            if best is not None:
-                res.sustained_per_s = best.obs.db_per_s
-                res.sustained_hz = best.obs.rate_hz
-                res.latency_p50_s = best.obs.latency_p50_s
-                res.latency_p99_s = best.obs.latency_p99_s
-            if not res.bound and res.steps:
-                res.bound = f"every step sustained up to {res.steps[-1].obs.rate_hz:g} Hz per tag; not pushed further"
-            res.db_series = per_second(self.poller.events, res.t0)
-            res.raw_series = per_second(self.counter.events, res.t0)
-            res.latency_series = [(t - res.t0, lat) for t, lat in self.poller.latencies]
-            return res
+            for source in self.cfg.sources:
+                results.append(self._run_source(source, out))
+            return results
         finally:
             self._note_peaks()
-            res.peaks_mb = dict(self.peaks)
             self.stop()
 
+    def _run_source(self, source: Source, out: Path) -> E2EResult:
+        assert self.scraper is not None and self.counter is not None
+        cfg = self.cfg
+        self.source = source
+        res = E2EResult(source=source, t0=time.time())
+        steps = cfg.steps_hz if source == "plants" else cfg.logger_steps
+        for i, step in enumerate(steps):
+            if source == "plants":
+                self._restart_plants(step)
+            else:
+                self._restart_loggers(step)
+            if i == 0:
+                # The streams worker may still be joining its group: wait for the first rows.
+                before = self.scraper.total
+                self._wait(lambda b=before: self.scraper is not None and self.scraper.total > b,
+                           cfg.first_rows_timeout_s,
+                           f"no readings reached the database within {cfg.first_rows_timeout_s:.0f} s"
+                           f" (sink metrics: {self.scraper.error or 'ok'})")  # fmt: skip
+            result = self._measure(step)
+            res.steps.append(result)
+            self._note_peaks()
+            if not result.sustained:
+                res.bound = result.reason
+                if cfg.profile_s > 0:
+                    res.profiled, res.profile = self._profile(result.reason, out)
+                break
+        self._stop_load()
+        good = [s for s in res.steps if s.sustained]
+        best = max(good, key=lambda s: s.obs.db_per_s) if good else None
+        if best is not None:
+            res.sustained_per_s = best.obs.db_per_s
+            res.sustained_step = best.obs.rate_hz
+            res.latency_p50_s = best.obs.latency_p50_s
+            res.latency_p99_s = best.obs.latency_p99_s
+        if not res.bound and res.steps:
+            res.bound = f"every step sustained up to {res.steps[-1].obs.rate_hz:g} {res.step_unit}; not pushed further"
+        res.db_series = per_second(self.scraper.events(), res.t0)
+        res.raw_series = per_second([e for e in self.counter.events if e[0] >= res.t0], res.t0)
+        res.latency_series = [p for p in self.scraper.p99_series(res.t0) if p[0] >= 0]
+        return res
+
     def stop(self) -> None:
-        if self.poller is not None:
-            self.poller.stop()
+        if self.scraper is not None:
+            self.scraper.stop()
         if self.counter is not None:
             self.counter.stop()
         self._note_peaks()
+        for w in self.publishers:
+            with contextlib.suppress(Exception):
+                w.stop()
         with contextlib.suppress(Exception):
             self.pipe.stop()

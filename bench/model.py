@@ -233,3 +233,26 @@ def judge_flat(
     if above >= max_above_median_mb:
         why.append(f"peak {above:.1f} MB above the median (limit {max_above_median_mb:g})")
     return Flatness(per_min, above, not why, "; ".join(why))
+
+
+def histogram_quantile(buckets: Sequence[tuple[float, float]], q: float) -> float | None:
+    """Quantile (q in 0..1) from cumulative Prometheus-style buckets ``(upper bound, count <= bound)``.
+
+    Linear interpolation inside the bucket holding the rank, as Prometheus' ``histogram_quantile``
+    does; the first bucket interpolates from 0. A rank in the ``+Inf`` bucket returns the highest
+    finite bound (the true value is only known to be above it). None when no observations."""
+    pts = sorted(buckets)
+    if not pts or pts[-1][1] <= 0:
+        return None
+    total = pts[-1][1]
+    rank = q * total
+    prev_le, prev_n = 0.0, 0.0
+    for le, n in pts:
+        if n >= rank:
+            if math.isinf(le):
+                return prev_le
+            if n == prev_n:
+                return le
+            return prev_le + (le - prev_le) * (rank - prev_n) / (n - prev_n)
+        prev_le, prev_n = le, n
+    return prev_le

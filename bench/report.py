@@ -65,47 +65,55 @@ def plots(out: Path, series: dict[str, Any]) -> list[Path]:
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     ax = axes[1]
-    for label, pts in (("raw topic (edge out)", series.get("e2e_raw", [])), ("database", series.get("e2e_db", []))):
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label)
-    for st in series.get("e2e_steps", []):
-        ax.axvspan(st["from"], st["to"], alpha=0.08, color="green" if st["sustained"] else "red")
-        ax.text(st["from"], 0, f"{st['hz']:g} Hz", fontsize=7, va="bottom")
-    ax.set_title("End to end: readings/s (shaded: measured windows, green sustained / red not)")
-    ax.set_xlabel("seconds since the end-to-end run started")
+    offset = 0.0
+    for base, src in (("e2e", "loggers"), ("e2e.plants", "plants")):
+        # Sources run one after the other: plot them on one time axis, each from its own start.
+        end = offset
+        for label, pts in ((f"{src}: raw topic (edge out)", series.get(f"{base}_raw", [])),
+                           (f"{src}: database", series.get(f"{base}_db", []))):  # fmt: skip
+            if pts:
+                ax.plot([offset + p[0] for p in pts], [p[1] for p in pts], label=label)
+                end = max(end, offset + pts[-1][0])
+        for st in series.get(f"{base}_steps", []):
+            ax.axvspan(offset + st["from"], offset + st["to"], alpha=0.08, color="green" if st["sustained"] else "red")
+            ax.text(offset + st["from"], 0, f"{st['hz']:g}", fontsize=7, va="bottom")
+        offset = end + 5
+    ax.set_title("End to end: readings/s (shaded: measured steps, green sustained / red not)")
+    ax.set_xlabel("seconds")
     ax.set_ylabel("readings/s")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.tight_layout()
     p = out / "rates.png"
     fig.savefig(p, dpi=90)
     plt.close(fig)
     written.append(p)
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    steps = series.get("e2e_steps", [])
-    ax = axes[0]
-    xs = [s["hz"] for s in steps]
-    for key, label in (("p50", "p50"), ("p99", "p99")):
-        ys = [s.get(key) for s in steps]
-        if any(y is not None for y in ys):
-            ax.plot(xs, [y if y is not None else float("nan") for y in ys], marker="o", label=label)
-    ax.axhline(2.0, color="red", linestyle="--", linewidth=1, label="p99 target")
-    ax.set_xscale("log") if len(xs) > 1 and min(xs) > 0 else None
-    ax.set_title("Source -> database latency per rate step")
-    ax.set_xlabel("simulator rate (samples/s per tag)")
-    ax.set_ylabel("seconds")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax = axes[1]
-    lat = series.get("e2e_latency", [])
-    if lat:
-        ax.scatter([p[0] for p in lat], [p[1] for p in lat], s=2, alpha=0.3)
-    ax.set_title("Sampled latencies over time")
-    ax.set_xlabel("seconds since the end-to-end run started")
-    ax.set_ylabel("seconds")
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    for row, (base, src, xlabel) in enumerate((("e2e", "loggers", "offered readings/s"),
+                                               ("e2e.plants", "plants", "simulator rate (samples/s per tag)"))):  # fmt: skip
+        steps = series.get(f"{base}_steps", [])
+        ax = axes[row][0]
+        xs = [s["hz"] for s in steps]
+        for key in ("p50", "p99"):
+            ys = [s.get(key) for s in steps]
+            if any(y is not None for y in ys):
+                ax.plot(xs, [y if y is not None else float("nan") for y in ys], marker="o", label=key)
+        ax.axhline(2.0, color="red", linestyle="--", linewidth=1, label="p99 target")
+        ax.set_title(f"{src}: source -> database latency per rate step", fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("seconds")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax = axes[row][1]
+        lat = series.get(f"{base}_latency", [])
+        if lat:
+            ax.plot([p[0] for p in lat], [p[1] for p in lat], linewidth=0.8)
+        ax.set_title(f"{src}: p99 per 0.5 s scrape over time", fontsize=9)
+        ax.set_xlabel("seconds since this source's run started")
+        ax.set_ylabel("seconds")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     p = out / "latency.png"
     fig.savefig(p, dpi=90)

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from plantstream.bench.e2e import SinkSample, bucket_delta, parse_sink_metrics
 from plantstream.bench.model import (
     TARGETS,
     Metric,
     StepObservation,
     Target,
+    histogram_quantile,
     judge_step,
     per_second,
     percentile,
@@ -42,6 +44,9 @@ EXPECTED = [
     "e2e.sustained_readings_per_s",
     "e2e.latency_p50_s",
     "e2e.latency_p99_s",
+    "e2e.plants.sustained_readings_per_s",
+    "e2e.plants.latency_p50_s",
+    "e2e.plants.latency_p99_s",
 ]
 
 
@@ -79,6 +84,11 @@ def test_quick_bench_reports_every_metric(settings_env: dict[str, str], settings
     assert batched["per_message"] == 20 and single["per_message"] == 1
     assert batched["msgs_per_s"] == pytest.approx(batched["readings_per_s"] / 20)
     assert not any(n.startswith("soak") for n in metrics), "the soak must not run in --quick"
+    # Both end-to-end sources ran, each with a measured step and its latency from the sink's histogram.
+    sources = doc["data"]["e2e"]["sources"]
+    assert set(sources) == {"loggers", "plants"}
+    for src in sources.values():
+        assert src["steps"] and src["steps"][0]["db_per_s"] > 0 and src["steps"][0]["latency_p99_s"] is not None
     md = (out / "bench.md").read_text()
     for name in EXPECTED:
         assert f"| {name} |" in md
@@ -150,3 +160,38 @@ def test_collapsed_stacks_give_leaf_shares() -> None:
     top = collapsed_top(text)
     assert [f for f, _ in top] == ["hot", "cold"]
     assert [share for _, share in top] == pytest.approx([0.8, 0.2])
+
+
+def test_histogram_quantile_interpolates_inside_buckets() -> None:
+    # 100 observations: 50 in (0, 0.5], 40 in (0.5, 1], 10 in (1, 2].
+    b = [(0.5, 50.0), (1.0, 90.0), (2.0, 100.0), (float("inf"), 100.0)]
+    assert histogram_quantile(b, 0.5) == pytest.approx(0.5)
+    assert histogram_quantile(b, 0.7) == pytest.approx(0.75)
+    assert histogram_quantile(b, 0.99) == pytest.approx(1.9)
+    assert histogram_quantile(b, 0.25) == pytest.approx(0.25)  # first bucket from 0
+    # Ranks beyond the last finite bound are only known to be above it.
+    assert histogram_quantile([(1.0, 1.0), (float("inf"), 10.0)], 0.99) == 1.0
+    assert histogram_quantile([(1.0, 0.0), (float("inf"), 0.0)], 0.5) is None
+
+
+def test_sink_metrics_parse_and_window_delta() -> None:
+    text = """# TYPE plantstream_sink_rows_written_total counter
+plantstream_sink_rows_written_total{table="readings"} 1200.0
+plantstream_sink_rows_written_total{table="aggregates"} 7.0
+# TYPE plantstream_sink_newest_source_timestamp_seconds gauge
+plantstream_sink_newest_source_timestamp_seconds 1.7e9
+# TYPE plantstream_sink_source_to_commit_seconds histogram
+plantstream_sink_source_to_commit_seconds_bucket{le="0.5"} 10.0
+plantstream_sink_source_to_commit_seconds_bucket{le="1.0"} 30.0
+plantstream_sink_source_to_commit_seconds_bucket{le="+Inf"} 30.0
+plantstream_sink_source_to_commit_seconds_count 30.0
+plantstream_sink_source_to_commit_seconds_sum 20.0
+"""
+    b = parse_sink_metrics(text, 10.0)
+    assert b.rows == 1200.0 and b.newest_source_s == 1.7e9
+    assert b.latency_buckets == ((0.5, 10.0), (1.0, 30.0), (float("inf"), 30.0))
+    a = SinkSample(9.0, 200.0, None, ((0.5, 10.0), (1.0, 10.0), (float("inf"), 10.0)))
+    # Between the two scrapes, 20 observations, all in (0.5, 1]: the median is 0.75.
+    d = bucket_delta(a, b)
+    assert d == [(0.5, 0.0), (1.0, 20.0), (float("inf"), 20.0)]
+    assert histogram_quantile(d, 0.5) == pytest.approx(0.75)
