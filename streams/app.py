@@ -30,7 +30,13 @@ from prometheus_client import Counter, Gauge, start_http_server
 from plantstream.config import Settings
 from plantstream.contract import ContextKind, now_us
 from plantstream.log import Throttle
-from plantstream.producers.codec import ReadingBatch, encode_aggregates, encode_deviation, encode_readings
+from plantstream.producers.codec import (
+    ReadingBatch,
+    encode_aggregates,
+    encode_context,
+    encode_deviation,
+    encode_readings,
+)
 from plantstream.producers.kafka import ensure_contract_topics, make_producer
 from plantstream.producers.topics import (
     DEADLETTER_ORIGIN_HEADER,
@@ -58,6 +64,9 @@ READINGS_OUT = Counter("plantstream_streams_readings_out_total", "Readings produ
 DUPLICATES = Counter("plantstream_streams_duplicates_total", "Replayed readings dropped by dedup")
 AGGREGATES = Counter("plantstream_streams_aggregates_total", "Closed windows produced", ["window"])
 DEVIATIONS = Counter("plantstream_streams_deviations_total", "Deviation records produced", ["kind"])
+LOT_TAG_EVENTS = Counter(
+    "plantstream_streams_lot_tag_events_total", "Lot start/end events derived from lot tags", ["kind"]
+)
 LATE = Counter("plantstream_streams_late_total", "Readings too late for their window")
 DEADLETTERS = Counter("plantstream_deadletters_total", "Records sent to the dead-letter topic", ["stage", "topic"])
 LAG = Gauge("plantstream_consumer_lag", "Records behind the partition high-water mark", ["topic", "partition"])
@@ -184,6 +193,11 @@ class Runtime:
 
     def emit(self, out: Output) -> None:
         t = self.topics
+        # Lot events first: other workers stamp readings (e.g. of child equipment on other
+        # partitions) from the context topic; this worker already applied them locally.
+        for ev in out.context:
+            self._send(t.context, encode_context(ev), ev.key)
+            LOT_TAG_EVENTS.labels(ev.kind.value).inc()
         for batch in _coalesce(out.clean):
             self._send(t.clean, encode_readings(batch), batch.key)
             READINGS_OUT.inc(len(batch))

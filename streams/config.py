@@ -4,10 +4,39 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from plantstream.config import load_yaml
+from plantstream.contract import validate_equipment_path
+from plantstream.streams.logic.lot_tags import LotTagSpec
 from plantstream.streams.logic.processor import ProcessorConfig
+
+
+class LotTagConfig(BaseModel):
+    """A process tag whose value is the lot currently on an equipment unit (see README "Lot tags")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    plant: str = Field(min_length=1, description="plant id of the readings, e.g. steel")
+    tag: str = Field(min_length=1, description="tag name within the plant, e.g. caster1.current_heat")
+    lot_kind: str = Field(default="", description="heat, batch, doff, ... (copied onto lot_start)")
+    equipment: str | None = Field(
+        default=None, description="ISA-95 path the lot runs on; default: the reading's equipment"
+    )
+    material: str = Field(default="", description="material spec id for every lot of this tag, if fixed")
+    idle_values: tuple[str, ...] = Field(
+        default=(), description="values meaning 'no lot' besides the empty string, e.g. ['0', 'NONE']"
+    )
+
+    @field_validator("equipment")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        return None if v is None else validate_equipment_path(v)
+
+    def spec(self) -> LotTagSpec:
+        return LotTagSpec(
+            self.plant, self.tag, self.lot_kind, self.equipment, self.material, frozenset(self.idle_values)
+        )
 
 
 class StreamsConfig(BaseModel):
@@ -34,9 +63,28 @@ class StreamsConfig(BaseModel):
     batch_within_ms: float = Field(default=5.0, gt=0, le=5000, description="longest a take waits to fill")
     dedup_max_streams: int = Field(default=200_000, ge=1)
     lot_history: int = Field(default=256, ge=1)
+    lot_tags: tuple[LotTagConfig, ...] = Field(
+        default=(), description="process tags carrying the current lot id (lot start/end derived from changes)"
+    )
+
+    @field_validator("lot_tags")
+    @classmethod
+    def _unique_lot_tags(cls, v: tuple[LotTagConfig, ...]) -> tuple[LotTagConfig, ...]:
+        seen: set[tuple[str, str]] = set()
+        for lt in v:
+            if (lt.plant, lt.tag) in seen:
+                raise ValueError(f"lot tag {lt.plant}/{lt.tag} is listed twice")
+            seen.add((lt.plant, lt.tag))
+        return v
 
     def processor(self) -> ProcessorConfig:
-        return ProcessorConfig(self.allowed_lateness_s, self.idle_timeout_s, self.dedup_max_streams, self.lot_history)
+        return ProcessorConfig(
+            self.allowed_lateness_s,
+            self.idle_timeout_s,
+            self.dedup_max_streams,
+            self.lot_history,
+            tuple(lt.spec() for lt in self.lot_tags),
+        )
 
 
 def load(path: str | Path | None) -> StreamsConfig:

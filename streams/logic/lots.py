@@ -141,6 +141,18 @@ class LotTracker:
         iv = self._iv[key][i]
         return iv if iv.end_us is None or ts < iv.end_us else None
 
+    def exact_at(self, plant: str, equipment: str, ts: int) -> LotInterval | None:
+        """The interval active at ``ts`` on exactly ``equipment`` (ancestors not consulted)."""
+        return self._at((plant, equipment), ts)
+
+    def last_change(self, plant: str, equipment: str) -> int | None:
+        """Time of the latest lot start or end known on exactly ``equipment`` (None: none known)."""
+        ivs = self._iv.get((plant, equipment))
+        if not ivs:
+            return None
+        last = ivs[-1]
+        return last.start_us if last.end_us is None else max(last.start_us, last.end_us)
+
     def interval_at(self, plant: str, equipment: str, ts: int) -> LotInterval | None:
         """The interval active at ``ts`` on ``equipment`` or its nearest ancestor."""
         for prefix in self.prefixes(equipment):

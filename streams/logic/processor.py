@@ -27,6 +27,7 @@ from plantstream.producers.codec import (
     decode_tag_meta,
 )
 from plantstream.streams.logic.dedup import Deduplicator
+from plantstream.streams.logic.lot_tags import LotTagSpec, LotTagTracker
 from plantstream.streams.logic.lots import LotTracker
 from plantstream.streams.logic.specs import Deviation, SpecChecker, SpecRegistry, deviation_id
 from plantstream.streams.logic.units import Converter, UnitError, compile_converter
@@ -44,6 +45,7 @@ class ProcessorConfig:
     idle_timeout_s: float = 90.0
     dedup_max_streams: int = 200_000
     lot_history: int = 256
+    lot_tags: tuple[LotTagSpec, ...] = ()
 
 
 @dataclass(slots=True)
@@ -63,6 +65,7 @@ class Output:
     aggregates: list[Aggregate] = field(default_factory=list)
     deviations: list[Deviation] = field(default_factory=list)
     deadletters: list[DeadLetter] = field(default_factory=list)
+    context: list[ContextEvent] = field(default_factory=list)  # lot events derived from lot tags
     readings_in: int = 0
     duplicates: int = 0
     late: int = 0
@@ -72,12 +75,13 @@ class Output:
         self.aggregates += other.aggregates
         self.deviations += other.deviations
         self.deadletters += other.deadletters
+        self.context += other.context
         self.readings_in += other.readings_in
         self.duplicates += other.duplicates
         self.late += other.late
 
     def __bool__(self) -> bool:
-        return bool(self.clean or self.aggregates or self.deviations or self.deadletters)
+        return bool(self.clean or self.aggregates or self.deviations or self.deadletters or self.context)
 
 
 class SharedContext:
@@ -141,6 +145,10 @@ class Processor:
             int(self.config.allowed_lateness_s * 1e6), int(self.config.idle_timeout_s * 1e6), lot_of=shared.lots.lot_at
         )
         self.specs = SpecChecker(shared.lots, shared.registry)
+        # Per partition: a lot tag's readings share their equipment's partition, and the tracker's
+        # only local state (per-tag high-water marks) must go when the partition is revoked.
+        self.lot_tags = LotTagTracker(self.config.lot_tags, shared.lots)
+        self._lot_tag_names: dict[str, frozenset[str]] = {}
         self._cache: dict[tuple[str, str, str], _TagCache] = {}
         self._cache_version = -1
         self.next_offset: int | None = None
@@ -227,6 +235,9 @@ class Processor:
         out.duplicates = n - len(rows)
         if not rows:
             return out
+        if self.lot_tags:
+            # Before stamping: readings of this batch after a lot change carry the new lot.
+            self._derive_lots(batch, rows, out)
         lots = self.shared.lots
         uniform, batch_lot = lots.uniform(plant, eq, min(tss), max(tss))
         clean = ReadingBatch(plant, eq, batch.origin, batch.source)
@@ -304,6 +315,19 @@ class Processor:
         out.aggregates = self.windows.collect()
         return out
 
+    def _derive_lots(self, batch: ReadingBatch, rows: Sequence[int], out: Output) -> None:
+        plant = batch.plant
+        names = self._lot_tag_names.get(plant)
+        if names is None:
+            names = self._lot_tag_names[plant] = frozenset(t for p, t in self.lot_tags.specs if p == plant)
+        if not names:
+            return
+        tags, tss, vals, quals = batch.tag, batch.ts_us, batch.value, batch.quality
+        observe = self.lot_tags.observe
+        for i in rows:
+            if tags[i] in names:
+                out.context += observe(plant, batch.equipment, tags[i], tss[i], vals[i], quals[i])
+
     # --- context, time, checkpoints ------------------------------------------------------------
 
     def process_context(self, ev: ContextEvent, emit_lab: bool = True) -> Output:
@@ -331,15 +355,19 @@ class Processor:
 
     def checkpoint(self) -> dict[str, Any]:
         """State a restart needs besides re-reading from :meth:`safe_offset` (JSON-able)."""
-        return {
+        cp: dict[str, Any] = {
             "version": 1,
             "offset": self.safe_offset(),
             "horizons": [[p, t, h] for (p, t), h in sorted(self.windows.checkpoint().items())],
         }
+        if self.lot_tags:
+            cp["lot_tags"] = self.lot_tags.checkpoint()
+        return cp
 
     def restore(self, cp: dict[str, Any]) -> None:
         if cp.get("version") != 1:
             raise ValueError(f"unknown checkpoint version {cp.get('version')!r}")
+        self.lot_tags.restore(cp.get("lot_tags", []))
         self.windows.restore({(p, t): int(h) for p, t, h in cp.get("horizons", [])})
 
 
