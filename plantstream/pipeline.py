@@ -51,6 +51,9 @@ class Pipeline:
     monitor_port: int | None = None
     # Per plant, simulator --fault options (TAG:KIND:SECONDS@AT), e.g. to show deviations in a demo.
     faults: dict[str, list[str]] = field(default_factory=dict)
+    # Per plant, more simulator options (e.g. --no-mes); and a streams worker config file.
+    sim_args: dict[str, list[str]] = field(default_factory=dict)
+    streams_config: Path | None = None
     procs: list[Proc] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
@@ -136,6 +139,7 @@ class Pipeline:
                 args.append("--paused")
             for fault in self.faults.get(plant, []):
                 args += ["--fault", fault]
+            args += self.sim_args.get(plant, [])
             self.spawn(f"sim-{plant}", *args)
         for plant in self.plants:
             self.wait_port(self.sim_ports[plant], f"simulator {plant}", 60)
@@ -199,7 +203,8 @@ class Pipeline:
 
     def start_streams(self, workers: int = 1) -> None:
         for i in range(workers):
-            self.spawn(f"streams-{i}", "streams", "worker")
+            extra = ["--config", str(self.streams_config)] if self.streams_config is not None else []
+            self.spawn(f"streams-{i}", "streams", "worker", *extra)
 
     def start_sink(self) -> None:
         self.spawn("sink", "sink", "run")
