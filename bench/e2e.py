@@ -73,6 +73,7 @@ class E2EConfig:
     logger_per_message: int = 20
     logger_tags: int = 500
     sources: tuple[Source, ...] = ("loggers", "plants")
+    drain_readings: int = 2_000_000  # backlog drained through Kafka before the steps (0: none)
     step_s: float = 20.0
     settle_s: float = 3.0
     poll_s: float = 0.5
@@ -114,6 +115,20 @@ class E2EResult:
         return "Hz/tag" if self.source == "plants" else "readings/s"
 
 
+@dataclass
+class DrainResult:
+    """A backlog on the raw topic (as an edge replays after an outage) drained by the running
+    streams worker and sink, both through Kafka."""
+
+    readings: int
+    streams_per_s: float | None = None  # worker: raw topic -> clean/aggregates topics
+    db_per_s: float | None = None  # readings committed to the database
+    streams_cpu_pct: float | None = None
+    sink_cpu_pct: float | None = None
+    series: list[tuple[float, float, float]] = field(default_factory=list)  # (t, streams in, db rows)
+    note: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class SinkSample:
     t: float
@@ -136,6 +151,20 @@ def parse_sink_metrics(text: str, t: float) -> SinkSample:
             elif smp.name == "plantstream_sink_source_to_commit_seconds_bucket":
                 buckets.append((float(smp.labels["le"]), smp.value))
     return SinkSample(t, rows, newest, tuple(sorted(buckets)))
+
+
+def scrape_sum(port: int, name: str, **labels: str) -> float | None:
+    """Sum of one metric's samples (matching ``labels``) on a process's /metrics; None if unreachable."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return None
+    return sum(
+        smp.value
+        for fam in text_string_to_metric_families(text)
+        for smp in fam.samples
+        if smp.name == name and all(smp.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def bucket_delta(a: SinkSample, b: SinkSample) -> list[tuple[float, float]]:
@@ -235,10 +264,14 @@ class EndToEnd:
         self.pipe = Pipeline(self.settings, workdir, plants=cfg.plants, sim_ports={p: free_port() for p in cfg.plants})
         self.peaks: dict[str, float] = {}
         self.metrics_port = free_port()
+        self.streams_metrics_port = free_port()
+        # One set of logger tags for every step (new tags each step would measure registration).
+        self.logger_root = f"psbl{uuid.uuid4().hex[:8]}"
         self.scraper: SinkScraper | None = None
         self.counter: RawCounter | None = None
         self.publishers: list[Worker] = []
         self.source: Source = "plants"
+        self.drain_result: DrainResult | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -247,7 +280,7 @@ class EndToEnd:
         group join takes the broker ~20-30 s and can overlap other measurements."""
         self.pipe.prepare()
         self.pipe.spawn("sink", "sink", "run", "--static-assignment", "--metrics-port", str(self.metrics_port))
-        self.pipe.start_streams(1)
+        self.pipe.spawn("streams-0", "streams", "worker", "--metrics-port", str(self.streams_metrics_port))
 
     def _note_peaks(self, names: list[str] | None = None) -> None:
         for p in self.pipe.procs:
@@ -298,7 +331,7 @@ class EndToEnd:
 
         self._stop_load()
         cfg = self.cfg
-        root = f"psbl{uuid.uuid4().hex[:8]}"
+        root = self.logger_root
         edge_cfg = {
             "agent_id": "bench-loggers",
             "plant": "loggers",
@@ -351,10 +384,17 @@ class EndToEnd:
         return n
 
     def _lags(self) -> tuple[int, int]:
+        """Records behind the high-water mark: raw for the streams worker, clean for the sink, from
+        their own gauges (the worker commits offsets only below its open 1 min windows, so the
+        group's committed lag swings by a minute of records and says nothing about keeping up)."""
         bs = self.settings.kafka_bootstrap
-        raw = consumer_lag(bs, f"{self.topics.prefix}-streams", [self.topics.raw]) or 0
-        clean = consumer_lag(bs, f"{self.topics.prefix}-sink", [self.topics.clean]) or 0
-        return raw, clean
+        raw = scrape_sum(self.streams_metrics_port, "plantstream_consumer_lag", topic=self.topics.raw)
+        clean = scrape_sum(self.metrics_port, "plantstream_consumer_lag", topic=self.topics.clean)
+        if raw is None:
+            raw = consumer_lag(bs, f"{self.topics.prefix}-streams", [self.topics.raw]) or 0
+        if clean is None:
+            clean = consumer_lag(bs, f"{self.topics.prefix}-sink", [self.topics.clean]) or 0
+        return int(raw), int(clean)
 
     def _cpu(self) -> dict[str, float]:
         out = {p.name: cpu_seconds(p.popen.pid) or 0.0 for p in self.pipe.procs}
@@ -437,12 +477,75 @@ class EndToEnd:
                 top = collapsed_top((out / f"profile-{self.source}-{busiest.name}.txt").read_text())
         return busiest.name, top
 
+    def drain(self, readings: int, per_batch: int = 500, timeout_s: float = 240.0) -> DrainResult:
+        """Produce ``readings`` to the raw topic at once, then time how fast the worker (its
+        readings-in counter) and the database (the sink's rows) get through them. The worker and
+        the sink share the machine's cores, as they do in production on a small edge server."""
+        from plantstream.bench.infra import reading_batches
+        from plantstream.producers.kafka import make_producer, produce
+
+        assert self.scraper is not None
+        res = DrainResult(readings)
+        sport = self.streams_metrics_port
+        units = 20
+
+        def streams_in() -> float:
+            return scrape_sum(sport, "plantstream_streams_readings_in_total") or 0.0
+
+        self._wait(lambda: scrape_sum(sport, "plantstream_streams_readings_in_total") is not None, 60,
+                   "the streams worker's metrics did not come up within 60 s")  # fmt: skip
+        in0, rows0 = streams_in(), self.scraper.total
+        batches = reading_batches(readings // per_batch, per_batch, units=units)
+        procs = {p.name: p.popen.pid for p in self.pipe.procs if p.name in ("streams-0", "sink")}
+        cpu0 = {n: cpu_seconds(pid) or 0.0 for n, pid in procs.items()}
+        t0 = time.time()
+        producer = make_producer(self.settings.kafka_bootstrap, "bench-backlog")
+        for i, value in enumerate(batches):
+            produce(producer, self.topics.raw, value, f"bench/acme/bench/area/line/u{i % units}")
+        producer.flush(60)
+        first_in: float | None = None
+        done_in: float | None = None
+        first_db: float | None = None
+        done_db: float | None = None
+        n = len(batches) * per_batch
+        deadline = time.monotonic() + timeout_s
+        while (done_in is None or done_db is None) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            self.pipe.check_alive()
+            t, got_in, got_db = time.time(), streams_in() - in0, self.scraper.total - rows0
+            res.series.append((t - t0, got_in, got_db))
+            if got_in > 0 and first_in is None:
+                first_in = t
+                cpu0 = {n_: cpu_seconds(pid) or 0.0 for n_, pid in procs.items()}  # from the first reading on
+            if got_db > 0 and first_db is None:
+                first_db = t
+            if got_in >= n and done_in is None:
+                done_in = t
+            if got_db >= n and done_db is None:
+                done_db = t
+        cpu1 = {n_: cpu_seconds(pid) or 0.0 for n_, pid in procs.items()}
+        span = max(1e-6, (done_db or time.time()) - (first_in or t0))
+        res.streams_cpu_pct = round(100 * (cpu1.get("streams-0", 0.0) - cpu0.get("streams-0", 0.0)) / span, 1)
+        res.sink_cpu_pct = round(100 * (cpu1.get("sink", 0.0) - cpu0.get("sink", 0.0)) / span, 1)
+        # From the first reading seen to the last, so the producer's own time does not count.
+        if first_in is not None and done_in is not None and done_in > first_in:
+            res.streams_per_s = n / (done_in - first_in)
+        if first_db is not None and done_db is not None and done_db > first_db:
+            res.db_per_s = n / (done_db - first_db)
+        if done_db is None:
+            res.note = f"not drained within {timeout_s:.0f} s (worker {res.series[-1][1]:.0f}, database {res.series[-1][2]:.0f})"
+        log.info("e2e drain", extra={"kv": {"readings": n, "streams_per_s": res.streams_per_s,
+                 "db_per_s": res.db_per_s, "cpu_streams": res.streams_cpu_pct, "cpu_sink": res.sink_cpu_pct}})  # fmt: skip
+        return res
+
     def run(self, out: Path) -> list[E2EResult]:
         """Step through the rates of every configured source; always stops every process it started."""
         results: list[E2EResult] = []
         self.scraper = SinkScraper(self.metrics_port, self.cfg.poll_s).start()
         self.counter = RawCounter(self.settings.kafka_bootstrap, self.topics.raw).start()
         try:
+            if self.cfg.drain_readings > 0:
+                self.drain_result = self.drain(self.cfg.drain_readings)
             for source in self.cfg.sources:
                 results.append(self._run_source(source, out))
             return results

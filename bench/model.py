@@ -44,6 +44,7 @@ TARGETS: dict[str, Target] = {
     "e2e.latency_p99_s": Target("max", 2.0),
     "sink.readings_per_s": Target("min_ratio", 0.6),
     "streams.readings_per_s_per_worker": Target("min", 100_000),
+    "streams.worker_readings_per_s": Target("min", 100_000),
     "edge.opcua_readings_per_s": Target("min", 20_000),
     "edge.mqtt_readings_per_s": Target("min", 50_000),
     "dataset.cells_per_s": Target("min", 1_000_000),

@@ -183,12 +183,16 @@ class SinkRunner:
         next_progress = time.monotonic() + self.config.progress_interval_s
         next_maint = time.monotonic()
         last_rows, last_t = 0, time.monotonic()
+        next_lag = last_t
         try:
             while not self._stop.is_set():
                 self._collect(consumer)
                 if self._pending:
                     self._flush_and_commit(consumer)
                 now = time.monotonic()
+                if now >= next_lag:
+                    next_lag = now + 1.0
+                    self._lag(consumer)
                 if now >= next_maint:
                     next_maint = now + self.config.maintenance_interval_s
                     self._maintain()
@@ -458,14 +462,15 @@ class SinkRunner:
     def _lag(self, consumer: Consumer) -> int | None:
         try:
             assignment = consumer.assignment()
-            total = 0
+            per_topic: dict[str, int] = {}
             for tp in consumer.position(assignment):
                 # Cached: the high watermark from the last fetch response, no broker round trip.
                 lo, hi = consumer.get_watermark_offsets(tp, cached=True)
                 pos = tp.offset if tp.offset >= 0 else self.progress.committed.get((tp.topic, tp.partition), lo)
-                total += max(0, hi - pos)
-            LAG.labels("sink-input").set(total)
-            return total
+                per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(0, hi - pos)
+            for topic, n in per_topic.items():
+                LAG.labels(topic).set(n)
+            return sum(per_topic.values())
         except KafkaException:
             return None
 
