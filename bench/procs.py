@@ -36,12 +36,14 @@ def self_peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a live process (its threads included)."""
+def cpu_seconds(pid: int, reaped_children: bool = False) -> float | None:
+    """User + system CPU time of a live process (its threads included); with ``reaped_children``
+    also that of its children that have exited (PostgreSQL backends come and go)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        own = int(fields[11]) + int(fields[12])
+        return (own + (int(fields[13]) + int(fields[14]) if reaped_children else 0)) / CLK_TCK
     except (OSError, IndexError, ValueError):
         return None
 
@@ -61,7 +63,7 @@ def service_cpu() -> dict[str, float]:
         except OSError:
             continue
         if comm in out:
-            out[comm] += cpu_seconds(int(d)) or 0.0
+            out[comm] += cpu_seconds(int(d), reaped_children=True) or 0.0
     return out
 
 
