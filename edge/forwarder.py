@@ -45,8 +45,15 @@ class Forwarder:
         backoff_min_s: float = 0.5,
         backoff_max_s: float = 30.0,
         on_delivered: Callable[[str, int], None] | None = None,
+        stall_s: float = 10.0,
     ) -> None:
         self.buffer = buffer
+        # librdkafka keeps retrying an unreachable broker silently until message.timeout.ms
+        # (minutes): without this, an agent cut off from Kafka would report itself healthy while
+        # its buffer grows. Unhealthy once messages are in flight and none was acknowledged for
+        # stall_s.
+        self.stall_s = stall_s
+        self._waiting_since: float | None = None
         self._factory = producer_factory
         self.producer = producer_factory()
         self.max_inflight = max_inflight
@@ -70,13 +77,22 @@ class Forwarder:
 
     @property
     def healthy(self) -> bool:
-        return self._retry_from is None and not self._fatal
+        return self._retry_from is None and not self._fatal and not self.stalled
+
+    @property
+    def stalled(self) -> bool:
+        """Messages in flight and no acknowledgement for ``stall_s``."""
+        w = self._waiting_since
+        return bool(self._inflight) and w is not None and time.monotonic() - w > self.stall_s
 
     def _callback(self, rid: int) -> Callable[[KafkaError | None, Message], None]:
         def cb(err: KafkaError | None, msg: Message) -> None:
             info = self._inflight.pop(rid, None)
             if info is None:
                 return
+            # Any answer from the broker (delivered or not) ends a stall; a failure is reported
+            # through _retry_from instead.
+            self._waiting_since = time.monotonic() if self._inflight else None
             source, n, topic = info
             if err is None:
                 self._done.append(rid)
@@ -156,6 +172,8 @@ class Forwarder:
                     self._done.append(st.id)
                     self._cursor = st.id
                     continue
+                if not self._inflight:
+                    self._waiting_since = time.monotonic()
                 self._inflight[st.id] = (e.source, e.count, e.topic)
                 self._cursor = st.id
                 sent += 1
