@@ -59,7 +59,8 @@ class TagPlan:
 class Chunk:
     """Raw readings of one window (any order). ``tag`` indexes the plan. Values are carried by
     type so they stay exact: ``value`` (float64) for float tags, ``ivalue`` (int64) for int and
-    bool tags (defaults to ``value`` cast), ``text`` (object) for str tags."""
+    bool tags (defaults to ``value`` cast), ``text`` (object) for str tags. ``by_tag``: the
+    producer guarantees (tag, time) order, so consumers skip their sort."""
 
     tag: npt.NDArray[np.int32]
     t_us: npt.NDArray[np.int64]
@@ -67,6 +68,7 @@ class Chunk:
     lot: npt.NDArray[np.int32]
     ivalue: npt.NDArray[np.int64] | None = None
     text: npt.NDArray[Any] | None = None
+    by_tag: bool = False
 
     @staticmethod
     def empty() -> Chunk:
@@ -213,13 +215,19 @@ class Resampler:
             if k.min() < k_lo or k.max() >= k_hi:
                 raise ValueError("a reading lies outside its window")
             # Sort by (tag, time): time is unique per tag (primary key), so the order is total.
-            order = np.lexsort((chunk.t_us, chunk.tag))
-            tag, t, kk = chunk.tag[order], chunk.t_us[order], k[order]
+            if chunk.by_tag:
+                tag, kk = chunk.tag, k
+                order = None
+            else:
+                order = np.lexsort((chunk.t_us, chunk.tag))
+                tag, kk = chunk.tag[order], k[order]
             last = np.ones(tag.size, np.bool_)
             last[:-1] = (tag[1:] != tag[:-1]) | (kk[1:] != kk[:-1])
-            pos = order[last]
+            pos = np.flatnonzero(last) if order is None else order[last]
+            # pos is grouped by tag: one binary search per tag instead of a pass over pos per tag.
+            bounds = np.searchsorted(tag[last], np.arange(len(self.tags) + 1))
             for i, p in enumerate(self.tags):
-                sel = pos[chunk.tag[pos] == i]
+                sel = pos[bounds[i] : bounds[i + 1]]
                 if not sel.size:
                     continue
                 rows = k[sel] - k_lo
@@ -228,7 +236,7 @@ class Resampler:
                 o.val[rows] = _pick(chunk, sel, p.kind)
                 o.t[rows] = chunk.t_us[sel]
                 o.lot[rows] = chunk.lot[sel]
-            del tag, t, kk
+            del tag, kk
         for i in range(len(self.tags)):
             a, b = self._obs[i], new[i]
             self._obs[i] = _Obs(
