@@ -25,6 +25,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import threading
 import time
 import urllib.request
@@ -458,6 +459,7 @@ class EndToEnd:
             latency_p50_s=p50,
             latency_p99_s=p99,
             cpu=cpu,
+            cores=os.cpu_count() or 0,
         )
         ok, why = judge_step(obs)
         log.info("e2e step", extra={"kv": {"source": self.source, "step": step, "offered": round(obs.offered_per_s),

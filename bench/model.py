@@ -163,6 +163,7 @@ class StepObservation:
     latency_p50_s: float | None = None
     latency_p99_s: float | None = None
     cpu: dict[str, float] = field(default_factory=dict)  # process -> % of one core
+    cores: int = 0  # of the machine (0: unknown)
 
 
 # A step is sustained when everything offered reaches the database and the distance between
@@ -170,6 +171,7 @@ class StepObservation:
 KEEP_UP = 0.9
 MAX_FRESHNESS_SLOPE = 0.05  # s of extra lag per s of wall time
 MAX_SIM_LAG_S = 1.0
+SATURATED = 0.85  # share of all cores busy at which a step is called CPU-bound
 
 
 def judge_step(obs: StepObservation) -> tuple[bool, str]:
@@ -183,6 +185,10 @@ def judge_step(obs: StepObservation) -> tuple[bool, str]:
         return True, ""
     busiest = max(obs.cpu.items(), key=lambda kv: kv[1]) if obs.cpu else None
     cpu_note = f"; busiest process {busiest[0]} at {busiest[1]:.0f}% of a core" if busiest else ""
+    used = sum(v for v in obs.cpu.values() if v > 0)
+    if obs.cores and used >= SATURATED * 100 * obs.cores:
+        # Every stage shares the same cores: the lagging stage is only where the shortage shows.
+        cpu_note += f"; machine CPU-saturated: processes use {used:.0f}% of {100 * obs.cores}%"
     if not keeps_edge or obs.edge_buffer_growth > 0.1 * obs.offered_per_s * obs.seconds:
         return False, (
             f"edge: forwards {fmt_num(obs.edge_out_per_s)}/s of {fmt_num(obs.offered_per_s)}/s offered"

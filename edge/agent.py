@@ -216,10 +216,18 @@ class Agent:
         next_expire = now + 10
         next_progress = now + self.cfg.progress_interval_s
         rate = _Rate(now, 0, 0)
+        # Group commit: a commit costs an fsync whatever it holds; messages that arrive within
+        # commit_interval of the previous commit wait (unacknowledged) and share the next one.
+        group = self.cfg.buffer.commit_interval_ms / 1000
+        last_commit = 0.0
         while not self._stop.is_set():
             due = batcher.next_due_in()
             idle = 0.01 if fw.inflight else 0.1
             await self.inbox.wait(idle if due is None else min(due, idle))
+            hold = last_commit + group - time.monotonic()
+            if hold > 0:
+                await asyncio.sleep(hold)
+            last_commit = time.monotonic()
             self._tick(batcher, everything=False)
             if topics_task is None or topics_task.done():
                 fw.pump()

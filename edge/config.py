@@ -435,6 +435,13 @@ class BufferConfig(_Strict):
     synchronous: Literal["full", "normal"] = Field(
         "full", description="full: an acknowledged reading survives power loss; normal: survives process crashes"
     )
+    commit_interval_ms: float = Field(
+        10,
+        ge=0,
+        le=1000,
+        description="group commit: at most one buffer commit (one fsync) per interval; what arrives meanwhile "
+        "waits for it, unacknowledged (0: commit as soon as anything arrives)",
+    )
 
 
 class BatchConfig(_Strict):

@@ -140,6 +140,12 @@ def test_step_bound_names_the_lagging_stage() -> None:
     assert not ok and why.startswith("sink:")
     ok, why = judge_step(_obs(sim_lag_s=5.0))
     assert not ok and why.startswith("simulator:")
+    # Lagging with every core busy: the report says the machine, not only the stage, is the bound.
+    busy = {"edge": 60.0, "streams-0": 50.0, "tansu (all)": 70.0}
+    ok, why = judge_step(_obs(db_per_s=4_000, freshness=growing, clean_lag_growth=200, cpu=busy, cores=2))
+    assert not ok and why.startswith("sink:") and "CPU-saturated: processes use 180% of 200%" in why
+    ok, why = judge_step(_obs(db_per_s=4_000, freshness=growing, clean_lag_growth=200, cpu=busy, cores=4))
+    assert not ok and "CPU-saturated" not in why
 
 
 def test_targets_pass_and_miss() -> None:
