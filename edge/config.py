@@ -445,20 +445,26 @@ class BufferConfig(_Strict):
 
 
 class BatchConfig(_Strict):
-    max_readings: int = Field(500, ge=1, le=100_000)
-    max_delay_ms: float = Field(50, gt=0, le=10_000)
+    """One Kafka message per equipment unit and source, closed at max_readings or max_delay_ms."""
+
+    max_readings: int = Field(500, ge=1, le=100_000, description="close a batch at this many readings")
+    max_delay_ms: float = Field(50, gt=0, le=10_000, description="... or this long after its first reading")
 
 
 class EdgeConfig(_Strict):
-    agent_id: str
-    plant: str
-    sources: list[Source] = Field(min_length=1)
+    agent_id: str = Field(description="this agent's name (buffer and status file paths, metrics label)")
+    plant: str = Field(description="plant id stamped on every reading (first part of every Kafka key)")
+    sources: list[Source] = Field(min_length=1, description="OPC-UA, MQTT and Sparkplug B sources, by `type`")
     kafka: KafkaTarget = Field(default_factory=lambda: KafkaTarget.model_validate({}))
-    buffer: BufferConfig = Field(default_factory=lambda: BufferConfig.model_validate({}))
-    batch: BatchConfig = Field(default_factory=lambda: BatchConfig.model_validate({}))
+    buffer: BufferConfig = Field(
+        default_factory=lambda: BufferConfig.model_validate({}), description="store-and-forward buffer (SQLite)"
+    )
+    batch: BatchConfig = Field(
+        default_factory=lambda: BatchConfig.model_validate({}), description="readings per Kafka message"
+    )
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics; 0 = any free port")
     metrics_host: str = "127.0.0.1"
-    progress_interval_s: float = Field(10.0, gt=0)
+    progress_interval_s: float = Field(10.0, gt=0, description="seconds between progress log lines")
 
     _check = field_validator("agent_id", "plant")(_check_id)
 
