@@ -168,7 +168,7 @@ class StepObservation:
 
 # A step is sustained when everything offered reaches the database and the distance between
 # wall clock and the newest committed reading stops growing.
-KEEP_UP = 0.9
+KEEP_UP = 0.95
 MAX_FRESHNESS_SLOPE = 0.05  # s of extra lag per s of wall time
 MAX_SIM_LAG_S = 1.0
 SATURATED = 0.85  # share of all cores busy at which a step is called CPU-bound
