@@ -84,6 +84,7 @@ class E2EConfig:
     # keeps every topic of its lifetime in memory and slows down as that grows (1.3 GB after an
     # hour of benchmarks and tests cost the 50k/s step ~1.3 s of p99). Production brokers do not.
     private_broker: bool = True
+    p99_target_s: float = 2.0  # a step counts as sustained only with p99 source -> database below this
     step_s: float = 20.0
     settle_s: float = 3.0
     poll_s: float = 0.5
@@ -108,8 +109,12 @@ class StepResult:
 class E2EResult:
     source: Source = "plants"
     steps: list[StepResult] = field(default_factory=list)
-    sustained_per_s: float = 0.0
+    sustained_per_s: float = 0.0  # highest step kept up with p99 under the target
     sustained_step: float | None = None
+    keeps_up_per_s: float = 0.0  # highest step kept up, whatever its latency
+    keeps_up_step: float | None = None
+    keeps_up_p99_s: float | None = None
+    latency_bound: str = ""
     latency_p50_s: float | None = None
     latency_p99_s: float | None = None
     bound: str = ""
@@ -615,13 +620,28 @@ class EndToEnd:
                     res.profiled, res.profile = self._profile(result.reason, out)
                 break
         self._stop_load()
+        # Sustained = keeps up AND within the latency target (a pipeline that keeps up only with a
+        # growing queue in front of the database is not what process engineers can use).
         good = [s for s in res.steps if s.sustained]
-        best = max(good, key=lambda s: s.obs.db_per_s) if good else None
+        within = [s for s in good if s.obs.latency_p99_s is not None and s.obs.latency_p99_s < cfg.p99_target_s]
+        top = max(good, key=lambda s: s.obs.rate_hz) if good else None
+        best = max(within, key=lambda s: s.obs.rate_hz) if within else None
+        if top is not None:
+            res.keeps_up_per_s = top.obs.db_per_s
+            res.keeps_up_step = top.obs.rate_hz
+            res.keeps_up_p99_s = top.obs.latency_p99_s
         if best is not None:
             res.sustained_per_s = best.obs.db_per_s
             res.sustained_step = best.obs.rate_hz
             res.latency_p50_s = best.obs.latency_p50_s
             res.latency_p99_s = best.obs.latency_p99_s
+        over = [s for s in good if s not in within]
+        if over:
+            first = min(over, key=lambda s: s.obs.rate_hz)
+            res.latency_bound = (
+                f"p99 {first.obs.latency_p99_s or float('nan'):.2f} s >= {cfg.p99_target_s:g} s from"
+                f" {first.obs.rate_hz:g} {res.step_unit} on, though the pipeline kept up to {res.keeps_up_step:g}"
+            )
         if not res.bound and res.steps:
             res.bound = f"every step sustained up to {res.steps[-1].obs.rate_hz:g} {res.step_unit}; not pushed further"
         res.db_series = per_second(self.scraper.events(), res.t0)

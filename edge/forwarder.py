@@ -46,6 +46,7 @@ class Forwarder:
         backoff_max_s: float = 30.0,
         on_delivered: Callable[[str, int], None] | None = None,
         stall_s: float = 10.0,
+        delete_interval_s: float = 0.1,
     ) -> None:
         self.buffer = buffer
         # librdkafka keeps retrying an unreachable broker silently until message.timeout.ms
@@ -54,6 +55,8 @@ class Forwarder:
         # stall_s.
         self.stall_s = stall_s
         self._waiting_since: float | None = None
+        self.delete_interval_s = delete_interval_s
+        self._last_delete = 0.0
         self._factory = producer_factory
         self.producer = producer_factory()
         self.max_inflight = max_inflight
@@ -121,7 +124,7 @@ class Forwarder:
     def pump(self, budget: int | None = None) -> int:
         """One non-blocking round; returns entries handed to the producer."""
         self.producer.poll(0)
-        self.commit_deletes()
+        self.commit_deletes(force=False)
         if self._retry_from is not None or self._fatal:
             if self._inflight:
                 return 0  # wait until every in-flight message has resolved, then rewind
@@ -186,9 +189,17 @@ class Forwarder:
             self._backoff = self._backoff_min
         return sent
 
-    def commit_deletes(self) -> int:
+    def commit_deletes(self, force: bool = True) -> int:
+        """Delete delivered entries from the buffer. Unless ``force``, at most every
+        ``delete_interval_s`` (or once 2000 are waiting): each delete is a commit with an fsync,
+        and a delete lost in a crash only means entries Kafka already has are sent again
+        (at-least-once; downstream dedups by source sequence)."""
         if not self._done:
             return 0
+        now = time.monotonic()
+        if not force and len(self._done) < 2000 and now - self._last_delete < self.delete_interval_s:
+            return 0
+        self._last_delete = now
         done, self._done = self._done, []
         if self._retry_from is None and self._backoff != self._backoff_min:
             self._backoff = self._backoff_min
