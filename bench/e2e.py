@@ -516,8 +516,8 @@ class EndToEnd:
         return busiest.name, top
 
     def _quiesce(self) -> None:
-        """Start a measurement from a quiet database: flush dirty pages left by earlier work (a
-        checkpoint in the middle of a step stalls commits), best effort."""
+        """Start a measurement from quiet disks: flush dirty pages left by earlier work (a
+        checkpoint or write-back in the middle of a step stalls commits), best effort."""
         import psycopg
 
         try:
@@ -525,6 +525,10 @@ class EndToEnd:
                 conn.execute("CHECKPOINT")
         except psycopg.Error as exc:  # needs superuser or pg_checkpoint: then measure as is
             log.info("no checkpoint before the measurement", extra={"kv": {"error": str(exc)}})
+        # And the page cache: gigabytes written by the stages before (the dataset load) are still
+        # being written back for ~30 s, and every fsync (the edge buffer's, the sink's commits)
+        # would queue behind them.
+        os.sync()
 
     def drain(self, readings: int, per_batch: int = 500, timeout_s: float = 240.0) -> DrainResult:
         """Produce ``readings`` to the raw topic at once, then time how fast the worker (its

@@ -85,3 +85,19 @@ def checksums(dsn: str) -> dict[str, tuple[int, str]]:
             assert row is not None
             out[t] = (int(row[0]), str(row[1]))
     return out
+
+
+def timescale_db(dsn: str) -> str:
+    """``dsn`` migrated with the TimescaleDB flavor; skips the calling test (with the reason) where
+    the extension is missing or not preloaded, since the plain path is tested instead."""
+    import pytest
+
+    from plantstream.sinks.timescaledb.migrate import available_flavor, migrate
+
+    with psycopg.connect(dsn) as conn:
+        if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone() is None:
+            pytest.skip("TimescaleDB is not installed on this PostgreSQL server (plain path tested instead)")
+        if available_flavor(conn) != "timescale":
+            pytest.skip("TimescaleDB is installed but not in shared_preload_libraries (plain path tested instead)")
+    migrate(dsn)
+    return dsn

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +14,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from plantstream.config import Settings
 from plantstream.contract import ContextEvent, Origin, Quality, Reading, Value
 from plantstream.producers.codec import ReadingBatch, decode_context, decode_readings, encode_readings
-from plantstream.producers.kafka import ensure_contract_topics, make_producer, produce
+from plantstream.producers.kafka import make_producer, produce
 from plantstream.producers.topics import Topics
+from plantstream.streams.testing import worker_process
 from plantstream.testing.plugin import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]  # ~20 s: one group join
@@ -53,28 +52,14 @@ def reading(eq: str, tag: str, ts: int, value: Value, seq: int, unit: str = "") 
 
 @pytest.fixture
 def worker(settings: Settings, settings_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    ensure_contract_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix, settings.partitions))
-    cfg = tmp_path / "streams.yaml"
-    cfg.write_text(
+    with worker_process(
+        settings,
+        settings_env,
+        tmp_path,
         "checkpoint_interval_s: 1.0\n"
-        f"lot_tags:\n  - {{plant: steel, tag: {TAG}, lot_kind: heat, material: 'EN10025-2:S355J2'}}\n"
-    )
-    log = (tmp_path / "worker.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "plantstream.cli", "streams", "worker", "--config", str(cfg)],
-        env={**settings_env, "PLANTSTREAM_LOG_FORMAT": "json"},
-        stdout=log,
-        stderr=log,
-    )
-    yield proc
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-    log.close()
-    sys.stderr.write((tmp_path / "worker.log").read_text()[-3000:])
+        f"lot_tags:\n  - {{plant: steel, tag: {TAG}, lot_kind: heat, material: 'EN10025-2:S355J2'}}\n",
+    ) as proc:
+        yield proc
 
 
 def test_streams_lot_tags_end_to_end(settings: Settings, worker: subprocess.Popen[bytes]) -> None:

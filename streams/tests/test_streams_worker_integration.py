@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +24,10 @@ from plantstream.producers.codec import (
     encode_readings,
     encode_tag_meta,
 )
-from plantstream.producers.kafka import ensure_contract_topics, make_producer, produce
+from plantstream.producers.kafka import make_producer, produce
 from plantstream.producers.topics import Topics
 from plantstream.streams.checkpoints import checkpoint_topic
+from plantstream.streams.testing import worker_process
 from plantstream.testing.plugin import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -61,25 +60,13 @@ def reading(tag: str, ts: int, value: float, seq: int, unit: str) -> Reading:
 
 @pytest.fixture
 def worker(settings: Settings, settings_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    ensure_contract_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix, settings.partitions))
-    cfg = tmp_path / "streams.yaml"
-    cfg.write_text("allowed_lateness_s: 0.5\ncheckpoint_interval_s: 1.0\nprogress_interval_s: 2.0\n")
-    log = (tmp_path / "worker.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "plantstream.cli", "streams", "worker", "--config", str(cfg)],
-        env={**settings_env, "PLANTSTREAM_LOG_FORMAT": "json"},
-        stdout=log,
-        stderr=log,
-    )
-    yield proc
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-    log.close()
-    sys.stderr.write((tmp_path / "worker.log").read_text()[-4000:])
+    with worker_process(
+        settings,
+        settings_env,
+        tmp_path,
+        "allowed_lateness_s: 0.5\ncheckpoint_interval_s: 1.0\nprogress_interval_s: 2.0\n",
+    ) as proc:
+        yield proc
 
 
 def test_streams_worker_end_to_end(settings: Settings, worker: subprocess.Popen[bytes]) -> None:

@@ -16,9 +16,9 @@ import pytest
 
 from plantstream.contract import Origin, Quality, Reading
 from plantstream.sinks.timescaledb import queries as Q
-from plantstream.sinks.timescaledb.migrate import available_flavor, migrate
+from plantstream.sinks.timescaledb.migrate import migrate
 from plantstream.sinks.timescaledb.sink import PostgresSink
-from plantstream.sinks.timescaledb.testdata import reading_records
+from plantstream.sinks.timescaledb.testdata import reading_records, timescale_db
 from plantstream.stack import Stack
 
 SEC = 1_000_000
@@ -267,14 +267,8 @@ def test_timescale_sql_mirrors_plain_and_parses() -> None:
 
 
 @pytest.fixture
-def ts_db(fresh_db: str) -> Iterator[str]:
-    with psycopg.connect(fresh_db) as conn:
-        if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone() is None:
-            pytest.skip("TimescaleDB is not installed on this PostgreSQL server (plain path tested instead)")
-        if available_flavor(conn) != "timescale":
-            pytest.skip("TimescaleDB is installed but not in shared_preload_libraries (plain path tested instead)")
-    migrate(fresh_db)
-    yield fresh_db
+def ts_db(fresh_db: str) -> str:
+    return timescale_db(fresh_db)
 
 
 @pytest.mark.integration

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import psycopg
 import pytest
 
-from plantstream.sinks.timescaledb.migrate import available_flavor, migrate
 from plantstream.sinks.timescaledb.sink import PostgresSink
-from plantstream.sinks.timescaledb.testdata import reading_records, readings
+from plantstream.sinks.timescaledb.testdata import reading_records, readings, timescale_db
 
 pytestmark = [pytest.mark.integration, pytest.mark.timescaledb]
 
 
 @pytest.fixture
-def ts_db(fresh_db: str) -> Iterator[str]:
-    with psycopg.connect(fresh_db) as conn:
-        if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone() is None:
-            pytest.skip("TimescaleDB is not installed on this PostgreSQL server (plain path tested instead)")
-        if available_flavor(conn) != "timescale":
-            pytest.skip("TimescaleDB is installed but not in shared_preload_libraries (plain path tested instead)")
-    migrate(fresh_db)
-    yield fresh_db
+def ts_db(fresh_db: str) -> str:
+    return timescale_db(fresh_db)
 
 
 def test_hypertables_policies_and_cagg(ts_db: str) -> None:
