@@ -183,3 +183,22 @@ def collapsed_top(text: str, top: int = 8) -> list[tuple[str, float]]:
     if not total:
         return []
     return [(frame, count / total) for frame, count in leaves.most_common(top)]
+
+
+def cpu_times() -> list[int]:
+    """The machine's aggregate CPU jiffies from /proc/stat: user, nice, system, idle, iowait, irq,
+    softirq, steal."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:9]]
+
+
+def cpu_share(before: list[int], after: list[int]) -> dict[str, float]:
+    """Percent of all CPU time between two :func:`cpu_times` readings that was busy, waiting for
+    I/O, or stolen by the hypervisor (a VM's neighbours)."""
+    d = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(d) or 1
+    return {
+        "busy_pct": round(100 * (total - d[3] - d[4]) / total, 1),
+        "iowait_pct": round(100 * d[4] / total, 1),
+        "steal_pct": round(100 * d[7] / total, 1),
+    }

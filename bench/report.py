@@ -17,8 +17,14 @@ def markdown(metrics: list[Metric], meta: dict[str, Any], extra: list[str] | Non
     lines = [
         f"# plantstream bench ({meta.get('mode', '?')}) - {meta.get('started', '')}",
         "",
-        f"Machine: {meta.get('cores', '?')} cores, load average at start {meta.get('loadavg', '?')}; "
-        "shared with other workloads, so rates are noisy (compare runs, not single numbers).",
+        f"Machine: {meta.get('cores', '?')} cores, load average at start {meta.get('loadavg', '?')}"
+        + (
+            f"; over the run CPU busy {meta['cpu']['busy_pct']}%, I/O wait {meta['cpu']['iowait_pct']}%,"
+            f" stolen by the hypervisor {meta['cpu']['steal_pct']}%"
+            if "cpu" in meta
+            else ""
+        )
+        + ". A virtual machine shared with other workloads: rates are noisy (compare runs, not single numbers).",
         "",
         "| metric | value | unit | limit | ratio | target | pass/miss | bounding stage / note |",
         "|---|---|---|---|---|---|---|---|",

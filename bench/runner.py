@@ -26,7 +26,7 @@ from plantstream.bench import limits, stages
 from plantstream.bench.e2e import E2EConfig, E2EResult, EndToEnd
 from plantstream.bench.infra import fresh_database
 from plantstream.bench.model import TARGETS, Metric, fmt_num
-from plantstream.bench.procs import self_peak_rss_mb
+from plantstream.bench.procs import cpu_share, cpu_times, self_peak_rss_mb
 from plantstream.bench.report import markdown, plots, write_json
 from plantstream.config import Settings
 from plantstream.sinks.timescaledb.migrate import migrate
@@ -142,6 +142,7 @@ def run(settings: Settings, out: Path, quick: bool, sizes: Sizes | None = None) 
         "started": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
         "cores": os.cpu_count(),
         "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "cpu_times_start": cpu_times(),
         "python": platform.python_version(),
         "kafka": settings.kafka_bootstrap,
         "latency_method": (
@@ -179,6 +180,7 @@ def run(settings: Settings, out: Path, quick: bool, sizes: Sizes | None = None) 
         e2e_db.__exit__(None, None, None)
     _memory(r)
     meta["finished"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    meta["cpu"] = cpu_share(meta.pop("cpu_times_start"), cpu_times())
     meta["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
     _write(r, meta)
     return r

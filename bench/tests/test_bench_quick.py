@@ -203,3 +203,14 @@ plantstream_sink_source_to_commit_seconds_sum 20.0
     d = bucket_delta(a, b)
     assert d == [(0.5, 0.0), (1.0, 20.0), (float("inf"), 20.0)]
     assert histogram_quantile(d, 0.5) == pytest.approx(0.75)
+
+
+def test_cpu_share_splits_busy_iowait_and_steal() -> None:
+    from plantstream.bench.procs import cpu_share, cpu_times
+
+    # user nice system idle iowait irq softirq steal
+    a = [100, 0, 50, 800, 10, 0, 0, 5]
+    b = [400, 0, 150, 1300, 60, 0, 0, 45]  # +300 +0 +100 +500 +50 +0 +0 +40 = 990
+    assert cpu_share(a, b) == {"busy_pct": 44.4, "iowait_pct": 5.1, "steal_pct": 4.0}
+    now = cpu_times()
+    assert len(now) == 8 and sum(now) > 0
