@@ -52,7 +52,9 @@ from plantstream.bench.procs import (
     python_module,
     service_cpu,
     spawn,
+    wait_for,
 )
+from plantstream.bench.stages import edge_connected
 from plantstream.config import Settings
 from plantstream.pipeline import Pipeline, Proc
 from plantstream.producers.topics import Topics
@@ -350,7 +352,7 @@ class EndToEnd:
             status = self.workdir / "edge-state" / plant / "buffer.status.json"
             status.unlink(missing_ok=True)
         self.pipe.start_edges()
-        self._wait(self.pipe.edges_ready, 60, "edge agents did not connect within 60 s")
+        wait_for(self.pipe.edges_ready, 60, "the edge agents to connect", self.pipe.check_alive)
 
     def _logger_status(self) -> Path:
         return self.workdir / "edge-state" / "loggers" / "buffer.status.json"
@@ -380,7 +382,8 @@ class EndToEnd:
         dump_config(EdgeConfig.model_validate(edge_cfg), path)
         self._logger_status().unlink(missing_ok=True)
         self.pipe.spawn("edge-loggers", "edge", "run", "--config", str(path))
-        self._wait(self._loggers_connected, 60, "the loggers' edge agent did not connect within 60 s")
+        wait_for(lambda: edge_connected(self._logger_status()), 60, "the loggers' edge agent to connect",
+                 self.pipe.check_alive)  # fmt: skip
         url = urlsplit(self.settings.mqtt)
         msgs = per_s / cfg.logger_per_message / cfg.logger_publishers
         self.publishers = [
@@ -390,22 +393,6 @@ class EndToEnd:
                   str(cfg.logger_per_message), "--rate", f"{msgs:.1f}"), self.workdir / "logs")
             for i in range(cfg.logger_publishers)
         ]  # fmt: skip
-
-    def _loggers_connected(self) -> bool:
-        try:
-            st = json.loads(self._logger_status().read_text())
-        except (OSError, ValueError):
-            return False
-        srcs = st.get("sources", [])
-        return bool(srcs) and all(s.get("connected") for s in srcs)
-
-    def _wait(self, cond: Any, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not cond():
-            if time.monotonic() > deadline:
-                raise TimeoutError(what)
-            self.pipe.check_alive()
-            time.sleep(0.2)
 
     def _edge_buffered(self) -> int:
         n = 0
@@ -545,8 +532,8 @@ class EndToEnd:
         def streams_in() -> float:
             return scrape_sum(sport, "plantstream_streams_readings_in_total") or 0.0
 
-        self._wait(lambda: scrape_sum(sport, "plantstream_streams_readings_in_total") is not None, 60,
-                   "the streams worker's metrics did not come up within 60 s")  # fmt: skip
+        wait_for(lambda: scrape_sum(sport, "plantstream_streams_readings_in_total") is not None, 60,
+                 "the streams worker's metrics", self.pipe.check_alive)  # fmt: skip
         in0, rows0 = streams_in(), self.scraper.total
         batches = reading_batches(readings // per_batch, per_batch, units=units)
         procs = {p.name: p.popen.pid for p in self.pipe.procs if p.name in ("streams-0", "sink")}
@@ -625,10 +612,10 @@ class EndToEnd:
             if i == 0:
                 # The streams worker may still be joining its group: wait for the first rows.
                 before = self.scraper.total
-                self._wait(lambda b=before: self.scraper is not None and self.scraper.total > b,
-                           cfg.first_rows_timeout_s,
-                           f"no readings reached the database within {cfg.first_rows_timeout_s:.0f} s"
-                           f" (sink metrics: {self.scraper.error or 'ok'})")  # fmt: skip
+                scraper = self.scraper
+                wait_for(lambda sc=scraper, b=before: sc.total > b, cfg.first_rows_timeout_s,
+                         f"the first readings in the database (sink metrics: {scraper.error or 'ok'})",
+                         self.pipe.check_alive)  # fmt: skip
             result = self._measure(step)
             res.steps.append(result)
             self._note_peaks()

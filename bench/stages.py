@@ -78,7 +78,8 @@ def _env(settings: Settings, prefix: str, state: Path) -> dict[str, str]:
     }
 
 
-def _connected(status_path: Path) -> bool:
+def edge_connected(status_path: Path) -> bool:
+    """True once an edge agent's status file says every source is connected."""
     try:
         st = json.loads(status_path.read_text())
     except (OSError, ValueError):
@@ -110,7 +111,7 @@ def _run_edge(
                  _env(settings, prefix, workdir / "state"))  # fmt: skip
     load: list[Worker] = []
     try:
-        wait_for(lambda: _connected(status), 60, f"{name} connected", edge.check)
+        wait_for(lambda: edge_connected(status), 60, f"{name} connected", edge.check)
         load = start_load()
         time.sleep(warmup)
         edge.check()

@@ -129,6 +129,7 @@ class SinkRunner:
         self._stop = threading.Event()
         self._pending: list[Record | DeadLetter] = []
         self._newest_source_us = 0
+        self._last_lag: int | None = None
         self._backlog: deque[Message] = deque()  # consumed, not yet staged
         self._written: dict[tuple[str, int], int] = {}  # next offset per partition, durable in the database
         self._throttle = Throttle(30.0)
@@ -198,7 +199,7 @@ class SinkRunner:
                     self._maintain()
                 if now >= next_progress:
                     next_progress = now + self.config.progress_interval_s
-                    lag = self._lag(consumer)
+                    lag = self._last_lag  # measured within the last second, just above
                     rate = (self.progress.rows - last_rows) / max(now - last_t, 1e-9)
                     last_rows, last_t = self.progress.rows, now
                     log.info(
@@ -470,7 +471,8 @@ class SinkRunner:
                 per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(0, hi - pos)
             for topic, n in per_topic.items():
                 LAG.labels(topic).set(n)
-            return sum(per_topic.values())
+            self._last_lag = sum(per_topic.values())
+            return self._last_lag
         except KafkaException:
             return None
 
