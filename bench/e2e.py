@@ -33,6 +33,7 @@ import urllib.request
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -252,6 +253,10 @@ class SinkScraper:
             if q is not None and not math.isnan(q):
                 out.append((b.t - t0, q))
         return out
+
+
+def _grew(scraper: SinkScraper, rows: float) -> bool:
+    return scraper.total > rows
 
 
 def _sim_progress(proc: Proc) -> list[tuple[float, int, float]]:
@@ -611,9 +616,8 @@ class EndToEnd:
                 self._restart_loggers(step)
             if i == 0:
                 # The streams worker may still be joining its group: wait for the first rows.
-                before = self.scraper.total
                 scraper = self.scraper
-                wait_for(lambda sc=scraper, b=before: sc.total > b, cfg.first_rows_timeout_s,
+                wait_for(partial(_grew, scraper, scraper.total), cfg.first_rows_timeout_s,
                          f"the first readings in the database (sink metrics: {scraper.error or 'ok'})",
                          self.pipe.check_alive)  # fmt: skip
             result = self._measure(step)
