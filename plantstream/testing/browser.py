@@ -7,7 +7,9 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -91,6 +93,9 @@ def chromium() -> Iterator[int]:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # Its own process group: the renderer and utility children must be gone too before the
+            # profile directory is removed (they write into it after the main process exits).
+            start_new_session=True,
         )
         try:
 
@@ -105,12 +110,24 @@ def chromium() -> Iterator[int]:
             wait_until(up, 30, "chromium's DevTools endpoint")
             yield port
         finally:
-            proc.terminate()
-            try:
+            _signal_group(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _signal_group(proc.pid, signal.SIGKILL)  # whatever of the group is left
+            proc.wait()
+            # Until the group is gone (bounded: an unreaped zombie still counts as a member).
+            deadline = time.monotonic() + 5
+            while _signal_group(proc.pid, 0) and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a process group; False when no process of it is left."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 async def open_page(session: aiohttp.ClientSession, devtools: int, url: str) -> Cdp:
