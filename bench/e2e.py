@@ -1,7 +1,10 @@
 """End to end at stepped rates: sources -> edge agents -> Kafka -> streams worker -> sink -> PostgreSQL.
 
-The pipeline runs as real processes (:class:`plantstream.pipeline.Pipeline`). Sink and streams stay
-up for the whole run; for each rate step the load restarts at the step's rate and the edge agents
+The pipeline runs as real processes (:class:`plantstream.pipeline.Pipeline`). Each source (and the
+backlog drain) is a phase of its own on fresh infrastructure: a new local broker, new topics, a new
+streams worker and sink (the local broker lists every stored batch of a partition on each fetch,
+so its cost grows with what earlier phases left behind; Kafka's does not). Within a phase, sink
+and streams stay up; for each rate step the load restarts at the step's rate and the edge agents
 restart against it. Stepping stops at the first step the pipeline cannot sustain. Two sources:
 
 - ``plants``: the three plant simulators (OPC-UA + MQTT JSON, lots, faults), stepped by samples/s
@@ -15,7 +18,9 @@ readings table at 50k rows/s would itself load the database): rows committed
 (``plantstream_sink_rows_written_total``), source -> commit latency
 (``plantstream_sink_source_to_commit_seconds``, observed right after each commit for 1 reading in
 16; quantiles interpolated inside the histogram's buckets, which are 0.1-0.25 s wide below 2 s) and
-freshness (wall clock - ``plantstream_sink_newest_source_timestamp_seconds``).
+freshness (wall clock - ``plantstream_sink_newest_source_timestamp_seconds``). What the edge agents
+forward comes from their own ``plantstream_edge_readings_out`` counters (no extra consumer on the
+broker).
 """
 
 from __future__ import annotations
@@ -40,7 +45,6 @@ from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from plantstream.bench.infra import RawCounter
 from plantstream.bench.limits import writes_rate
 from plantstream.bench.model import StepObservation, histogram_quantile, judge_step, per_second, window_rate
 from plantstream.bench.procs import (
@@ -83,9 +87,10 @@ class E2EConfig:
     logger_batch_delay_ms: float = 150.0
     sources: tuple[Source, ...] = ("loggers", "plants")
     drain_readings: int = 2_000_000  # backlog drained through Kafka before the steps (0: none)
-    # A fresh local broker for this run when the configured one is on loopback: the local broker
-    # keeps every topic of its lifetime in memory and slows down as that grows (1.3 GB after an
-    # hour of benchmarks and tests cost the 50k/s step ~1.3 s of p99). Production brokers do not.
+    # A fresh local broker for each phase when the configured one is on loopback: the local broker
+    # keeps every batch of its lifetime in memory and lists all of a partition's batches on every
+    # fetch, so its CPU grows with what is stored (1.3 GB after an hour of benchmarks and tests
+    # cost the 50k/s step ~1.3 s of p99). Production brokers do not.
     private_broker: bool = True
     p99_target_s: float = 2.0  # a step counts as sustained only with p99 source -> database below this
     step_s: float = 20.0
@@ -255,8 +260,58 @@ class SinkScraper:
         return out
 
 
+class EdgeScraper:
+    """Readings forwarded by the edge agents (``plantstream_edge_readings_out``), scraped every
+    ``poll_s`` from every agent whose status file is under ``state``; agents restart every step, so
+    a counter that went down is a new process and counts from zero."""
+
+    def __init__(self, state: Path, poll_s: float) -> None:
+        self.state = state
+        self.poll_s = poll_s
+        self.events: list[tuple[float, int]] = []  # (time, readings forwarded since the last scrape)
+        self._last: dict[tuple[str, int], float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edge-scraper", daemon=True)
+
+    def start(self) -> EdgeScraper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _ports(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for path in self.state.glob("*/buffer.status.json"):
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                st = json.loads(path.read_text())
+                if st.get("running") and st.get("metrics_port"):
+                    out[path.parent.name] = int(st["metrics_port"])
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            got = 0.0
+            for name, port in self._ports().items():
+                value = scrape_sum(port, "plantstream_edge_readings_out_total")
+                if value is None:
+                    continue
+                key = (name, port)
+                before = self._last.get(key, 0.0)
+                got += value - before if value >= before else value
+                self._last[key] = value
+            self.events.append((time.time(), int(got)))
+
+
 def _grew(scraper: SinkScraper, rows: float) -> bool:
     return scraper.total > rows
+
+
+def _fresh(scraper: SinkScraper, within_s: float) -> bool:
+    """The newest reading committed is younger than ``within_s`` (by the sink's last scrape)."""
+    last = scraper.samples[-1] if scraper.samples else None
+    return last is not None and last.newest_source_s is not None and last.t - last.newest_source_s < within_s
 
 
 def _sim_progress(proc: Proc) -> list[tuple[float, int, float]]:
@@ -277,48 +332,69 @@ def _sim_progress(proc: Proc) -> list[tuple[float, int, float]]:
 class EndToEnd:
     def __init__(self, settings: Settings, workdir: Path, cfg: E2EConfig) -> None:
         self.cfg = cfg
-        prefix = f"psb{uuid.uuid4().hex[:8]}e"
+        self.base_settings = settings
+        self.workdir = workdir
         self.broker: subprocess.Popen[bytes] | None = None
         self.broker_port: int | None = None
-        update: dict[str, Any] = {"topic_prefix": prefix, "partitions": 3, "state_dir": workdir / "state"}
-        if cfg.private_broker and settings.kafka_bootstrap.startswith(("127.0.0.1:", "localhost:")):
-            self.broker_port = free_port()
-            update["kafka_bootstrap"] = f"127.0.0.1:{self.broker_port}"
-        self.settings = settings.model_copy(update=update)
-        self.topics = Topics(prefix, 3)
-        self.workdir = workdir
-        self.pipe = Pipeline(self.settings, workdir, plants=cfg.plants, sim_ports={p: free_port() for p in cfg.plants})
         self.peaks: dict[str, float] = {}
         self.metrics_port = free_port()
         self.streams_metrics_port = free_port()
         # One set of logger tags for every step (new tags each step would measure registration).
         self.logger_root = f"psbl{uuid.uuid4().hex[:8]}"
         self.scraper: SinkScraper | None = None
-        self.counter: RawCounter | None = None
+        self.edges: EdgeScraper | None = None
         self.publishers: list[Worker] = []
         self.source: Source = "plants"
         self.drain_result: DrainResult | None = None
+        self.phase = ""
+        self._new_phase(cfg.sources[0] if cfg.sources else "drain")
+
+    def _new_phase(self, name: str) -> None:
+        """Settings, topics and pipeline of a phase: a new topic prefix (the sink keeps its offsets
+        per topic in the database) and, with a private broker, a new broker port."""
+        self.phase = name
+        prefix = f"psb{uuid.uuid4().hex[:8]}e"
+        state = self.workdir / name
+        update: dict[str, Any] = {"topic_prefix": prefix, "partitions": 3, "state_dir": state / "state"}
+        base = self.base_settings
+        self.broker_port = None
+        if self.cfg.private_broker and base.kafka_bootstrap.startswith(("127.0.0.1:", "localhost:")):
+            self.broker_port = free_port()
+            update["kafka_bootstrap"] = f"127.0.0.1:{self.broker_port}"
+        self.settings = base.model_copy(update=update)
+        self.topics = Topics(prefix, 3)
+        self.pipe = Pipeline(self.settings, state, plants=self.cfg.plants,
+                             sim_ports={p: free_port() for p in self.cfg.plants}, edge_metrics=True)  # fmt: skip
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start_infra(self) -> None:
-        """Topics, schema, sink and streams worker: started early, since the worker's first consumer
-        group join takes the broker ~20-30 s and can overlap other measurements."""
+        """Broker, topics, schema, sink and streams worker of the current phase: started early,
+        since the worker's first consumer group join takes the broker ~20-30 s and can overlap
+        other measurements."""
+        self.pipe.workdir.mkdir(parents=True, exist_ok=True)
         if self.broker_port is not None:
             from plantstream.stack import tansu_binary, wait_port
 
-            self.workdir.mkdir(parents=True, exist_ok=True)
             url = f"tcp://127.0.0.1:{self.broker_port}"
-            with (self.workdir / "broker.log").open("wb") as out:
+            log_path = self.pipe.workdir / "broker.log"
+            with log_path.open("wb") as out:
                 self.broker = subprocess.Popen(
                     [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
                      "--storage-engine", "memory://tansu/"],
                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 )  # fmt: skip
-            wait_port(self.broker_port, 30, "the bench's private broker", self.broker, self.workdir / "broker.log")
+            wait_port(self.broker_port, 30, "the bench's private broker", self.broker, log_path)
         self.pipe.prepare()
         self.pipe.spawn("sink", "sink", "run", "--static-assignment", "--metrics-port", str(self.metrics_port))
         self.pipe.spawn("streams-0", "streams", "worker", "--metrics-port", str(self.streams_metrics_port))
+        self.scraper = SinkScraper(self.metrics_port, self.cfg.poll_s).start()
+        self.edges = EdgeScraper(self.pipe.workdir / "edge-state", self.cfg.poll_s).start()
+
+    def _next_phase(self, name: str) -> None:
+        self.stop()
+        self._new_phase(name)
+        self.start_infra()
 
     def _note_peaks(self, names: list[str] | None = None) -> None:
         for p in self.pipe.procs:
@@ -354,13 +430,13 @@ class EndToEnd:
                             str(self.pipe.sim_ports[plant]), "--mqtt-url", self.settings.mqtt)  # fmt: skip
         for plant in self.cfg.plants:
             self.pipe.wait_port(self.pipe.sim_ports[plant], f"simulator {plant}", 60)
-            status = self.workdir / "edge-state" / plant / "buffer.status.json"
+            status = self.pipe.workdir / "edge-state" / plant / "buffer.status.json"
             status.unlink(missing_ok=True)
         self.pipe.start_edges()
         wait_for(self.pipe.edges_ready, 60, "the edge agents to connect", self.pipe.check_alive)
 
     def _logger_status(self) -> Path:
-        return self.workdir / "edge-state" / "loggers" / "buffer.status.json"
+        return self.pipe.workdir / "edge-state" / "loggers" / "buffer.status.json"
 
     def _restart_loggers(self, per_s: float) -> None:
         """One MQTT edge agent subscribed to the loggers' root; publishers at ``per_s`` readings/s in all."""
@@ -376,6 +452,7 @@ class EndToEnd:
             "kafka": {"topic_prefix": self.topics.prefix, "partitions": 3},
             "buffer": {"path": str(self._logger_status().with_name("buffer.db"))},
             "progress_interval_s": 5,
+            "metrics_port": 0,
             "batch": {"max_readings": cfg.logger_batch_readings, "max_delay_ms": cfg.logger_batch_delay_ms},
             "sources": [{
                 "type": "mqtt", "id": "loggers", "url": self.settings.mqtt, "client_id": f"bench-edge-{root}",
@@ -383,7 +460,7 @@ class EndToEnd:
                 "subscriptions": [{"template": f"{root}/{{_}}/{{equipment+}}/{{tag}}", "readings_path": "$"}],
             }],
         }  # fmt: skip
-        path = self.workdir / "edge-loggers.yaml"
+        path = self.pipe.workdir / "edge-loggers.yaml"
         dump_config(EdgeConfig.model_validate(edge_cfg), path)
         self._logger_status().unlink(missing_ok=True)
         self.pipe.spawn("edge-loggers", "edge", "run", "--config", str(path))
@@ -395,13 +472,13 @@ class EndToEnd:
             spawn(f"logger-pub-{i}", python_module("plantstream.bench.workers", "mqtt-pub", "--host",
                   url.hostname or "127.0.0.1", "--port", str(url.port or 1883), "--root", f"{root}/p{i}", "--qos", "1",
                   "--tags", str(cfg.logger_tags // cfg.logger_publishers), "--per-message",
-                  str(cfg.logger_per_message), "--rate", f"{msgs:.1f}"), self.workdir / "logs")
+                  str(cfg.logger_per_message), "--rate", f"{msgs:.1f}"), self.pipe.workdir / "logs")
             for i in range(cfg.logger_publishers)
         ]  # fmt: skip
 
     def _edge_buffered(self) -> int:
         n = 0
-        paths = [self.workdir / "edge-state" / p / "buffer.status.json" for p in self.cfg.plants]
+        paths = [self.pipe.workdir / "edge-state" / p / "buffer.status.json" for p in self.cfg.plants]
         for path in [*paths, self._logger_status()]:
             with contextlib.suppress(OSError, ValueError):
                 n += int(json.loads(path.read_text()).get("buffer", {}).get("readings", 0))
@@ -441,7 +518,7 @@ class EndToEnd:
         return offered, sim_lag
 
     def _measure(self, step: float) -> StepResult:
-        assert self.scraper is not None and self.counter is not None
+        assert self.scraper is not None and self.edges is not None
         cfg = self.cfg
         time.sleep(cfg.settle_s)
         self.pipe.check_alive()
@@ -461,7 +538,7 @@ class EndToEnd:
         dt = t1 - t0
         cpu = {k: round(100.0 * (cpu1.get(k, 0.0) - v) / dt, 1) for k, v in cpu0.items() if k in cpu1}
         offered, sim_lag = self._offered(t0, t1)
-        edge_out = window_rate(self.counter.events, t0, t1)
+        edge_out = window_rate(self.edges.events, t0, t1)
         db, p50, p99, fresh = self.scraper.window(t0, t1)
         if p50 is not None and p50 < cfg.step_s / 2:
             # Readings offered in [t0, t1) reach the database about p50 later: count the commits
@@ -586,16 +663,18 @@ class EndToEnd:
         return res
 
     def run(self, out: Path) -> list[E2EResult]:
-        """Step through the rates of every configured source; always stops every process it started."""
+        """Step through the rates of every configured source, each on fresh infrastructure (the
+        first on what ``start_infra`` started); always stops every process it started."""
         results: list[E2EResult] = []
-        self.scraper = SinkScraper(self.metrics_port, self.cfg.poll_s).start()
-        self.counter = RawCounter(self.settings.kafka_bootstrap, self.topics.raw).start()
         try:
-            for source in self.cfg.sources:
+            for i, source in enumerate(self.cfg.sources):
+                if i > 0 or self.scraper is None:
+                    self._next_phase(source)
                 self._quiesce()
                 results.append(self._run_source(source, out))
             # Last: its backlog leaves a minute of open windows and dirty pages behind.
             if self.cfg.drain_readings > 0:
+                self._next_phase("drain")
                 self._quiesce()
                 self.drain_result = self.drain(self.cfg.drain_readings)
             return results
@@ -604,7 +683,7 @@ class EndToEnd:
             self.stop()
 
     def _run_source(self, source: Source, out: Path) -> E2EResult:
-        assert self.scraper is not None and self.counter is not None
+        assert self.scraper is not None and self.edges is not None
         cfg = self.cfg
         self.source = source
         res = E2EResult(source=source, t0=time.time())
@@ -620,6 +699,13 @@ class EndToEnd:
                 wait_for(partial(_grew, scraper, scraper.total), cfg.first_rows_timeout_s,
                          f"the first readings in the database (sink metrics: {scraper.error or 'ok'})",
                          self.pipe.check_alive)  # fmt: skip
+                # And until the backlog the load built while the worker joined its group is
+                # through (newest reading in the database younger than the p99 target), so the
+                # first step measures the rate, not the catch-up; a step that cannot get there
+                # shows it in its own numbers.
+                with contextlib.suppress(TimeoutError):
+                    wait_for(partial(_fresh, scraper, cfg.p99_target_s), 60, "the first readings to be fresh",
+                             self.pipe.check_alive)  # fmt: skip
             result = self._measure(step)
             res.steps.append(result)
             self._note_peaks()
@@ -654,15 +740,18 @@ class EndToEnd:
         if not res.bound and res.steps:
             res.bound = f"every step sustained up to {res.steps[-1].obs.rate_hz:g} {res.step_unit}; not pushed further"
         res.db_series = per_second(self.scraper.events(), res.t0)
-        res.raw_series = per_second([e for e in self.counter.events if e[0] >= res.t0], res.t0)
+        res.raw_series = per_second([e for e in self.edges.events if e[0] >= res.t0], res.t0)
         res.latency_series = [p for p in self.scraper.p99_series(res.t0) if p[0] >= 0]
         return res
 
     def stop(self) -> None:
+        """Stop everything of the current phase (idempotent)."""
         if self.scraper is not None:
             self.scraper.stop()
-        if self.counter is not None:
-            self.counter.stop()
+            self.scraper = None
+        if self.edges is not None:
+            self.edges.stop()
+            self.edges = None
         self._note_peaks()
         for w in self.publishers:
             with contextlib.suppress(Exception):

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from plantstream.config import Settings
 from plantstream.stack import port_open
@@ -54,6 +55,8 @@ class Pipeline:
     # Per plant, more simulator options (e.g. --no-mes); and a streams worker config file.
     sim_args: dict[str, list[str]] = field(default_factory=dict)
     streams_config: Path | None = None
+    # Edge agents serve Prometheus /metrics on a free port (written to their status file).
+    edge_metrics: bool = False
     procs: list[Proc] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
@@ -190,9 +193,12 @@ class Pipeline:
 
         cfg = config_for_sim(plant, self.sim_endpoint(plant), self.settings.mqtt)
         # Each agent's buffer and status file in a known place, so supervisors can read its status.
-        cfg = cfg.model_copy(
-            update={"buffer": cfg.buffer.model_copy(update={"path": self.workdir / "edge-state" / plant / "buffer.db"})}
-        )
+        update: dict[str, Any] = {
+            "buffer": cfg.buffer.model_copy(update={"path": self.workdir / "edge-state" / plant / "buffer.db"})
+        }
+        if self.edge_metrics:
+            update["metrics_port"] = 0
+        cfg = cfg.model_copy(update=update)
         path = self.workdir / f"edge-{plant}.yaml"
         dump_config(cfg, path)
         return path

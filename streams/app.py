@@ -370,10 +370,14 @@ def _broadcast_record(
 def build_app(settings: Settings, cfg: StreamsConfig) -> tuple[faust.App, Runtime]:
     topics = Topics(settings.topic_prefix, settings.partitions)
     app_id = f"{settings.topic_prefix}-streams"
+    (settings.state_dir / "streams").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
+        # Faust writes a small data dir even with the memory store; keep it with the other state,
+        # never in whatever directory the worker was started from.
+        datadir=str(settings.state_dir / "streams" / "{conf.name}-data"),
         web_enabled=cfg.web_port is not None,
         web_port=cfg.web_port or 6066,
         web_bind="127.0.0.1",

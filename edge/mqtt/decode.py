@@ -10,6 +10,7 @@ import math
 from datetime import datetime
 from typing import Any
 
+import orjson
 from paho.mqtt.client import topic_matches_sub
 
 from plantstream.contract import Value
@@ -166,13 +167,21 @@ class MqttDecoder:
             raise Malformed("topic matches no configured subscription template")
         assert isinstance(route, _Route)
         try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise Malformed(f"payload is not UTF-8 ({exc.reason} at byte {exc.start})") from None
-        try:
-            doc = json.loads(text)
-        except ValueError as exc:
-            raise Malformed(f"payload is not JSON: {exc}") from None
+            # orjson parses a data logger's array in a third of the standard parser's time
+            # (about 3 % of a core at 50k readings/s).
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            # The standard parser decides, as it always did: it names the byte or position of a
+            # problem, and it accepts the non-standard NaN / Infinity literals some loggers send
+            # and integers beyond 64 bits (orjson rejects both).
+            try:
+                text = payload.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise Malformed(f"payload is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+            try:
+                doc = json.loads(text)
+            except ValueError as exc:
+                raise Malformed(f"payload is not JSON: {exc}") from None
         sub = route.sub
         if sub.readings_path is None:
             if route.error is not None:

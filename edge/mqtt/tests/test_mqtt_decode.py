@@ -77,6 +77,22 @@ def test_malformed_payloads_name_the_reason(topic: str, payload: bytes, reason: 
         _decoder().decode(topic, payload, 0)
 
 
+def test_payloads_the_fast_parser_rejects_read_as_the_standard_parser_reads_them() -> None:
+    """orjson refuses NaN / Infinity literals and integers beyond 64 bits; some loggers send the
+    literals, so they decode exactly as with the standard parser (then validation decides)."""
+    import math
+
+    d = _decoder()
+    topic = "plantstream-sim/steel/acme/x/t2"
+    nan = d.decode(topic, b'{"ts_us": 5, "value": NaN}', 0)[3]
+    assert isinstance(nan, float) and math.isnan(nan)
+    assert d.decode(topic, b'{"ts_us": 5, "value": -Infinity}', 0)[3] == -math.inf
+    # (an integer beyond 64 bits is then stored as a double)
+    assert d.decode(topic, b'{"ts_us": 5, "value": 123456789012345678901234567890}', 0)[3] == 1.2345678901234568e29
+    with pytest.raises(Malformed, match=r"not UTF-8 \(invalid start byte at byte 23\)"):
+        d.decode(topic, b'{"ts_us": 5, "value": "\xff"}', 0)
+
+
 def test_json_array_payload_is_many_readings_of_the_topic_tag() -> None:
     d = _decoder(readings_path="$")
     payload = json.dumps([{"ts_us": 10 + i, "value": float(i), "quality": "good"} for i in range(3)]).encode()
