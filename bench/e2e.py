@@ -369,9 +369,8 @@ class EndToEnd:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start_infra(self) -> None:
-        """Broker, topics, schema, sink and streams worker of the current phase: started early,
-        since the worker's first consumer group join takes the broker ~20-30 s and can overlap
-        other measurements."""
+        """Broker, topics, schema, sink and streams worker of the current phase (the worker's first
+        consumer group join takes the local broker ~20-30 s; the first step waits for it)."""
         self.pipe.workdir.mkdir(parents=True, exist_ok=True)
         if self.broker_port is not None:
             from plantstream.stack import tansu_binary, wait_port
@@ -468,10 +467,14 @@ class EndToEnd:
                  self.pipe.check_alive)  # fmt: skip
         url = urlsplit(self.settings.mqtt)
         msgs = per_s / cfg.logger_per_message / cfg.logger_publishers
+        # Disjoint tags per publisher: the agent maps topics to equipment/tag without the
+        # publisher's segment, and two publishers starting together would otherwise send the same
+        # tag at the same microsecond (one key in readings: a conflict the sink has to resolve).
+        per_pub = cfg.logger_tags // cfg.logger_publishers
         self.publishers = [
             spawn(f"logger-pub-{i}", python_module("plantstream.bench.workers", "mqtt-pub", "--host",
                   url.hostname or "127.0.0.1", "--port", str(url.port or 1883), "--root", f"{root}/p{i}", "--qos", "1",
-                  "--tags", str(cfg.logger_tags // cfg.logger_publishers), "--per-message",
+                  "--tags", str(per_pub), "--first-tag", str(i * per_pub), "--per-message",
                   str(cfg.logger_per_message), "--rate", f"{msgs:.1f}"), self.pipe.workdir / "logs")
             for i in range(cfg.logger_publishers)
         ]  # fmt: skip

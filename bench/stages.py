@@ -245,8 +245,8 @@ def edge_mqtt(
         return [
             spawn(f"{name}-pub-{i}", python_module("plantstream.bench.workers", "mqtt-pub", "--host",
                   url.hostname or "127.0.0.1", "--port", str(url.port or 1883), "--root", f"{root}/p{i}", "--qos",
-                  "1", "--seconds", str(warmup + seconds + 2), "--tags", str(tags), "--per-message",
-                  str(per_message)), workdir / "logs")
+                  "1", "--seconds", str(warmup + seconds + 2), "--tags", str(tags), "--first-tag", str(i * tags),
+                  "--per-message", str(per_message)), workdir / "logs")
             for i in range(publishers)
         ]  # fmt: skip
 

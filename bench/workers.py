@@ -109,8 +109,8 @@ def mqtt_payload(ts_us: int, value: float, per_message: int = 1) -> bytes:
     return b"[" + b",".join(_ONE % (ts_us + k, value + k) for k in range(per_message)) + b"]"
 
 
-def mqtt_topics(root: str, tags: int, units: int = 10) -> list[str]:
-    return [f"{root}/{EQUIPMENT}/u{i % units}/t{i}" for i in range(tags)]
+def mqtt_topics(root: str, tags: int, units: int = 10, first: int = 0) -> list[str]:
+    return [f"{root}/{EQUIPMENT}/u{i % units}/t{i}" for i in range(first, first + tags)]
 
 
 def mqtt_pub(
@@ -123,6 +123,7 @@ def mqtt_pub(
     tags: int,
     per_message: int = 1,
     rate: float | None = None,
+    first_tag: int = 0,
 ) -> None:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
@@ -148,7 +149,7 @@ def mqtt_pub(
         raise SystemExit(f"mqtt-pub: broker {host}:{port} not reachable")
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    topics = mqtt_topics(root, tags)
+    topics = mqtt_topics(root, tags, first=first_tag)
     _say(ready=True)
     sent = 0
     start = time.monotonic()
@@ -195,11 +196,17 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--tags", type=int, default=200)
     m.add_argument("--per-message", type=int, default=1, help="readings per message (> 1: a JSON array)")
     m.add_argument("--rate", type=float, default=None, help="messages/s (default: as fast as acknowledged)")
+    m.add_argument(
+        "--first-tag",
+        type=int,
+        default=0,
+        help="tags t<K>..: publishers feeding one agent need disjoint tags (same tag and microsecond = one reading)",
+    )
     a = ap.parse_args(argv)
     if a.cmd == "opcua-server":
         asyncio.run(opcua_server(a.port, a.tags, a.seconds, a.rate))
     else:
-        mqtt_pub(a.host, a.port, a.root, a.qos, a.count, a.seconds, a.tags, a.per_message, a.rate)
+        mqtt_pub(a.host, a.port, a.root, a.qos, a.count, a.seconds, a.tags, a.per_message, a.rate, a.first_tag)
 
 
 if __name__ == "__main__":

@@ -247,7 +247,9 @@ _DIRECT_ORDER = ("tag_id", "time", "v_float", "v_int", "v_bool", "v_text", "qual
                  "server_time", "seq")  # fmt: skip
 _COPY_READINGS = f"COPY readings ({', '.join(_DIRECT_ORDER)}) FROM STDIN (FORMAT BINARY)"
 _READING_TYPES_DIRECT = [READINGS_COLUMN_TYPES[c] for c in _DIRECT_ORDER]
-_FAST_PROBE_EVERY = 20  # flushes on the staging path after a conflict before trying direct COPY again
+# After a conflict, flushes on the staging path before trying direct COPY again: 1 after an
+# isolated duplicate (a late re-send), doubling while conflicts repeat (a replay), at most 20.
+_FAST_PROBE_MAX = 20
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds: PostgreSQL's binary time origin
 _pack_q = struct.Struct(">q").pack
 
@@ -320,6 +322,8 @@ class PostgresSink:
         self._covered: set[tuple[str, int]] = set()  # (table, day) known to have a partition
         self._keep_days: dict[str, int] = {}
         self._fast_probe_in = 0
+        self._fast_probe_backoff = 1
+        self.direct_conflicts = 0  # direct COPYs undone by a key already present
         self._direct_cur: psycopg.Cursor[Any] | None = None
         self.last = FlushStats()
 
@@ -675,9 +679,14 @@ class PostgresSink:
                     cp.set_types(_READING_TYPES_DIRECT)
                     for r in rows:
                         cp.write_row(r)
+                self._fast_probe_backoff = 1
                 return
             except psycopg.errors.UniqueViolation:
-                self._fast_probe_in = _FAST_PROBE_EVERY  # replaying: stay on the staging path for a while
+                # A wasted COPY per probe while a replay lasts, so probe less often the longer it
+                # does; a single late duplicate costs one flush on the slower path, not twenty.
+                self._fast_probe_in = self._fast_probe_backoff
+                self._fast_probe_backoff = min(_FAST_PROBE_MAX, self._fast_probe_backoff * 2)
+                self.direct_conflicts += 1
         else:
             self._fast_probe_in -= 1
         with cur.copy(

@@ -265,3 +265,31 @@ def test_tag_registry_keeps_the_canonical_unit_and_range(sink: PostgresSink, fre
     assert unit == "degC"
     assert abs(lo - 0.0) < 1e-9 and abs(hi - 100.0) < 1e-9 and abs(roc - 5.0) < 1e-9
     assert rows["x.odd"][0] == "furlongs per nothing"
+
+
+def test_an_isolated_duplicate_costs_one_flush_on_the_staging_path(sink: PostgresSink, fresh_db: str) -> None:
+    """Direct COPY fails as a whole on a key already present; the sink then takes the staging path
+    (INSERT ... ON CONFLICT) and probes direct COPY again after 1 flush, doubling the wait only
+    while conflicts repeat (a replay), so one late re-send does not slow the next twenty flushes."""
+    t0 = now_us() - 3_600_000_000
+    chunks = [readings(50, tags=5, t0=t0 + k * 1_000_000) for k in range(12)]
+    sink.write(reading_records(chunks[0]))
+    assert sink.flush() == [] and sink.direct_conflicts == 0
+    # One late duplicate inside new rows: this flush falls back, the next one is direct again.
+    sink.write(reading_records([chunks[0][7], *chunks[1]]))
+    assert sink.flush() == [] and sink.direct_conflicts == 1
+    sink.write(reading_records(chunks[2]))  # on the staging path (the one flush after a conflict)
+    assert sink.flush() == [] and sink.direct_conflicts == 1
+    sink.write(reading_records(chunks[3]))  # direct again, succeeds: backoff back to 1
+    assert sink.flush() == [] and sink.direct_conflicts == 1
+    # A replay: every probe conflicts, and the probes spread out (after 1, then 2, then 4 flushes).
+    conflicts_at = []
+    for k in range(4, 12):
+        sink.write(reading_records([chunks[k - 4][0], *chunks[k]]))
+        before = sink.direct_conflicts
+        assert sink.flush() == []
+        if sink.direct_conflicts > before:
+            conflicts_at.append(k)
+    assert conflicts_at == [4, 6, 9]
+    total = sum(len(c) for c in chunks)
+    assert _one(fresh_db, "SELECT count(*) FROM readings") == total
