@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import statistics
 import threading
 import time
 import uuid
@@ -266,13 +267,25 @@ def streams(readings: int, profile_readings: int = 0) -> dict[str, Any]:
     return out
 
 
-def sink(dsn: str, rows: int) -> dict[str, Any]:
-    """The sink's whole write path (decode, registration, COPY to staging, upsert, commit)."""
+def sink(dsn: str, rows: int, rounds: int = 3) -> dict[str, Any]:
+    """The sink's whole write path (decode, registration, binary COPY into readings, commit),
+    alternated with the limit it is judged against (binary COPY of as many rows into the same
+    ``readings`` table): this machine's speed drifts by tens of percent within minutes, so a limit
+    measured minutes earlier made the ratio swing; medians of adjacent rounds do not."""
+    from plantstream.bench.limits import pg_copy
     from plantstream.sinks.timescaledb.bench import measure
 
-    r = measure(dsn, rows=rows, rows_per_flush=min(50_000, max(1000, rows // 4)))
-    return {"readings_per_s": float(r.sink_rows_per_s), "plain_copy_rows_per_s": float(r.copy_rows_per_s),
-            "rows": r.rows, "flushes": r.flushes, "rows_per_flush": r.rows_per_flush}  # fmt: skip
+    sink_rates: list[float] = []
+    copy_rates: list[float] = []
+    last = None
+    for _ in range(rounds):
+        copy_rates.append(float(pg_copy(dsn, rows)["readings_rows_per_s"]))
+        last = measure(dsn, rows=rows, rows_per_flush=min(50_000, max(1000, rows // 4)))
+        sink_rates.append(float(last.sink_rows_per_s))
+    assert last is not None
+    return {"readings_per_s": statistics.median(sink_rates), "copy_readings_rows_per_s": statistics.median(copy_rates),
+            "sink_rounds": sink_rates, "copy_rounds": copy_rates, "rows": last.rows, "flushes": last.flushes,
+            "rows_per_flush": last.rows_per_flush}  # fmt: skip
 
 
 DATASET_API = "plantstream.datasets.bench.run(dsn: str, quick: bool) -> {'cells_per_s': float, ...}"

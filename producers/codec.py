@@ -187,7 +187,11 @@ def encode_readings(batch: ReadingBatch | Sequence[Reading]) -> bytes:
 
 
 _STR = str
-_INT = int
+
+
+_INT_ONLY = frozenset({int})
+_QUALITIES = frozenset({0, 1, 2})
+_VALUE_TYPES = frozenset({float, int, bool, str})
 
 
 def decode_readings(data: bytes) -> ReadingBatch:
@@ -222,21 +226,28 @@ def decode_readings(data: bytes) -> ReadingBatch:
     for name, opt in (("status_code", status), ("server_ts_us", sts), ("lot", lots), ("reason", reasons)):
         if opt is not None and (not isinstance(opt, list) or len(opt) != n):
             raise CodecError(f"column {name!r} has the wrong length")
+    # Column checks run at C speed (map/set) - they are per reading, in every consumer's hot path;
+    # the slow loop only runs to name the offending row.
     try:
         org = Origin(origin)
-        tag_col = [tags[c] for c in tag_codes]
-        unit_col = [units[c] for c in unit_codes]
-    except (ValueError, IndexError, TypeError) as exc:
+        tag_col = list(map(tags.__getitem__, tag_codes))
+        unit_col = list(map(units.__getitem__, unit_codes))
+    except (ValueError, IndexError, TypeError, KeyError, AttributeError) as exc:
         raise CodecError(f"bad dictionary or origin: {exc}") from None
-    if not all(type(t) is _INT for t in ts):
+    if not set(map(type, ts)) <= _INT_ONLY:
         raise CodecError("ts_us must be integers (microseconds)")
-    if not all(q in (0, 1, 2) for q in quality):
+    try:
+        quality_ok = set(quality) <= _QUALITIES
+    except TypeError:  # an unhashable element
+        quality_ok = False
+    if not quality_ok:
         raise CodecError("quality must be 0 (good), 1 (uncertain) or 2 (bad)")
-    for i, v in enumerate(values):
-        if not isinstance(v, float | int | str):  # bool is an int
-            raise CodecError(
-                f"value of row {i} ({tag_col[i]!r}) is {type(v).__name__}; expected float, int, bool or str"
-            )
+    if not set(map(type, values)) <= _VALUE_TYPES:
+        for i, v in enumerate(values):
+            if not isinstance(v, float | int | str):  # bool is an int
+                raise CodecError(
+                    f"value of row {i} ({tag_col[i]!r}) is {type(v).__name__}; expected float, int, bool or str"
+                )
     none = [None] * n
     return ReadingBatch(
         plant=plant,

@@ -36,14 +36,14 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.adapt import Dumper
-from psycopg.pq import Format
 from psycopg.types.json import Jsonb
 
 from plantstream.contract import ContextEvent, ContextKind, TagMeta, validate_equipment_path
 from plantstream.producers import codec
 from plantstream.producers.codec import Aggregate, CodecError, ReadingBatch
 from plantstream.sinks.base import DeadLetter, Record, RecordOrigin, SinkUnavailable
+from plantstream.sinks.timescaledb.copybin import KIND, ReadingColumns
+from plantstream.sinks.timescaledb.copybin import encode as encode_copy
 from plantstream.streams.logic.validate import RuleError, compile_rule
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,6 @@ CREATE TEMP TABLE IF NOT EXISTS ps_stage_aggregates (
     stddev double precision, twa double precision, lot_id integer
 );
 """
-_READING_TYPES = ["int4", "int8", "float8", "int8", "bool", "text", "int2", "int8", "int4", "int8", "int8"]
 _AGG_TYPES = [
     "int4",
     "int4",
@@ -246,21 +245,10 @@ READINGS_COLUMN_TYPES: dict[str, str] = {
 _DIRECT_ORDER = ("tag_id", "time", "v_float", "v_int", "v_bool", "v_text", "quality", "status_code", "lot_id",
                  "server_time", "seq")  # fmt: skip
 _COPY_READINGS = f"COPY readings ({', '.join(_DIRECT_ORDER)}) FROM STDIN (FORMAT BINARY)"
-_READING_TYPES_DIRECT = [READINGS_COLUMN_TYPES[c] for c in _DIRECT_ORDER]
 # After a conflict, flushes on the staging path before trying direct COPY again: 1 after an
 # isolated duplicate (a late re-send), doubling while conflicts repeat (a replay), at most 20.
 _FAST_PROBE_MAX = 20
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds: PostgreSQL's binary time origin
-_pack_q = struct.Struct(">q").pack
-
-
-class _UsTimestamptzDumper(Dumper):
-    """Binary timestamptz from integer Unix microseconds (exact; used only via COPY set_types)."""
-
-    format = Format.BINARY
-
-    def dump(self, obj: Any) -> bytes:
-        return _pack_q(obj - _PG_EPOCH_US)
 
 
 _INSERT_READINGS = f"""
@@ -324,7 +312,6 @@ class PostgresSink:
         self._fast_probe_in = 0
         self._fast_probe_backoff = 1
         self.direct_conflicts = 0  # direct COPYs undone by a key already present
-        self._direct_cur: psycopg.Cursor[Any] | None = None
         self.last = FlushStats()
 
     # -- Sink protocol --------------------------------------------------------------------------
@@ -403,7 +390,6 @@ class PostgresSink:
 
     def close_connection(self) -> None:
         conn, self._conn = self._conn, None
-        self._direct_cur = None
         if conn is not None:
             # A broken connection may fail to close; it is gone either way.
             with contextlib.suppress(Exception):
@@ -617,8 +603,9 @@ class PostgresSink:
     # -- time series ----------------------------------------------------------------------------
 
     def _readings(self, cur: psycopg.Cursor[Any], units: list[_Unit]) -> None:
-        rows: list[tuple[Any, ...]] = []
-        append = rows.append
+        cols = ReadingColumns()
+        c_tag, c_ts, c_val, c_q = cols.tag_id, cols.ts_us, cols.value, cols.quality
+        c_sc, c_lot, c_srv, c_seq = cols.status_code, cols.lot_id, cols.server_ts_us, cols.seq
         for u in units:
             b: ReadingBatch = u.record.payload
             lo, hi = u.lo, u.hi
@@ -634,51 +621,33 @@ class PostgresSink:
                 if lot is not None:
                     lots[lot] = self._lot_id(cur, b.plant, lot)
             ts, q, sc, seq, sts, lot_col = b.ts_us, b.quality, b.status_code, b.seq, b.server_ts_us, b.lot
+            c_tag.extend(map(ids.__getitem__, tags[lo:hi]))
+            c_ts.extend(ts[lo:hi])
+            c_q.extend(q[lo:hi])
+            c_sc.extend(sc[lo:hi])
+            c_seq.extend(seq[lo:hi])
             if set(map(type, vals[lo:hi])) == {float} and not any(sts[lo:hi]) and not any(lot_col[lo:hi]):
-                # The common case (float values, no server time, no lot): columns zipped at C speed.
-                none = repeat(None)
-                rows.extend(
-                    zip(
-                        map(ids.__getitem__, tags[lo:hi]),
-                        ts[lo:hi],
-                        vals[lo:hi],
-                        none,
-                        none,
-                        none,
-                        q[lo:hi],
-                        sc[lo:hi],
-                        none,
-                        none,
-                        seq[lo:hi],
-                        strict=False,  # `repeat` is endless; the slices have equal length
-                    )
-                )
+                # The common case (float values, no server time, no lot): columns extended at C speed.
+                c_val.extend(vals[lo:hi])
+                c_lot.extend(repeat(None, hi - lo))
+                c_srv.extend(repeat(None, hi - lo))
                 continue
             for i in range(lo, hi):
                 v = vals[i]
-                vt = type(v)
-                s = sts[i]
-                if s == ts[i]:
-                    s = None
-                if vt is float:
-                    append((ids[tags[i]], ts[i], v, None, None, None, q[i], sc[i], lots[lot_col[i]], s, seq[i]))
-                elif vt is int:
-                    append((ids[tags[i]], ts[i], None, v, None, None, q[i], sc[i], lots[lot_col[i]], s, seq[i]))
-                elif vt is bool:
-                    append((ids[tags[i]], ts[i], None, None, v, None, q[i], sc[i], lots[lot_col[i]], s, seq[i]))
-                elif vt is str:
-                    append((ids[tags[i]], ts[i], None, None, None, v, q[i], sc[i], lots[lot_col[i]], s, seq[i]))
-                else:
-                    raise RecordError(f"value of {tags[i]!r} is {vt.__name__}")
+                if type(v) not in KIND:
+                    raise RecordError(f"value of {tags[i]!r} is {type(v).__name__}")
+                c_val.append(v)
+                c_lot.append(lots[lot_col[i]])
+                srv = sts[i]
+                c_srv.append(None if srv == ts[i] else srv)  # equal to the source time: not stored
         if self._fast_probe_in <= 0:
             # Optimistic path: COPY straight into readings (multi-insert, ~2x faster than
             # INSERT ... ON CONFLICT). Any key already present (a replay, a late duplicate) makes
             # it fail as a whole; it is then undone and the rows go through staging instead.
+            data = encode_copy(cols, _PG_EPOCH_US)
             try:
-                with cur.connection.transaction(), self._copy_cur(cur).copy(_COPY_READINGS) as cp:
-                    cp.set_types(_READING_TYPES_DIRECT)
-                    for r in rows:
-                        cp.write_row(r)
+                with cur.connection.transaction(), cur.copy(_COPY_READINGS) as cp:
+                    cp.write(data)
                 self._fast_probe_backoff = 1
                 return
             except psycopg.errors.UniqueViolation:
@@ -693,22 +662,9 @@ class PostgresSink:
             "COPY ps_stage_readings (tag_id, ts_us, v_float, v_int, v_bool, v_text, quality, status_code, lot_id, "
             "server_ts_us, seq) FROM STDIN (FORMAT BINARY)"
         ) as cp:
-            cp.set_types(_READING_TYPES)
-            for r in rows:
-                cp.write_row(r)
+            cp.write(encode_copy(cols, 0))
         cur.execute(_INSERT_READINGS)
         cur.execute("TRUNCATE ps_stage_readings")
-
-    def _copy_cur(self, cur: psycopg.Cursor[Any]) -> psycopg.Cursor[Any]:
-        """A cursor whose COPY dumps integer microseconds as timestamptz (no datetime objects)."""
-        conn = cur.connection
-        if self._direct_cur is None or self._direct_cur.connection is not conn:
-            c = conn.cursor()
-            info = conn.adapters.types["timestamptz"]
-            dumper = type("UsTimestamptzDumper", (_UsTimestamptzDumper,), {"oid": info.oid})
-            c.adapters.register_dumper(None, dumper)
-            self._direct_cur = c
-        return self._direct_cur
 
     def _aggregates(self, cur: psycopg.Cursor[Any], units: list[_Unit]) -> None:
         by_table: dict[str, list[tuple[Any, ...]]] = {}
