@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,6 +227,29 @@ class Pipeline:
             self.start_monitor(monitor_port)
         self.start_sims(sim_duration)
         self.start_edges()
+
+    def run_ledgered(self, sim_duration: float, connect_timeout: float = 90.0) -> None:
+        """The run the end-to-end tests check against the simulators' ledgers: sink and streams up,
+        simulators paused until every edge source is subscribed (no sample is emitted before it
+        can be read), then released; returns once the simulators finished their run."""
+        self.prepare()
+        self.start_sink()
+        self.start_streams()
+        self.start_sims(duration=sim_duration, paused=True)
+        self.start_edges()
+        self._wait(self.edges_ready, connect_timeout, "edge agents connected and subscribed")
+        self.release_sims()
+        self._wait(
+            self.sims_finished, sim_duration + connect_timeout, f"simulators to finish their {sim_duration:g} s run"
+        )
+
+    def _wait(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+            self.check_alive()
+            time.sleep(0.2)
 
     # --- supervision ---------------------------------------------------------------------------
 

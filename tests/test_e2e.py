@@ -102,15 +102,8 @@ def test_database_holds_exactly_what_the_simulators_emitted(settings: Settings, 
         sim_ports={p: free_port() for p in PLANTS},
     )
     try:
-        pipe.prepare()
-        pipe.start_sink()
-        pipe.start_streams()
-        pipe.start_sims(duration=15.0, paused=True)
-        pipe.start_edges()
         # Samples only count once every edge source is subscribed; then the plants start emitting.
-        wait_until(pipe.edges_ready, 90, "edge agents connected and subscribed")
-        pipe.release_sims()
-        wait_until(lambda: pipe.sims_finished(), 90, "simulators to finish their 15 s run")
+        pipe.run_ledgered(sim_duration=15.0)
         expected: dict[tuple[str, str, int], Any] = {}
         for plant in PLANTS:
             expected.update(load_ledger(pipe.ledger(plant)))

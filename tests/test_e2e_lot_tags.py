@@ -63,14 +63,7 @@ def test_heats_from_the_current_heat_tag_stamp_readings(settings: Settings, tmp_
         streams_config=cfg,
     )
     try:
-        pipe.prepare()
-        pipe.start_sink()
-        pipe.start_streams()
-        pipe.start_sims(duration=30.0, paused=True)
-        pipe.start_edges()
-        wait_until(pipe.edges_ready, 90, "the steel edge agent connected and subscribed")
-        pipe.release_sims()
-        wait_until(lambda: pipe.sims_finished(), 90, "the simulator to finish its 30 s run")
+        pipe.run_ledgered(sim_duration=30.0)
 
         def settled() -> bool:
             rows = lf_rows(settings.dsn)
