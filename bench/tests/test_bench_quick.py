@@ -77,7 +77,17 @@ def test_quick_bench_reports_every_metric(settings_env: dict[str, str], settings
         assert m["status"] == "ok", f"{name}: {m['status']} {m['note']}"
         assert m["value"] is not None and m["value"] > 0, f"{name} has no positive value: {m}"
     assert any(n.startswith("memory.") for n in metrics), "no peak-memory metrics"
-    assert metrics["sink.readings_per_s"]["limit"] == metrics["limit.pg_copy_readings"]["value"]
+    # The sink is judged against binary COPY into readings measured alternately with it (the
+    # machine's speed drifts within minutes): that limit and its rounds are in the report.
+    sink = metrics["sink.readings_per_s"]
+    rounds = doc["data"]["sink"]
+    assert (
+        sink["limit"]
+        == rounds["copy_readings_rows_per_s"]
+        == sorted(rounds["copy_rounds"])[len(rounds["copy_rounds"]) // 2]
+    )
+    assert sink["value"] == sorted(rounds["sink_rounds"])[len(rounds["sink_rounds"]) // 2]
+    assert "alternated with the sink" in sink["limit_name"]
     # The MQTT target is measured on JSON arrays (20 readings a message); 1 a message is shown beside it.
     batched, single = (
         metrics["edge.mqtt_readings_per_s"]["details"],
