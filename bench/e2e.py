@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -196,18 +196,15 @@ def bucket_delta(a: SinkSample, b: SinkSample) -> list[tuple[float, float]]:
     return [(le, n - before.get(le, 0.0)) for le, n in b.latency_buckets]
 
 
-class SinkScraper:
-    """Scrapes the sink's /metrics every ``poll_s``: commit rate, latency histogram, freshness."""
+class _Poller:
+    """A daemon thread calling ``poll()`` every ``poll_s`` until ``stop()``."""
 
-    def __init__(self, port: int, poll_s: float) -> None:
-        self.url = f"http://127.0.0.1:{port}/metrics"
+    def __init__(self, poll_s: float, name: str) -> None:
         self.poll_s = poll_s
-        self.samples: list[SinkSample] = []
-        self.error = ""
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sink-scraper", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
-    def start(self) -> SinkScraper:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -215,14 +212,30 @@ class SinkScraper:
         self._stop.set()
         self._thread.join(10)
 
-    def _run(self) -> None:
+    def _loop(self) -> None:
         while not self._stop.wait(self.poll_s):
-            try:
-                text = urllib.request.urlopen(self.url, timeout=5).read().decode()
-            except OSError as exc:
-                self.error = repr(exc)  # the sink may still be starting: keep trying
-                continue
-            self.samples.append(parse_sink_metrics(text, time.time()))
+            self.poll()
+
+    def poll(self) -> None:
+        raise NotImplementedError
+
+
+class SinkScraper(_Poller):
+    """Scrapes the sink's /metrics every ``poll_s``: commit rate, latency histogram, freshness."""
+
+    def __init__(self, port: int, poll_s: float) -> None:
+        super().__init__(poll_s, "sink-scraper")
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.samples: list[SinkSample] = []
+        self.error = ""
+
+    def poll(self) -> None:
+        try:
+            text = urllib.request.urlopen(self.url, timeout=5).read().decode()
+        except OSError as exc:
+            self.error = repr(exc)  # the sink may still be starting: keep trying
+            return
+        self.samples.append(parse_sink_metrics(text, time.time()))
 
     @property
     def total(self) -> float:
@@ -260,26 +273,16 @@ class SinkScraper:
         return out
 
 
-class EdgeScraper:
+class EdgeScraper(_Poller):
     """Readings forwarded by the edge agents (``plantstream_edge_readings_out``), scraped every
     ``poll_s`` from every agent whose status file is under ``state``; agents restart every step, so
     a counter that went down is a new process and counts from zero."""
 
     def __init__(self, state: Path, poll_s: float) -> None:
+        super().__init__(poll_s, "edge-scraper")
         self.state = state
-        self.poll_s = poll_s
         self.events: list[tuple[float, int]] = []  # (time, readings forwarded since the last scrape)
         self._last: dict[tuple[str, int], float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="edge-scraper", daemon=True)
-
-    def start(self) -> EdgeScraper:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
     def _ports(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -290,18 +293,17 @@ class EdgeScraper:
                     out[path.parent.name] = int(st["metrics_port"])
         return out
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            got = 0.0
-            for name, port in self._ports().items():
-                value = scrape_sum(port, "plantstream_edge_readings_out_total")
-                if value is None:
-                    continue
-                key = (name, port)
-                before = self._last.get(key, 0.0)
-                got += value - before if value >= before else value
-                self._last[key] = value
-            self.events.append((time.time(), int(got)))
+    def poll(self) -> None:
+        got = 0.0
+        for name, port in self._ports().items():
+            value = scrape_sum(port, "plantstream_edge_readings_out_total")
+            if value is None:
+                continue
+            key = (name, port)
+            before = self._last.get(key, 0.0)
+            got += value - before if value >= before else value
+            self._last[key] = value
+        self.events.append((time.time(), int(got)))
 
 
 def _grew(scraper: SinkScraper, rows: float) -> bool:
