@@ -5,7 +5,8 @@ backlog drain) is a phase of its own on fresh infrastructure: a new local broker
 streams worker and sink (the local broker lists every stored batch of a partition on each fetch,
 so its cost grows with what earlier phases left behind; Kafka's does not). Within a phase, sink
 and streams stay up; for each rate step the load restarts at the step's rate and the edge agents
-restart against it. Stepping stops at the first step the pipeline cannot sustain. Two sources:
+restart against it. Stepping stops at the first step the pipeline cannot sustain (measured twice
+before it counts). Two sources:
 
 - ``plants``: the three plant simulators (OPC-UA + MQTT JSON, lots, faults), stepped by samples/s
   per tag. Realistic, but one asyncua server process tops out at a few thousand value changes/s.
@@ -98,6 +99,7 @@ class E2EConfig:
     poll_s: float = 0.5
     first_rows_timeout_s: float = 120.0
     profile_s: float = 0.0  # py-spy the bounding process this long (0: no profile)
+    confirm_failures: bool = True  # a step that fails is measured once more before stepping stops
 
 
 @dataclass
@@ -712,6 +714,14 @@ class EndToEnd:
                     wait_for(partial(_fresh, scraper, cfg.p99_target_s), 60, "the first readings to be fresh",
                              self.pipe.check_alive)  # fmt: skip
             result = self._measure(step)
+            if not result.sustained and cfg.confirm_failures:
+                # One 20 s window on a shared VM can miss the 95 % keep-up line by noise (a step
+                # stopped at 37.9k of the 38.0k/s needed): a failing step is measured once more
+                # under the same load, and only a second failure ends the stepping.
+                res.steps.append(result)
+                first_why = result.reason
+                result = self._measure(step)
+                result.reason = result.reason or f"measured again; the first window: {first_why}"
             res.steps.append(result)
             self._note_peaks()
             if not result.sustained:
