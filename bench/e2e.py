@@ -58,11 +58,10 @@ from plantstream.bench.procs import (
     python_module,
     service_cpu,
     spawn,
-    wait_for,
 )
 from plantstream.bench.stages import edge_connected
 from plantstream.config import Settings
-from plantstream.pipeline import Pipeline, Proc
+from plantstream.pipeline import Pipeline, Proc, wait_for
 from plantstream.producers.topics import Topics
 from plantstream.progress import consumer_lag
 from plantstream.testing.plugin import free_port

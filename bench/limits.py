@@ -25,7 +25,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from plantstream.bench import workers
 from plantstream.bench.infra import reading_batches
-from plantstream.bench.procs import Worker, python_module, spawn, wait_for
+from plantstream.bench.procs import Worker, python_module, spawn
+from plantstream.pipeline import wait_for
 from plantstream.producers.kafka import ensure_topics, make_producer
 from plantstream.sinks.timescaledb.sink import READINGS_COLUMN_TYPES
 

@@ -10,9 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,19 +132,6 @@ def spawn(name: str, argv: list[str], logdir: Path, env: dict[str, str] | None =
 
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, check: Callable[[], None] | None = None) -> Any:
-    """Poll ``cond`` until truthy; TimeoutError naming ``what`` otherwise; ``check`` raises on a dead child."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        if check is not None:
-            check()
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def py_spy_available() -> bool:

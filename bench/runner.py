@@ -308,8 +308,8 @@ def _stages(r: Run, sz: Sizes, logdir: Path) -> None:
         m.note = (f"decode + tag registration + binary COPY straight into readings (staging + INSERT ON CONFLICT "
                   f"only after a key conflict), {res['rows_per_flush']} rows per transaction; rounds "
                   + ", ".join(f"{a / 1000:.0f}k vs {b / 1000:.0f}k" for a, b in zip(res["sink_rounds"], res["copy_rounds"], strict=True)))  # fmt: skip
-        m.bound = ("sink: Python work per row (decode, value-type dispatch, psycopg's binary row encoding) on "
-                   "top of the same COPY the limit does")  # fmt: skip
+        m.bound = ("sink: Python work per row (decode, tag and lot lookups, building the columns, encoding them for "
+                   "binary COPY) on top of the same COPY the limit does")  # fmt: skip
 
     r.guard([("sink.readings_per_s", "stage", "readings/s")], sink)
 

@@ -28,10 +28,11 @@ from typing import Any
 
 from plantstream.bench import workers
 from plantstream.bench.model import Flatness, judge_flat, percentile, slope
-from plantstream.bench.procs import Worker, peak_rss_mb, python_module, spawn, wait_for
+from plantstream.bench.procs import Worker, peak_rss_mb, python_module, spawn
 from plantstream.config import Settings
 from plantstream.edge.config import EdgeConfig
 from plantstream.edge.simconfig import dump_config
+from plantstream.pipeline import wait_for
 from plantstream.producers.kafka import ensure_topics
 from plantstream.producers.topics import Topics
 from plantstream.testing.plugin import free_port

@@ -32,11 +32,11 @@ from plantstream.bench.procs import (
     python_module,
     service_cpu,
     spawn,
-    wait_for,
 )
 from plantstream.config import Settings
 from plantstream.edge.config import EdgeConfig
 from plantstream.edge.simconfig import dump_config
+from plantstream.pipeline import wait_for
 from plantstream.producers.kafka import ensure_topics
 from plantstream.producers.topics import Topics
 
@@ -273,19 +273,19 @@ def sink(dsn: str, rows: int, rounds: int = 3) -> dict[str, Any]:
     ``readings`` table): this machine's speed drifts by tens of percent within minutes, so a limit
     measured minutes earlier made the ratio swing; medians of adjacent rounds do not."""
     from plantstream.bench.limits import pg_copy
-    from plantstream.sinks.timescaledb.bench import measure
+    from plantstream.sinks.timescaledb.bench import sink_rate
 
+    per_flush = min(50_000, max(1000, rows // 4))
     sink_rates: list[float] = []
     copy_rates: list[float] = []
-    last = None
+    flushes = 0
     for _ in range(rounds):
         copy_rates.append(float(pg_copy(dsn, rows)["readings_rows_per_s"]))
-        last = measure(dsn, rows=rows, rows_per_flush=min(50_000, max(1000, rows // 4)))
-        sink_rates.append(float(last.sink_rows_per_s))
-    assert last is not None
+        rate, flushes = sink_rate(dsn, rows=rows, rows_per_flush=per_flush)
+        sink_rates.append(rate)
     return {"readings_per_s": statistics.median(sink_rates), "copy_readings_rows_per_s": statistics.median(copy_rates),
-            "sink_rounds": sink_rates, "copy_rounds": copy_rates, "rows": last.rows, "flushes": last.flushes,
-            "rows_per_flush": last.rows_per_flush}  # fmt: skip
+            "sink_rounds": sink_rates, "copy_rounds": copy_rates, "rows": rows, "flushes": flushes,
+            "rows_per_flush": per_flush}  # fmt: skip
 
 
 DATASET_API = "plantstream.datasets.bench.run(dsn: str, quick: bool) -> {'cells_per_s': float, ...}"

@@ -24,6 +24,19 @@ log = logging.getLogger(__name__)
 SIM_PORTS = {"steel": 4841, "chemical": 4842, "fiber": 4843}
 
 
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, check: Callable[[], None] | None = None) -> Any:
+    """Poll ``cond`` until truthy; TimeoutError naming ``what`` otherwise; ``check`` raises on a dead child."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        if check is not None:
+            check()
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
 @dataclass
 class Proc:
     name: str
@@ -237,19 +250,10 @@ class Pipeline:
         self.start_streams()
         self.start_sims(duration=sim_duration, paused=True)
         self.start_edges()
-        self._wait(self.edges_ready, connect_timeout, "edge agents connected and subscribed")
+        wait_for(self.edges_ready, connect_timeout, "edge agents connected and subscribed", self.check_alive)
         self.release_sims()
-        self._wait(
-            self.sims_finished, sim_duration + connect_timeout, f"simulators to finish their {sim_duration:g} s run"
-        )
-
-    def _wait(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not cond():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-            self.check_alive()
-            time.sleep(0.2)
+        wait_for(self.sims_finished, sim_duration + connect_timeout,
+                 f"simulators to finish their {sim_duration:g} s run", self.check_alive)  # fmt: skip
 
     # --- supervision ---------------------------------------------------------------------------
 

@@ -59,8 +59,8 @@ def _nulls(col: list[int | None], n: int) -> np.ndarray:
     return np.fromiter(map(operator.is_, col, repeat(None)), dtype=bool, count=n)
 
 
-def _ints(col: list[int | None], nulls: np.ndarray | None) -> np.ndarray:
-    if nulls is None or not nulls.any():
+def _ints(col: list[int | None], nulls: np.ndarray) -> np.ndarray:
+    if not nulls.any():
         return np.array(col, dtype=np.int64)
     if nulls.all():
         return np.zeros(len(col), dtype=np.int64)  # never written (the rows' fields are NULL)
