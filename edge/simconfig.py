@@ -34,8 +34,14 @@ def _meta(t: SimTag) -> dict[str, Any]:
     }
 
 
-def config_for_sim(plant: str, opcua_url: str, mqtt_url: str, tags: list[SimTag] | None = None) -> EdgeConfig:
+def config_for_sim(
+    plant: str, opcua_url: str, mqtt_url: str, tags: list[SimTag] | None = None, session: str = ""
+) -> EdgeConfig:
     """One OPC-UA source for the plant's OPC-UA tags, one MQTT source for its MQTT tags.
+
+    The MQTT source keeps a persistent broker session (nothing is lost while the agent is down)
+    under a fixed client id; ``session`` names whose session it is: pipelines sharing one broker
+    with different sessions do not receive each other's queued messages.
 
     Raises KeyError for a plant without a catalog and ValueError when the catalog is empty.
     """
@@ -66,7 +72,7 @@ def config_for_sim(plant: str, opcua_url: str, mqtt_url: str, tags: list[SimTag]
                 "type": "mqtt",
                 "id": f"{plant}-mqtt",
                 "url": mqtt_url,
-                "client_id": f"plantstream-edge-sim-{plant}",
+                "client_id": f"plantstream-edge-sim-{plant}" + (f"-{session}" if session else ""),
                 "qos": 1,
                 "subscriptions": [
                     {

@@ -204,7 +204,10 @@ class Pipeline:
     def edge_config(self, plant: str) -> Path:
         from plantstream.edge.simconfig import config_for_sim, dump_config
 
-        cfg = config_for_sim(plant, self.sim_endpoint(plant), self.settings.mqtt)
+        # The MQTT session is this pipeline's (its topic prefix): a run that stopped its edge agents
+        # leaves a persistent session queuing the simulators' messages on the shared broker, and a
+        # later run under the same client id was handed them (extra readings in a fresh database).
+        cfg = config_for_sim(plant, self.sim_endpoint(plant), self.settings.mqtt, session=self.settings.topic_prefix)
         # Each agent's buffer and status file in a known place, so supervisors can read its status.
         update: dict[str, Any] = {
             "buffer": cfg.buffer.model_copy(update={"path": self.workdir / "edge-state" / plant / "buffer.db"})

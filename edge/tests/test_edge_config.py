@@ -124,5 +124,9 @@ def test_simconfig_round_trips_through_yaml(tmp_path: Path) -> None:
     assert isinstance(opcua, OpcuaSource) and isinstance(mqtt, MqttSource)
     assert opcua.tags[0].node_id == "ns=2;s=caster1.mould_level"
     assert mqtt.subscriptions[0].filter == "plantstream-sim/steel/#"
+    # A pipeline's own persistent MQTT session: another run on the same broker never gets its queue.
+    assert mqtt.client_id == "plantstream-edge-sim-steel"
+    own = config_for_sim("steel", "opc.tcp://x:1/p", "mqtt://127.0.0.1:11883", tags, session="t1a2b")
+    assert [s.client_id for s in own.sources if isinstance(s, MqttSource)] == ["plantstream-edge-sim-steel-t1a2b"]
     assert {m.tag for m in again.tag_metas()} == {"caster1.mould_level", "ladle.temp"}
     assert _cli("edge", "check", "--config", str(path)).returncode == 0
