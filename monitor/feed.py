@@ -29,6 +29,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from plantstream.log import Throttle
 from plantstream.monitor.hub import Event, GradeBook, finite
 from plantstream.producers import codec
+from plantstream.producers.kafka import consume_ready
 from plantstream.producers.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,7 @@ class KafkaFeed:
                     if self._assign_new(consumer, first):
                         first = False
                     next_scan = time.monotonic() + self.rescan_s
-                msgs = consumer.consume(num_messages=1000, timeout=0.2) if self._assigned else []
+                msgs = consume_ready(consumer, 1000, 0.2) if self._assigned else []
                 if not self._assigned:
                     self._stop.wait(0.2)
                 events: list[Event] = []

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from plantstream.config import Settings
 from plantstream.log import Throttle
-from plantstream.producers.kafka import make_producer, produce
+from plantstream.producers.kafka import consume_ready, make_producer, produce
 from plantstream.producers.topics import Topics
 from plantstream.sinks.base import DeadLetter, Record, RecordOrigin, SinkUnavailable
 from plantstream.sinks.timescaledb.sink import PostgresSink, decode, iter_dead_letters
@@ -231,8 +231,14 @@ class SinkRunner:
         deadline: float | None = None
         while not self._stop.is_set():
             if not self._backlog:
-                timeout = 0.5 if deadline is None else max(0.0, deadline - time.monotonic())
-                self._backlog = deque(consumer.consume(num_messages=min(500, cfg.batch_max_records), timeout=timeout))
+                n = min(500, cfg.batch_max_records)
+                if deadline is None:
+                    # Nothing staged: take whatever arrives first at once (consume() would hold
+                    # it until n messages or the whole timeout).
+                    self._backlog = deque(consume_ready(consumer, n, 0.5))
+                else:
+                    # Lingering: waiting for more until the deadline is the point.
+                    self._backlog = deque(consumer.consume(n, timeout=max(0.0, deadline - time.monotonic())))
             while self._backlog:
                 msg = self._backlog.popleft()
                 err = msg.error()
