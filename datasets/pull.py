@@ -50,7 +50,7 @@ from plantstream.datasets.logic.labels import Limit, governing_limits, in_spec
 from plantstream.datasets.logic.resample import Resampler, Rows, TagPlan
 from plantstream.datasets.logic.split import SplitError, assign_splits
 from plantstream.datasets.models import FileEntry, PullRecord, PullRequest, Requester, RequestError
-from plantstream.datasets.source import RawWindow, SourceTag, WindowReader, share_snapshot
+from plantstream.datasets.source import RawWindow, SourceTag, WindowReader, share_snapshot, tune_for_windows
 
 log = logging.getLogger(__name__)
 
@@ -393,13 +393,8 @@ def pull(
         try:
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                # JIT compiling the window query costs more than it saves (measured 0.7 -> 3.5 s
-                # server CPU per million readings once the estimate crosses the optimize cost).
-                # Window scans read heap blocks in order, which kernel readahead covers; the
-                # per-block posix_fadvise prefetch cost ~15 % of the backend's CPU (perf).
-                conn.execute("SET LOCAL jit = off")
-                conn.execute("SET LOCAL effective_io_concurrency = 0")
                 plan = resolve(conn, req)
+                tune_for_windows(conn)
                 withheld = [{"tag": t, "grade": g} for t, g in plan.withheld]
                 if on_resolved is not None:
                     on_resolved(plan)

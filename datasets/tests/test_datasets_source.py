@@ -164,3 +164,47 @@ def test_pull_files_do_not_depend_on_the_fetch_connections(
         assert rec.status == "complete" and rec.rows == seconds
         files[n] = sorted((f.path, f.sha256) for f in rec.files)
     assert files[1] == files[3]
+
+
+def _plan_nodes(plan: dict[str, Any]) -> list[str]:
+    nodes = [str(plan["Node Type"])]
+    for child in plan.get("Plans", []):
+        nodes += _plan_nodes(child)
+    return nodes
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_window_query_reads_each_heap_page_once_for_many_tags(fresh_db: str) -> None:
+    """50 tags stored time-major: the window query must not loop over tags (one heap scan per
+    tag visits every page 50 times); under tune_for_windows it is one scan joined by hash."""
+    from plantstream.datasets.bench import load
+    from plantstream.datasets.source import NUMERIC_SQL, tune_for_windows
+
+    seconds = 3_000
+    load(fresh_db, tags=50, seconds=seconds)
+    inner = NUMERIC_SQL[NUMERIC_SQL.index("(") + 1 : NUMERIC_SQL.rindex(") TO STDOUT")]
+    lo = datetime(2025, 6, 1, tzinfo=UTC)
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(DB_ROLE[Tier.OWNER])))
+        ids = [int(r[0]) for r in conn.execute("SELECT id FROM ds_tags")]
+        assert len(ids) == 50
+        params = {"tags": ids, "lo": lo, "hi": lo + timedelta(seconds=seconds)}
+
+        def explain() -> tuple[list[str], int]:
+            row = conn.execute(sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ") + sql.SQL(inner), params).fetchone()
+            assert row is not None
+            plan = row[0][0]["Plan"]
+            return _plan_nodes(plan), int(plan["Shared Hit Blocks"]) + int(plan.get("Shared Read Blocks", 0))
+
+        with conn.transaction():
+            untuned, untuned_blocks = explain()
+        with conn.transaction():
+            tune_for_windows(conn)
+            tuned, tuned_blocks = explain()
+        pages = int(conn.execute("SELECT sum(relpages) FROM pg_class WHERE relname LIKE 'readings_p%%'").fetchone()[0])  # type: ignore[index]
+    assert "Nested Loop" not in tuned, tuned
+    # The reason for the setting: without it the planner loops per tag (it expects 3 of 50
+    # readable tags) and reads many times the table's pages.
+    assert "Nested Loop" in untuned, untuned
+    assert tuned_blocks < 3 * pages < untuned_blocks, (tuned_blocks, pages, untuned_blocks)
