@@ -393,8 +393,8 @@ def pull(
         try:
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                tune_for_windows(conn)  # resolve's lot counts scan the range too
                 plan = resolve(conn, req)
-                tune_for_windows(conn)
                 withheld = [{"tag": t, "grade": g} for t, g in plan.withheld]
                 if on_resolved is not None:
                     on_resolved(plan)
