@@ -322,9 +322,9 @@ def _stages(r: Run, sz: Sizes, logdir: Path) -> None:
                          note=f"plantstream.datasets provides no bench yet (expected: {stages.DATASET_API})"))  # fmt: skip
             return
         r.data["dataset"] = res
-        lim = res.get("copy_out_rows_per_s")
+        lim = res.get("read_alone_rows_per_s")
         r.add(Metric("dataset.cells_per_s", "stage", float(res["cells_per_s"]), "cells/s",
-                     limit=float(lim) if lim else None, limit_name="binary COPY out of readings (rows/s)",
+                     limit=float(lim) if lim else None, limit_name="the pull's database read alone (readings/s)",
                      note=str(res.get("note", ""))))  # fmt: skip
 
     r.guard([("dataset.cells_per_s", "stage", "cells/s")], dataset)

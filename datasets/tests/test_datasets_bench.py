@@ -52,4 +52,12 @@ def test_bench_reports_cells_and_peak_memory(fresh_db: str, settings_env: dict[s
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["rows"] == 3_000 and result["cells"] == 12_000
     assert result["peak_rss_mb"] >= result["rss_before_pull_mb"] > 0
-    assert result["cells_per_s"] > 0
+    assert result["cells_per_s"] > 0 and result["read_alone_rows_per_s"] > 0
+
+
+def test_read_alone_reads_every_reading_of_the_range(fresh_db: str) -> None:
+    bench.load(fresh_db, 4, 3_000, jobs=1)
+    rows, seconds = bench.read_alone(fresh_db, 3_000)
+    assert rows == 12_000 and seconds > 0
+    # Half the range: half the readings (the windows cover exactly [T0, T0 + seconds)).
+    assert bench.read_alone(fresh_db, 1_500)[0] == 6_000
