@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import operator
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -49,6 +50,18 @@ class ReadingColumns:
     def __len__(self) -> int:
         return len(self.ts_us)
 
+    def slice(self, lo: int, hi: int) -> ReadingColumns:
+        return ReadingColumns(
+            self.tag_id[lo:hi],
+            self.ts_us[lo:hi],
+            self.value[lo:hi],
+            self.quality[lo:hi],
+            self.status_code[lo:hi],
+            self.lot_id[lo:hi],
+            self.server_ts_us[lo:hi],
+            self.seq[lo:hi],
+        )
+
 
 def _nulls(col: list[int | None], n: int) -> np.ndarray:
     k = col.count(None)  # C speed; columns are usually all NULL or all set
@@ -75,11 +88,23 @@ def encode(cols: ReadingColumns, time_origin_us: int) -> bytes:
     Raises OverflowError for an integer outside the column's range (as the database would refuse
     it); the caller handles it like any row the database rejects.
     """
+    return b"".join(encode_parts(cols, time_origin_us, len(cols) or 1))
+
+
+def encode_parts(cols: ReadingColumns, time_origin_us: int, rows_per_part: int) -> Iterator[bytes]:
+    """The stream of :func:`encode` in parts of at most ``rows_per_part`` rows (the first part
+    starts with the signature, the trailer comes last), encoded lazily: written part by part,
+    the database parses one part while the next is encoded."""
+    yield SIGNATURE
     n = len(cols)
-    out = [SIGNATURE]
-    if n == 0:
-        out.append(TRAILER)
-        return b"".join(out)
+    for lo in range(0, n, rows_per_part):
+        yield _rows(cols if lo == 0 and n <= rows_per_part else cols.slice(lo, lo + rows_per_part), time_origin_us)
+    yield TRAILER
+
+
+def _rows(cols: ReadingColumns, time_origin_us: int) -> bytes:
+    n = len(cols)
+    out: list[bytes] = []
     types = list(map(type, cols.value))
     all_float = types.count(float) == n
     kinds = np.zeros(n, dtype=np.int8) if all_float else np.array(list(map(KIND.__getitem__, types)), dtype=np.int8)
@@ -128,7 +153,6 @@ def encode(cols: ReadingColumns, time_origin_us: int) -> bytes:
             a["l_srv"], a["srv"] = 8, srv[idx]
         a["l_seq"], a["seq"] = 8, seq[idx]
         out.append(a.tobytes())
-    out.append(TRAILER)
     return b"".join(out)
 
 

@@ -42,7 +42,7 @@ from plantstream.contract import ContextEvent, ContextKind, TagMeta, validate_eq
 from plantstream.producers import codec
 from plantstream.producers.codec import Aggregate, CodecError, ReadingBatch
 from plantstream.sinks.base import DeadLetter, Record, RecordOrigin, SinkUnavailable
-from plantstream.sinks.timescaledb.copybin import KIND, ReadingColumns
+from plantstream.sinks.timescaledb.copybin import KIND, ReadingColumns, encode_parts
 from plantstream.sinks.timescaledb.copybin import encode as encode_copy
 from plantstream.streams.logic.validate import RuleError, compile_rule
 
@@ -248,6 +248,7 @@ _COPY_READINGS = f"COPY readings ({', '.join(_DIRECT_ORDER)}) FROM STDIN (FORMAT
 # After a conflict, flushes on the staging path before trying direct COPY again: 1 after an
 # isolated duplicate (a late re-send), doubling while conflicts repeat (a replay), at most 20.
 _FAST_PROBE_MAX = 20
+_COPY_PART_ROWS = 5_000  # rows encoded per write of the direct COPY
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds: PostgreSQL's binary time origin
 
 
@@ -644,10 +645,11 @@ class PostgresSink:
             # Optimistic path: COPY straight into readings (multi-insert, ~2x faster than
             # INSERT ... ON CONFLICT). Any key already present (a replay, a late duplicate) makes
             # it fail as a whole; it is then undone and the rows go through staging instead.
-            data = encode_copy(cols, _PG_EPOCH_US)
             try:
                 with cur.connection.transaction(), cur.copy(_COPY_READINGS) as cp:
-                    cp.write(data)
+                    # In parts: the server parses and indexes one while the next is encoded.
+                    for part in encode_parts(cols, _PG_EPOCH_US, _COPY_PART_ROWS):
+                        cp.write(part)
                 self._fast_probe_backoff = 1
                 return
             except psycopg.errors.UniqueViolation:

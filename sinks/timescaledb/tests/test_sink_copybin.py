@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plantstream.sinks.timescaledb.copybin import ReadingColumns, encode
+from plantstream.sinks.timescaledb.copybin import ReadingColumns, encode, encode_parts
 
 pytestmark = pytest.mark.integration
 
@@ -75,8 +75,9 @@ def conn(stack: Any) -> Any:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.lists(row, max_size=40))
-def test_every_shape_reads_back_exactly(conn: Any, rows: list[tuple[Any, ...]]) -> None:
+@given(rows=st.lists(row, max_size=40), part=st.one_of(st.none(), st.integers(min_value=1, max_value=41)))
+def test_every_shape_reads_back_exactly(conn: Any, rows: list[tuple[Any, ...]], part: int | None) -> None:
+    """Whole (``encode``) or written in parts of ``part`` rows (``encode_parts``, as the sink does)."""
     rows = _seqs(rows)
     conn.execute(
         "CREATE TEMP TABLE IF NOT EXISTS copybin_rt (tag_id int4, time timestamptz, v_float float8, v_int int8, "
@@ -87,7 +88,11 @@ def test_every_shape_reads_back_exactly(conn: Any, rows: list[tuple[Any, ...]]) 
     cols = _columns(rows)
     with conn.cursor() as cur:
         with cur.copy(f"COPY copybin_rt ({_COLS}) FROM STDIN (FORMAT BINARY)") as cp:
-            cp.write(encode(cols, _PG_EPOCH_US))  # timestamptz: PostgreSQL's 2000-01-01 origin
+            if part is None:
+                cp.write(encode(cols, _PG_EPOCH_US))  # timestamptz: PostgreSQL's 2000-01-01 origin
+            else:
+                for chunk in encode_parts(cols, _PG_EPOCH_US, part):
+                    cp.write(chunk)
         got = cur.execute(f"SELECT {_COLS} FROM copybin_rt ORDER BY seq").fetchall()
     assert len(got) == len(rows)
     want = sorted(rows, key=lambda r: r[7])
