@@ -397,7 +397,8 @@ class PostgresSink:
                 conn.close()
 
     def maintain(self) -> None:
-        """Create partitions ahead (today .. +3 days) and apply retention (plain path; no-op on TimescaleDB)."""
+        """Create partitions ahead (today .. +3 days), let autovacuum at the day partitions that are
+        no longer written (see migration 0006) and apply retention (plain path; no-op on TimescaleDB)."""
         conn = self._conn
         if conn is None:
             return
@@ -406,6 +407,7 @@ class PostgresSink:
                 conn.execute(
                     "SELECT ps_ensure_partitions(%s, now() - interval '1 day', now() + interval '4 days')", (table,)
                 )
+                conn.execute("SELECT ps_settle_partitions(%s)", (table,))
                 conn.execute("SELECT ps_apply_retention(%s)", (table,))
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self.close_connection()
