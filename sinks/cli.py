@@ -117,7 +117,8 @@ def db_status() -> None:
 
 @db.command("maintain")
 def db_maintain() -> None:
-    """Create partitions ahead and apply retention (plain path; TimescaleDB's jobs do this there)."""
+    """Create partitions ahead, hand finished days back to autovacuum and apply retention (plain path;
+    TimescaleDB's jobs do this there)."""
     from plantstream.sinks.timescaledb.sink import PostgresSink
 
     s = PostgresSink(Settings.from_env().dsn)
