@@ -206,38 +206,34 @@ def read_alone(dsn: str, seconds: int) -> tuple[int, float]:
 
     from plantstream.access import DB_ROLE, Tier
     from plantstream.datasets.pull import FETCH_CONNECTIONS, TARGET_READINGS_PER_WINDOW
-    from plantstream.datasets.source import SourceTag, WindowReader, share_snapshot, tune_for_windows
+    from plantstream.datasets.source import (
+        SOURCE_TAGS_SQL,
+        SourceTag,
+        WindowReader,
+        snapshot_helpers,
+        tune_for_windows,
+    )
 
     role = DB_ROLE[Tier.OWNER]
     lo = int(T0.timestamp()) * 1_000_000
+    hi = lo + seconds * 1_000_000
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
-        helpers = [psycopg.connect(dsn, autocommit=True) for _ in range(FETCH_CONNECTIONS - 1)]
-        try:
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                tune_for_windows(conn)
-                tags = [
-                    SourceTag(*r)
-                    for r in conn.execute(
-                        "SELECT id, tag, equipment, unit, datatype, grade, description, spec_property FROM ds_tags"
-                    ).fetchall()
-                ]
-                for h in helpers:
-                    share_snapshot(conn, h, role)
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            tune_for_windows(conn)
+            tags = [SourceTag(*r) for r in conn.execute(SOURCE_TAGS_SQL).fetchall()]
+            with snapshot_helpers(conn, dsn, role, FETCH_CONNECTIONS - 1) as helpers:
                 reader = WindowReader(conn, tags, helpers=helpers)
                 step_us = max(1, TARGET_READINGS_PER_WINDOW // max(1, len(tags))) * 1_000_000
                 rows = 0
                 t = time.perf_counter()
                 try:
-                    for a in range(lo, lo + seconds * 1_000_000, step_us):
-                        rows += reader.fetch(a, min(a + step_us, lo + seconds * 1_000_000)).readings
+                    for a in range(lo, hi, step_us):
+                        rows += reader.fetch(a, min(a + step_us, hi)).readings
                 finally:
                     reader.close()
                 dt = time.perf_counter() - t
-        finally:
-            for h in helpers:
-                h.close()
     return rows, dt
 
 

@@ -50,7 +50,14 @@ from plantstream.datasets.logic.labels import Limit, governing_limits, in_spec
 from plantstream.datasets.logic.resample import Resampler, Rows, TagPlan
 from plantstream.datasets.logic.split import SplitError, assign_splits
 from plantstream.datasets.models import FileEntry, PullRecord, PullRequest, Requester, RequestError
-from plantstream.datasets.source import RawWindow, SourceTag, WindowReader, share_snapshot, tune_for_windows
+from plantstream.datasets.source import (
+    SOURCE_TAGS_SQL,
+    RawWindow,
+    SourceTag,
+    WindowReader,
+    snapshot_helpers,
+    tune_for_windows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +139,7 @@ def resolve(conn: psycopg.Connection[Any], req: PullRequest) -> Plan:
     if bad_gaps:
         raise RequestError("tag_gaps", f"gap rules for tag(s) not in the selection: {bad_gaps}")
     readable = conn.execute(
-        "SELECT id, tag, equipment, unit, datatype, grade, description, spec_property FROM ds_tags "
-        "WHERE id = ANY(%s) ORDER BY tag",
+        SOURCE_TAGS_SQL + " WHERE id = ANY(%s) ORDER BY tag",
         ([int(r[0]) for r in selected],),
     ).fetchall()
     tags = [SourceTag(*r) for r in readable]
@@ -402,22 +408,9 @@ def pull(
                     out = out_root / str(pull_id)
                     if out.exists():
                         raise RequestError("out", f"{out} already exists; choose a new directory")
-                with contextlib.ExitStack() as stack:
-                    helpers = []
-                    for _ in range(FETCH_CONNECTIONS - 1):
-                        # Only a speed-up: without it (no free connection slot) the pull reads alone.
-                        try:
-                            h = stack.enter_context(
-                                psycopg.connect(dsn, autocommit=True, application_name=application_name)
-                            )
-                            share_snapshot(conn, h, DB_ROLE[requester.tier])
-                        except psycopg.OperationalError as exc:
-                            log.warning(
-                                "dataset pull reads with one connection",
-                                extra={"kv": {"pull": pull_id, "error": str(exc)[:200]}},
-                            )
-                            break
-                        helpers.append(h)
+                with snapshot_helpers(
+                    conn, dsn, DB_ROLE[requester.tier], FETCH_CONNECTIONS - 1, application_name, {"pull": pull_id}
+                ) as helpers:
                     res = _produce(conn, req, requester, plan, out, progress, cancel, helpers)
             status = "complete"
         except RequestError as exc:

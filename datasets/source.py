@@ -17,9 +17,11 @@ background thread) and ``decode`` (parse, order, fold into the watermark; called
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,10 +33,15 @@ from psycopg import sql
 
 from plantstream.datasets.logic.resample import NO_LOT, Chunk
 
+log = logging.getLogger(__name__)
+
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z: PostgreSQL's binary timestamp origin
 _HEADER = b"PGCOPY\n\xff\r\n\x00"
 
 # kind: 0 float value, 1 integer (or boolean) value, 2 no numeric value (text on a numeric tag).
+# The columns of a SourceTag, in its field order.
+SOURCE_TAGS_SQL = "SELECT id, tag, equipment, unit, datatype, grade, description, spec_property FROM ds_tags"
+
 NUMERIC_SQL = """COPY (SELECT string_agg(
         int4send(tag_id)
         || timestamptz_send(time)
@@ -256,6 +263,34 @@ def share_snapshot(conn: psycopg.Connection[Any], helper: psycopg.Connection[Any
     helper.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
     helper.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(str(row[0]))))
     tune_for_windows(helper)
+
+
+@contextlib.contextmanager
+def snapshot_helpers(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    role: str,
+    count: int,
+    application_name: str = "",
+    log_kv: dict[str, Any] | None = None,
+) -> Iterator[list[psycopg.Connection[Any]]]:
+    """Up to ``count`` extra connections reading ``conn``'s open snapshot under ``role`` (see
+    :func:`share_snapshot`), closed on exit. They are only a speed-up: when the server has no free
+    connection slot, fewer are returned and a warning is logged (with ``log_kv``)."""
+    with contextlib.ExitStack() as stack:
+        helpers: list[psycopg.Connection[Any]] = []
+        for _ in range(count):
+            try:
+                h = stack.enter_context(psycopg.connect(dsn, autocommit=True, application_name=application_name))
+                share_snapshot(conn, h, role)
+            except psycopg.OperationalError as exc:
+                log.warning(
+                    "dataset read with fewer connections",
+                    extra={"kv": {**(log_kv or {}), "connections": len(helpers) + 1, "error": str(exc)[:200]}},
+                )
+                break
+            helpers.append(h)
+        yield helpers
 
 
 def tune_for_windows(conn: psycopg.Connection[Any]) -> None:
