@@ -43,7 +43,6 @@ from plantstream.producers import codec
 from plantstream.producers.codec import Aggregate, CodecError, ReadingBatch
 from plantstream.sinks.base import DeadLetter, Record, RecordOrigin, SinkUnavailable
 from plantstream.sinks.timescaledb.copybin import KIND, ReadingColumns, encode_parts
-from plantstream.sinks.timescaledb.copybin import encode as encode_copy
 from plantstream.streams.logic.validate import RuleError, compile_rule
 
 log = logging.getLogger(__name__)
@@ -130,6 +129,13 @@ def _rows(rec: Record) -> int:
     if rec.kind == "aggregates":
         return len(rec.payload)
     return 1
+
+
+def _copy_columns(cur: psycopg.Cursor[Any], statement: str, cols: ReadingColumns, time_origin_us: int) -> None:
+    """Binary COPY of ``cols`` in parts: the server parses and indexes one part while the next is encoded."""
+    with cur.copy(statement) as cp:
+        for part in encode_parts(cols, time_origin_us, _COPY_PART_ROWS):
+            cp.write(part)
 
 
 def _slice_batch(b: ReadingBatch, lo: int, hi: int) -> ReadingBatch:
@@ -248,7 +254,7 @@ _COPY_READINGS = f"COPY readings ({', '.join(_DIRECT_ORDER)}) FROM STDIN (FORMAT
 # After a conflict, flushes on the staging path before trying direct COPY again: 1 after an
 # isolated duplicate (a late re-send), doubling while conflicts repeat (a replay), at most 20.
 _FAST_PROBE_MAX = 20
-_COPY_PART_ROWS = 5_000  # rows encoded per write of the direct COPY
+_COPY_PART_ROWS = 5_000  # rows encoded per write of a readings COPY (direct or staging)
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds: PostgreSQL's binary time origin
 
 
@@ -648,10 +654,8 @@ class PostgresSink:
             # INSERT ... ON CONFLICT). Any key already present (a replay, a late duplicate) makes
             # it fail as a whole; it is then undone and the rows go through staging instead.
             try:
-                with cur.connection.transaction(), cur.copy(_COPY_READINGS) as cp:
-                    # In parts: the server parses and indexes one while the next is encoded.
-                    for part in encode_parts(cols, _PG_EPOCH_US, _COPY_PART_ROWS):
-                        cp.write(part)
+                with cur.connection.transaction():
+                    _copy_columns(cur, _COPY_READINGS, cols, _PG_EPOCH_US)
                 self._fast_probe_backoff = 1
                 return
             except psycopg.errors.UniqueViolation:
@@ -662,11 +666,13 @@ class PostgresSink:
                 self.direct_conflicts += 1
         else:
             self._fast_probe_in -= 1
-        with cur.copy(
+        _copy_columns(
+            cur,
             "COPY ps_stage_readings (tag_id, ts_us, v_float, v_int, v_bool, v_text, quality, status_code, lot_id, "
-            "server_ts_us, seq) FROM STDIN (FORMAT BINARY)"
-        ) as cp:
-            cp.write(encode_copy(cols, 0))
+            "server_ts_us, seq) FROM STDIN (FORMAT BINARY)",
+            cols,
+            0,  # bigint Unix microseconds in the staging table
+        )
         cur.execute(_INSERT_READINGS)
         cur.execute("TRUNCATE ps_stage_readings")
 
