@@ -280,7 +280,7 @@ def sink(dsn: str, rows: int, rounds: int = 3) -> dict[str, Any]:
     copy_rates: list[float] = []
     flushes = 0
     for _ in range(rounds):
-        copy_rates.append(float(pg_copy(dsn, rows)["readings_rows_per_s"]))
+        copy_rates.append(float(pg_copy(dsn, rows, plain=False)["readings_rows_per_s"]))
         rate, flushes = sink_rate(dsn, rows=rows, rows_per_flush=per_flush)
         sink_rates.append(rate)
     return {"readings_per_s": statistics.median(sink_rates), "copy_readings_rows_per_s": statistics.median(copy_rates),
