@@ -43,6 +43,19 @@ class StackError(RuntimeError):
     pass
 
 
+ENGINES = ("auto", "timescaledb", "postgres")
+
+
+def requested_engine() -> str:
+    """``PLANTSTREAM_STACK_ENGINE``: ``auto`` (TimescaleDB when installed, else plain PostgreSQL),
+    ``timescaledb`` (refuse to start without it) or ``postgres`` (plain, even where TimescaleDB is
+    installed, so one machine can test both storage paths)."""
+    value = os.environ.get("PLANTSTREAM_STACK_ENGINE", "auto").strip().lower() or "auto"
+    if value not in ENGINES:
+        raise StackError(f"PLANTSTREAM_STACK_ENGINE={value!r}: expected one of {', '.join(ENGINES)}")
+    return value
+
+
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -189,6 +202,37 @@ class Stack:
         sharedir = Path(f"/usr/share/postgresql/{PG_VERSION}/extension")
         return (sharedir / "timescaledb.control").exists()
 
+    def engine(self) -> str:
+        """The engine the next start uses: ``timescaledb`` or ``postgres`` (see requested_engine)."""
+        want = requested_engine()
+        if want == "timescaledb" and not self.timescaledb_available():
+            raise StackError(
+                "PLANTSTREAM_STACK_ENGINE=timescaledb but the TimescaleDB extension is not installed for "
+                f"PostgreSQL {PG_VERSION} (no timescaledb.control under /usr/share/postgresql/{PG_VERSION}/extension)"
+            )
+        if want == "auto":
+            return "timescaledb" if self.timescaledb_available() else "postgres"
+        return want
+
+    def running_engine(self) -> str | None:
+        """What the running server is: ``timescaledb <version>`` when the extension is preloaded,
+        ``postgres <version>`` otherwise; None when it does not answer."""
+        import psycopg
+
+        try:
+            with psycopg.connect(self.dsn("postgres"), connect_timeout=3) as conn:
+                row = conn.execute(
+                    "SELECT current_setting('server_version'), current_setting('shared_preload_libraries'), "
+                    "(SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb')"
+                ).fetchone()
+        except psycopg.Error:
+            return None
+        assert row is not None
+        version, preload, ts_version = str(row[0]).split()[0], str(row[1]), row[2]
+        if ts_version is not None and "timescaledb" in [p.strip() for p in preload.split(",")]:
+            return f"timescaledb {ts_version} on PostgreSQL {version}"
+        return f"plain PostgreSQL {version}"
+
     def _pg_data_dir(self) -> Path:
         """PostgreSQL runs as 'postgres' when we are root; it needs a path that user can reach."""
         meta = self._meta()
@@ -212,7 +256,9 @@ class Stack:
     def start_postgres(self) -> str:
         if port_open(self.ports.pg):
             self._check_ours()
+            self._check_engine()
             return "reused"
+        timescale = self.engine() == "timescaledb"
         data = self._pg_data_dir()
         fresh = not (data / "PG_VERSION").exists()
         if fresh:
@@ -246,6 +292,29 @@ class Stack:
                 stdout=subprocess.DEVNULL,
             )
             pwfile.unlink()
+        logfile = data.parent / "postgres.log"
+        note = ""
+        if not self._pg_ctl_start(data, logfile, timescale):
+            failure = _timescaledb_load_failure(logfile)
+            if not (timescale and failure):
+                raise StackError(f"PostgreSQL did not start; see {logfile}")
+            if requested_engine() == "timescaledb":
+                raise StackError(f"PLANTSTREAM_STACK_ENGINE=timescaledb but PostgreSQL cannot load it: {failure}")
+            # auto: an installed but unloadable extension must not take the whole stack down.
+            note = f"TimescaleDB is installed but does not load ({failure}); running plain PostgreSQL"
+            log.warning("%s", note)
+            timescale = False
+            if not self._pg_ctl_start(data, logfile, timescale):
+                raise StackError(f"PostgreSQL did not start; see {logfile}")
+        wait_port(self.ports.pg, 30, "PostgreSQL", logfile=logfile)
+        self._ensure_database()
+        meta = self._meta()
+        meta["engine"] = "timescaledb" if timescale else "postgres"
+        meta["engine_note"] = note
+        self._save_meta(meta)
+        return "started"
+
+    def _pg_ctl_start(self, data: Path, logfile: Path, timescale: bool) -> bool:
         conf = [
             "listen_addresses = '127.0.0.1'",
             f"port = {self.ports.pg}",
@@ -255,22 +324,34 @@ class Stack:
             "max_wal_size = '4GB'",
             "synchronous_commit = on",
             "fsync = on",
-            "timescaledb.telemetry_level = off" if self.timescaledb_available() else "",
-            "shared_preload_libraries = 'timescaledb'" if self.timescaledb_available() else "",
+            "timescaledb.telemetry_level = off" if timescale else "",
+            "shared_preload_libraries = 'timescaledb'" if timescale else "",
         ]
         (data / "postgresql.auto.conf").write_text("\n".join(line for line in conf if line) + "\n")
         if os.geteuid() == 0:
             shutil.chown(data / "postgresql.auto.conf", "postgres", "postgres")
         self.logs.mkdir(parents=True, exist_ok=True)
-        logfile = data.parent / "postgres.log"
-        subprocess.run(
+        started = subprocess.run(
             self._pg_as_owner([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(logfile), "-w", "-t", "60", "start"]),
-            check=True,
+            check=False,
             stdout=subprocess.DEVNULL,
         )
-        wait_port(self.ports.pg, 30, "PostgreSQL", logfile=logfile)
-        self._ensure_database()
-        return "started"
+        return started.returncode == 0
+
+    def engine_note(self) -> str:
+        """Why the running server is not the engine ``auto`` would have chosen ('' when it is)."""
+        return self._meta().get("engine_note", "")
+
+    def _check_engine(self) -> None:
+        """A reused server must be the engine asked for explicitly (auto takes what runs)."""
+        want = requested_engine()
+        running = self.running_engine() or ""
+        if want != "auto" and not running.startswith("timescaledb" if want == "timescaledb" else "plain"):
+            raise StackError(
+                f"PLANTSTREAM_STACK_ENGINE={want} but the PostgreSQL already running on 127.0.0.1:{self.ports.pg} "
+                f"is {running or 'not answering'}: `plantstream stack down` first, or use another "
+                "PLANTSTREAM_STATE_DIR and PLANTSTREAM_STACK_PG_PORT"
+            )
 
     def _check_ours(self) -> None:
         """A server already on our port must be the one this state directory made (our credentials
@@ -371,15 +452,31 @@ class Stack:
         return {"kafka": self._kill("kafka"), "mosquitto": self._kill("mosquitto"), "postgres": self.stop_postgres()}
 
     def status(self) -> dict[str, tuple[bool, str]]:
+        pg_up = port_open(self.ports.pg)
+        if pg_up:
+            engine = self.running_engine() or "not answering"
+            if self.engine_note():
+                engine += f"; {self.engine_note()}"
+        else:
+            try:
+                engine = f"next start: {self.engine()}"
+            except StackError as exc:
+                engine = str(exc)
         return {
-            "postgres": (
-                port_open(self.ports.pg),
-                f"127.0.0.1:{self.ports.pg}"
-                + (" (timescaledb)" if self.timescaledb_available() else " (plain PostgreSQL)"),
-            ),
+            "postgres": (pg_up, f"127.0.0.1:{self.ports.pg} ({engine})"),
             "mosquitto": (port_open(self.ports.mqtt), f"127.0.0.1:{self.ports.mqtt}"),
             "kafka": (port_open(self.ports.kafka), f"127.0.0.1:{self.ports.kafka} (tansu, memory storage)"),
         }
+
+
+def _timescaledb_load_failure(logfile: Path) -> str:
+    """The server log's reason when the preloaded TimescaleDB library failed to load, else ''."""
+    if not logfile.exists():
+        return ""
+    for line in reversed(logfile.read_text(errors="replace").splitlines()[-50:]):
+        if "timescaledb" in line and ("could not load library" in line or "FATAL" in line):
+            return line.split("FATAL:", 1)[-1].strip()
+    return ""
 
 
 def main_env(stack: Stack) -> str:

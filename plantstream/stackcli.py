@@ -47,6 +47,19 @@ def status() -> None:
 
 
 @stack.command()
+def engine() -> None:
+    """Print the running database engine: `timescaledb` or `postgres` (why, when not the one chosen,
+    on stderr); exit 1 if PostgreSQL is not answering."""
+    s = Stack()
+    running = s.running_engine()
+    if running is None:
+        click.echo(f"postgres is not answering on 127.0.0.1:{s.ports.pg}", err=True)
+        sys.exit(1)
+    click.echo("timescaledb" if running.startswith("timescaledb") else "postgres")
+    click.echo(f"database engine: {running}" + (f" ({s.engine_note()})" if s.engine_note() else ""), err=True)
+
+
+@stack.command()
 def env() -> None:
     """Print export lines for the local stack: eval "$(plantstream stack env)"."""
     click.echo(main_env(Stack()))

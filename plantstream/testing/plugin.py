@@ -105,6 +105,32 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def timescaledb_required() -> bool:
+    """``PLANTSTREAM_REQUIRE_TIMESCALEDB=1`` (the TimescaleDB CI run): a TimescaleDB test that
+    would skip fails instead, so a green run proves the TimescaleDB path."""
+    return os.environ.get("PLANTSTREAM_REQUIRE_TIMESCALEDB", "") not in ("", "0")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and timescaledb_required() and item.get_closest_marker("timescaledb") is not None:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{item.nodeid}: TimescaleDB test skipped while PLANTSTREAM_REQUIRE_TIMESCALEDB=1 ({report.longrepr})"
+        )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _engine_banner(request: pytest.FixtureRequest) -> None:
+    """Say once which storage engine this session's database is (integration sessions only)."""
+    if timescaledb_required() and request.session.items and services_available():
+        running = Stack().running_engine() or ""
+        if not running.startswith("timescaledb"):
+            pytest.exit(f"PLANTSTREAM_REQUIRE_TIMESCALEDB=1 but the local stack's PostgreSQL is {running!r}", 2)
+
+
 def services_available() -> bool:
     s = Stack()
     return all(port_open(p) for p in (s.ports.pg, s.ports.mqtt, s.ports.kafka))

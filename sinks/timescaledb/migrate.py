@@ -145,8 +145,12 @@ def status(conn: psycopg.Connection[Any]) -> Status:
     return Status(flavor, avail, applied, pending, changed)
 
 
-def migrate(dsn: str, seed: bool = True) -> list[Migration]:
-    """Apply pending migrations (and seed materials); return those applied. Idempotent."""
+def migrate(dsn: str, seed: bool = True, flavor: Flavor | None = None) -> list[Migration]:
+    """Apply pending migrations (and seed materials); return those applied. Idempotent.
+
+    ``flavor`` forces the storage path of a database with no schema yet: ``plain`` works on any
+    server (tests of the native-partitioning path run on a TimescaleDB server too); ``timescale``
+    needs the extension preloaded. None takes what the server offers."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
@@ -157,8 +161,15 @@ def migrate(dsn: str, seed: bool = True) -> list[Migration]:
                     f"applied migrations {st.changed} differ from this build's files (checksum mismatch); "
                     "a released migration must never be edited: add a new one instead"
                 )
-            flavor = st.flavor or st.available_flavor
-            for m in st.pending:
+            if flavor is not None and st.flavor is not None and flavor != st.flavor:
+                raise MigrationError(f"the database is on the {st.flavor} path; it cannot be migrated as {flavor}")
+            if flavor == "timescale" and st.available_flavor != "timescale":
+                raise MigrationError(
+                    "the timescale path needs the TimescaleDB extension installed and in shared_preload_libraries"
+                )
+            chosen: Flavor = st.flavor or flavor or st.available_flavor
+            pending = st.pending if chosen == (st.flavor or st.available_flavor) else _pending(conn, chosen)
+            for m in pending:
                 t0 = time.monotonic()
                 try:
                     with conn.transaction():
@@ -166,7 +177,7 @@ def migrate(dsn: str, seed: bool = True) -> list[Migration]:
                         conn.execute(
                             "INSERT INTO schema_migrations (version, name, flavor, checksum, duration_ms) "
                             "VALUES (%s, %s, %s, %s, %s)",
-                            (m.version, m.name, flavor, m.checksum, int((time.monotonic() - t0) * 1000)),
+                            (m.version, m.name, chosen, m.checksum, int((time.monotonic() - t0) * 1000)),
                         )
                 except psycopg.Error as exc:
                     raise MigrationError(f"{m.path.name}: {exc}") from exc
@@ -174,9 +185,14 @@ def migrate(dsn: str, seed: bool = True) -> list[Migration]:
                 from plantstream.sim.materials import MATERIALS
 
                 seed_materials(conn, MATERIALS)
-            return st.pending
+            return pending
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+
+
+def _pending(conn: psycopg.Connection[Any], flavor: Flavor) -> list[Migration]:
+    done = {a.version for a in _applied(conn)}
+    return [m for m in discover(flavor) if m.version not in done]
 
 
 def require_current(conn: psycopg.Connection[Any]) -> Flavor:

@@ -93,11 +93,14 @@ def timescale_db(dsn: str) -> str:
     import pytest
 
     from plantstream.sinks.timescaledb.migrate import available_flavor, migrate
+    from plantstream.testing.plugin import timescaledb_required
 
+    # In the TimescaleDB CI run (PLANTSTREAM_REQUIRE_TIMESCALEDB=1) a missing extension fails the test.
+    missing = pytest.fail if timescaledb_required() else pytest.skip
     with psycopg.connect(dsn) as conn:
         if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone() is None:
-            pytest.skip("TimescaleDB is not installed on this PostgreSQL server (plain path tested instead)")
+            missing("TimescaleDB is not installed on this PostgreSQL server (plain path tested instead)")
         if available_flavor(conn) != "timescale":
-            pytest.skip("TimescaleDB is installed but not in shared_preload_libraries (plain path tested instead)")
-    migrate(dsn)
+            missing("TimescaleDB is installed but not in shared_preload_libraries (plain path tested instead)")
+    migrate(dsn, flavor="timescale")
     return dsn

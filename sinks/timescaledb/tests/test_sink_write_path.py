@@ -228,16 +228,18 @@ def test_rejected_records_dead_lettered_rest_written(sink: PostgresSink, fresh_d
     assert _one(fresh_db, "SELECT count(*) FROM deviations") == 0
 
 
-def test_out_of_window_rows_land_in_default_partition(sink: PostgresSink, fresh_db: str) -> None:
-    from plantstream.sinks.timescaledb.migrate import available_flavor
-
-    with psycopg.connect(fresh_db) as conn:
-        if available_flavor(conn) == "timescale":
-            pytest.skip("native partitioning path only: TimescaleDB creates chunks for any time")
+def test_out_of_window_rows_land_in_default_partition(fresh_db: str) -> None:
+    # Native partitioning path, also on a TimescaleDB server (TimescaleDB creates chunks for any time).
+    migrate(fresh_db, flavor="plain")
+    sink = PostgresSink(fresh_db)
+    sink.connect()
     old = readings(10, t0=now_us() - 400 * 86_400_000_000)  # beyond the 90-day retention
     new = readings(10, tags=2)
-    sink.write(reading_records(old + new))
-    assert sink.flush() == []
+    try:
+        sink.write(reading_records(old + new))
+        assert sink.flush() == []
+    finally:
+        sink.close()
     with psycopg.connect(fresh_db) as conn:
         parts: dict[str, int] = dict(
             conn.execute("SELECT tableoid::regclass::text, count(*) FROM readings GROUP BY 1").fetchall()
