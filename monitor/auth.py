@@ -69,6 +69,28 @@ class MonitorConfig(BaseModel):
     datasets_dir: Path | None = None
     max_concurrent_pulls: int = Field(default=1, ge=1, le=64)
     pull_answer_wait_s: float = Field(default=10.0, ge=0, le=300)
+    # Bounds. Every one is enforced on the server and named in the answer when hit, so a client
+    # (or a hostile one) learns which limit it ran into and cannot exhaust the process.
+    max_pulls_per_token: int = Field(default=1, ge=1, le=64, description="pulls one token may run at once (429)")
+    pull_max_rows: int = Field(
+        default=20_000_000, ge=1, description="grid rows a pull may ask for, whatever its row_cap (422)"
+    )
+    pull_max_cells: dict[Tier, int] = Field(
+        default_factory=lambda: {Tier.OWNER: 2_000_000_000, Tier.MEMBER: 500_000_000, Tier.PUBLIC: 100_000_000},
+        description="rows x readable tags a pull of each tier may produce (422); a tier not listed cannot pull",
+    )
+    pull_statement_timeout_s: float = Field(
+        default=600.0, gt=0, le=86_400, description="statement_timeout of every connection a pull opens"
+    )
+    sse_max_clients: int = Field(default=200, ge=1, le=100_000, description="live streams in total (503)")
+    sse_max_per_token: int = Field(default=8, ge=1, le=10_000, description="live streams per token (429)")
+    history_max_range_s: float = Field(
+        default=31 * 86400.0, gt=0, description="longest end - start a history request may span (422)"
+    )
+    history_max_points: int = Field(default=5000, ge=1, le=100_000, description="most buckets per history (400)")
+    api_statement_timeout_s: float = Field(
+        default=15.0, gt=0, le=3600, description="statement_timeout of API queries; history over it: 422"
+    )
 
     @field_validator("tokens")
     @classmethod
@@ -124,6 +146,8 @@ class Identity:
     tier: Tier
     name: str
     anonymous: bool = False
+    # Per-token limits count by this key (a hash prefix of the token; names may be shared).
+    key: str = ANONYMOUS
 
 
 def token_label(token: str) -> str:
@@ -136,7 +160,8 @@ class Authenticator:
         self._tokens: list[tuple[bytes, Identity]] = []
         for tok, spec in cfg.tokens.items():
             tier, name = (spec.tier, spec.name) if isinstance(spec, TokenSpec) else (spec, None)
-            self._tokens.append((tok.encode(), Identity(tier, name or token_label(tok))))
+            label = token_label(tok)
+            self._tokens.append((tok.encode(), Identity(tier, name or label, key=label)))
         anon = cfg.anonymous_tier
         if anon is None:
             anon = "none" if self._tokens else Tier.PUBLIC

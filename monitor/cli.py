@@ -2,15 +2,55 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
+import ssl
 from pathlib import Path
 
 import click
 
 from plantstream.config import Settings
-from plantstream.monitor.auth import load_config
+from plantstream.monitor.auth import MonitorConfig, load_config
 
 log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    """Does ``host`` (an address or a name) resolve to loopback addresses only?"""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False  # unresolvable: not provably loopback, so not allowed without tokens
+    return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
+
+
+def check_listen(host: str, cfg: MonitorConfig) -> None:
+    """Fail closed: without tokens every caller is anonymous, fine on this machine only."""
+    if not cfg.tokens and not is_loopback(host):
+        raise click.UsageError(
+            f"refusing to listen on {host} without tokens: every caller would be anonymous. Configure tokens "
+            "(--config tokens: or PLANTSTREAM_MONITOR_TOKENS) or listen on 127.0.0.1",
+        )
+
+
+def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    """A server TLS context (TLS 1.2+) from a PEM certificate chain and key; None without them."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise click.UsageError(f"cannot load the TLS certificate {cert} with key {key}: {exc}") from None
+    return ctx
 
 
 @click.command("monitor")
@@ -23,11 +63,14 @@ log = logging.getLogger(__name__)
     default=None,
     help="YAML with tokens and tuning (see monitor.example.yaml); tokens also from PLANTSTREAM_MONITOR_TOKENS",
 )
-def monitor(host: str, port: int, config_path: Path | None) -> None:
+@click.option("--tls-cert", type=click.Path(path_type=Path), default=None, help="PEM certificate (chain): serve HTTPS")
+@click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="PEM private key of --tls-cert")
+def monitor(host: str, port: int, config_path: Path | None, tls_cert: Path | None, tls_key: Path | None) -> None:
     """Serve the live page, the JSON API (/openapi.json), server-sent events and /metrics.
 
     Reads PLANTSTREAM_DB_DSN, PLANTSTREAM_KAFKA_BOOTSTRAP and PLANTSTREAM_TOPIC_PREFIX. Starts
     without the database or the broker and catches up when they come (retrying with backoff).
+    Refuses (exit 2) a non-loopback --host without tokens. HTTPS with --tls-cert and --tls-key.
     """
     from aiohttp import web
 
@@ -35,6 +78,8 @@ def monitor(host: str, port: int, config_path: Path | None) -> None:
 
     settings = Settings.from_env()
     cfg = load_config(config_path)
+    check_listen(host, cfg)
+    ctx = tls_context(tls_cert, tls_key)
     app = make_app(settings, cfg)
     if settings.metrics_port:
         # The stack-wide contract: every long-running process serves /metrics on this port too.
@@ -47,7 +92,14 @@ def monitor(host: str, port: int, config_path: Path | None) -> None:
         )
     log.info(
         "monitor starting",
-        extra={"kv": {"url": f"http://{host}:{port}/", "tokens": len(cfg.tokens), **settings.describe()}},
+        extra={
+            "kv": {
+                "url": f"{'https' if ctx else 'http'}://{host}:{port}/",
+                "tokens": len(cfg.tokens),
+                **settings.describe(),
+            }
+        },
     )
-    # access_log=None: query strings may carry tokens, and per-request lines would drown the log.
-    web.run_app(app, host=host, port=port, access_log=None, print=None, shutdown_timeout=5.0)
+    # access_log=None: query strings may carry tokens, and per-request lines would drown the log
+    # (the audit logger records every API call without them).
+    web.run_app(app, host=host, port=port, access_log=None, print=None, shutdown_timeout=5.0, ssl_context=ctx)

@@ -79,8 +79,11 @@ END = b""  # queued to end a subscriber's stream
 
 
 class Subscriber:
-    def __init__(self, tier: Tier, plants: Iterable[str] | None, kinds: Iterable[str] | None, maxsize: int) -> None:
+    def __init__(
+        self, tier: Tier, plants: Iterable[str] | None, kinds: Iterable[str] | None, maxsize: int, key: str = ""
+    ) -> None:
         self.tier = tier
+        self.key = key  # the token's key, for the per-token client cap
         self.plants = frozenset(plants) if plants else None
         self.kinds = frozenset(kinds) if kinds else None
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize)
@@ -112,13 +115,16 @@ class Hub:
         self.closed = False
 
     def subscribe(
-        self, tier: Tier, plants: Iterable[str] | None = None, kinds: Iterable[str] | None = None
+        self, tier: Tier, plants: Iterable[str] | None = None, kinds: Iterable[str] | None = None, key: str = ""
     ) -> Subscriber:
-        sub = Subscriber(tier, plants, kinds, self.queue_size)
+        sub = Subscriber(tier, plants, kinds, self.queue_size, key)
         self.subscribers.add(sub)
         if self.metrics is not None:
             self.metrics.clients.set(len(self.subscribers))
         return sub
+
+    def clients_of(self, key: str) -> int:
+        return sum(1 for s in self.subscribers if s.key == key)
 
     def unsubscribe(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)

@@ -225,6 +225,14 @@ class PullFile(BaseModel):
 PullStatusName = Literal["running", "done", "failed", "rejected"]
 
 
+class WithheldGrade(BaseModel):
+    """Tags of one grade a pull left out because its tier may not read them."""
+
+    grade: str
+    count: int
+    tags: list[str] | None = Field(default=None, description="their names: shown to the owner tier only")
+
+
 class DatasetPullAccepted(BaseModel):
     """Answer to a started pull: poll ``location`` for its status."""
 
@@ -249,7 +257,9 @@ class DatasetPullStatus(BaseModel):
     files: list[PullFile] = Field(default_factory=list)
     rows: int | None = None
     cells: int | None = None
-    withheld: list[dict[str, str]] = Field(default_factory=list, description="tags above the tier, with grades")
+    withheld: list[WithheldGrade] = Field(
+        default_factory=list, description="tags above the pull's tier, counted per grade (names for owners only)"
+    )
     error: str | None = None
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from plantstream.access import Tier
 from plantstream.config import Settings
@@ -45,6 +46,8 @@ JobState = Literal["starting", "running", "done", "failed", "rejected"]
 __all__ = ["Busy", "Progress", "PullCancelled", "PullJob", "PullRunner", "file_of", "may_see"]
 
 KEEP_FINISHED = 256  # finished jobs kept in memory (the database keeps every record anyway)
+RETRY_AFTER_S = 30  # what a 429 tells a client to wait; pulls take tens of seconds at least
+audit = logging.getLogger("plantstream.monitor.audit")
 
 # Registered or de-facto media types of what a pull writes.
 CONTENT_TYPES = {
@@ -55,13 +58,25 @@ CONTENT_TYPES = {
 
 
 class Busy(Exception):
-    """Every pull slot of this monitor is taken."""
+    """Every pull slot of this monitor (or of this token) is taken; the message says which."""
+
+
+def bounded_settings(settings: Settings, statement_timeout_s: float) -> Settings:
+    """``settings`` whose DSN sets ``statement_timeout`` on every connection a pull opens (the
+    pull's own and its snapshot helpers all connect with this DSN), added to any ``options``."""
+    from pydantic import SecretStr
+
+    params = conninfo_to_dict(settings.dsn)
+    opts = f"{params.get('options') or ''} -c statement_timeout={int(statement_timeout_s * 1000)}".strip()
+    dsn = make_conninfo(settings.dsn, options=opts)
+    return settings.model_copy(update={"db_dsn": SecretStr(dsn)})
 
 
 @dataclasses.dataclass(eq=False)
 class PullJob:
     request: PullRequest
     requester: Requester
+    key: str = ""  # the token's key (per-token concurrency)
     started_at: datetime = dataclasses.field(default_factory=lambda: datetime.now(tz=UTC))
     pull_id: int | None = None
     state: JobState = "starting"
@@ -95,10 +110,12 @@ class PullRunner:
         max_concurrent: int = 1,
         metrics: Metrics | None = None,
         run: Callable[..., PullRecord] = pull_dataset,
+        max_per_token: int | None = None,
     ) -> None:
         self.settings = settings
         self.root = root
         self.max_concurrent = max_concurrent
+        self.max_per_token = max_per_token or max_concurrent
         self.metrics = metrics
         self._run = run
         self._lock = threading.Lock()
@@ -112,14 +129,23 @@ class PullRunner:
         with self._lock:
             return len(self._active)
 
-    def start(self, request: PullRequest, requester: Requester) -> PullJob:
-        """Start a pull on a background thread; Busy when every slot is taken."""
-        job = PullJob(request, requester)
+    def start(self, request: PullRequest, requester: Requester, key: str = "") -> PullJob:
+        """Start a pull on a background thread; Busy when every slot (or the token's) is taken."""
+        job = PullJob(request, requester, key)
         with self._lock:
             if self._cancel.is_set():
                 raise Busy("the monitor is shutting down")
+            mine = sum(1 for j in self._active if j.key == key)
+            if mine >= self.max_per_token:
+                raise Busy(
+                    f"this token already runs {mine} pull(s); at most {self.max_per_token} per token "
+                    "(max_pulls_per_token)"
+                )
             if len(self._active) >= self.max_concurrent:
-                raise Busy(f"{len(self._active)} pull(s) running; this monitor runs at most {self.max_concurrent}")
+                raise Busy(
+                    f"{len(self._active)} pull(s) running; this monitor runs at most {self.max_concurrent} "
+                    "(max_concurrent_pulls)"
+                )
             self._active.add(job)
             th = threading.Thread(target=self._thread, args=(job,), name="dataset-pull", daemon=True)
             self._threads = [t for t in self._threads if t.is_alive()] + [th]
@@ -172,6 +198,18 @@ class PullRunner:
             if self.metrics is not None:
                 self.metrics.pulls.labels(job.state).inc()
                 self.metrics.pulls_running.set(running)
+            audit.info(
+                "dataset pull",
+                extra={
+                    "kv": {
+                        "who": job.requester.name,
+                        "tier": job.requester.tier.value,
+                        "pull": job.pull_id,
+                        "outcome": job.state,
+                        "error": type(job.error).__name__ if job.error is not None else None,
+                    }
+                },
+            )
             job.began.set()
             job.answered.set()
             job.finished.set()
@@ -229,7 +267,19 @@ def status_of_job(job: PullJob) -> M.DatasetPullStatus:
     )
 
 
-def status_of_record(rec: PullRecord, root: Path, url_prefix: str) -> M.DatasetPullStatus:
+def withheld_for(withheld: list[dict[str, str]], viewer: Tier) -> list[M.WithheldGrade]:
+    """What was left out, per grade: counts for everyone, names for owners only (a lower tier
+    must not learn the names of tags it may not read; how many there are is not withheld)."""
+    by_grade: dict[str, list[str]] = {}
+    for w in withheld:
+        by_grade.setdefault(w.get("grade", "core"), []).append(w.get("tag", ""))
+    return [
+        M.WithheldGrade(grade=g, count=len(names), tags=sorted(names) if viewer is Tier.OWNER else None)
+        for g, names in sorted(by_grade.items())
+    ]
+
+
+def status_of_record(rec: PullRecord, root: Path, url_prefix: str, viewer: Tier = Tier.PUBLIC) -> M.DatasetPullStatus:
     """A recorded pull; files get download URLs only when complete and held under ``root``."""
     status = _STATUS.get(rec.status, "failed")
     held = status == "done" and files_dir(rec, root) is not None
@@ -255,7 +305,7 @@ def status_of_record(rec: PullRecord, root: Path, url_prefix: str) -> M.DatasetP
         ],
         rows=rec.rows,
         cells=rec.cells,
-        withheld=rec.withheld,
+        withheld=withheld_for(rec.withheld, viewer),
         error=rec.error,
     )
 

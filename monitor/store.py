@@ -33,7 +33,9 @@ class UnknownTag(LookupError):
     """No such tag for this caller (absent or withheld: deliberately indistinguishable)."""
 
 
-def make_pool(dsn: str, max_size: int = 4) -> ConnectionPool[psycopg.Connection[Any]]:
+def make_pool(
+    dsn: str, max_size: int = 4, statement_timeout_s: float = 15.0
+) -> ConnectionPool[psycopg.Connection[Any]]:
     """A pool that opens lazily: the monitor starts (and serves live data) with the database away."""
     return ConnectionPool(
         dsn,
@@ -43,7 +45,7 @@ def make_pool(dsn: str, max_size: int = 4) -> ConnectionPool[psycopg.Connection[
         timeout=5.0,
         kwargs={
             "autocommit": True,
-            "options": "-c default_transaction_read_only=on -c statement_timeout=15000",
+            "options": f"-c default_transaction_read_only=on -c statement_timeout={int(statement_timeout_s * 1000)}",
             "application_name": "plantstream-monitor",
             "connect_timeout": 5,
         },

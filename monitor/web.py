@@ -53,7 +53,10 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 HEARTBEAT_S = 15.0
-MAX_POINTS = 5000
+MAX_POINTS = 5000  # the default of history_max_points (the OpenAPI text names it)
+MAX_QUERY = 4096  # bytes of query string an API request may carry
+MAX_VALUE = 512  # characters of one query parameter
+SSE_KINDS = frozenset({"aggregates", "deviation", "lot"})
 
 K_SETTINGS = web.AppKey("settings", Settings)
 K_CONFIG = web.AppKey("config", MonitorConfig)
@@ -65,12 +68,21 @@ K_FEED = web.AppKey("feed", KafkaFeed)
 K_PULLS = web.AppKey("pulls", pulls.PullRunner)
 K_TIER = web.RequestKey("tier", Tier)
 K_WHO = web.RequestKey("who", Identity)
+audit = logging.getLogger("plantstream.monitor.audit")
 PULLS_URL = "/api/dataset-pulls"
 
 
 class BadParam(ValueError):
     def __init__(self, name: str, why: str) -> None:
         super().__init__(f"query parameter {name!r}: {why}")
+
+
+class LimitError(ValueError):
+    """A request beyond a configured bound: 422 naming the limit (config key) and its value."""
+
+    def __init__(self, limit: str, detail: str) -> None:
+        super().__init__(detail)
+        self.limit = limit
 
 
 class ApiError(Exception):
@@ -106,17 +118,27 @@ def parse_time(text: str, now: datetime, name: str) -> datetime:
     """ISO-8601 (naive = UTC), ``now``, or relative ``-15m`` / ``-2h`` / ``-30s`` / ``-1d``."""
     if text == "now":
         return now
+    if len(text) > 64:
+        raise BadParam(name, "is longer than 64 characters")
     if text.startswith("-") and text[-1:] in "smhd" and text[1:-1].replace(".", "", 1).isdigit():
         mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}[text[-1]]
-        return now - timedelta(seconds=float(text[1:-1]) * mult)
+        try:
+            return now - timedelta(seconds=float(text[1:-1]) * mult)
+        except (OverflowError, ValueError):
+            # e.g. -1000000d: before year 1, which neither Python nor the answer can represent.
+            raise BadParam(name, f"{text!r} reaches before year 1") from None
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise BadParam(name, f"{text!r} is not ISO-8601, 'now' or relative like -15m") from None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    dt = dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:
+        raise BadParam(name, f"{text!r} is out of range in UTC") from None
 
 
-def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+def _int(request: web.Request, name: str, default: int, lo: int, hi: int, limit: str = "") -> int:
     v = _q(request, name)
     if v is None:
         return default
@@ -125,7 +147,7 @@ def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int
     except ValueError:
         raise BadParam(name, f"{v!r} is not an integer") from None
     if not lo <= n <= hi:
-        raise BadParam(name, f"must be between {lo} and {hi}")
+        raise BadParam(name, f"must be between {lo} and {hi}" + (f" ({limit})" if limit else ""))
     return n
 
 
@@ -194,7 +216,14 @@ async def h_history(request: web.Request) -> web.Response:
     end = parse_time(_q(request, "end") or "now", now, "end")
     if end <= start:
         raise BadParam("end", "must be after start")
-    points = _int(request, "points", 600, 1, MAX_POINTS)
+    cfg = request.app[K_CONFIG]
+    if (end - start).total_seconds() > cfg.history_max_range_s:
+        raise LimitError(
+            "history_max_range_s",
+            f"end - start is {end - start}; this monitor serves at most {cfg.history_max_range_s:g} s "
+            "(history_max_range_s) per history request",
+        )
+    points = _int(request, "points", min(600, cfg.history_max_points), 1, cfg.history_max_points, "history_max_points")
     good_only = (_q(request, "good_only") or "false").lower() in ("1", "true", "yes")
     return _json(await _db(request, store.history, _grades(request), plant, tag, start, end, points, good_only))
 
@@ -264,11 +293,12 @@ async def h_pull_start(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         raise RequestError("(request)", "the body must be a JSON object of pull request fields")
     req = validate_request(body)
+    await _check_pull_bounds(request, req, who)
     runner = request.app[K_PULLS]
     try:
-        job = runner.start(req, Requester(name=who.name, tier=who.tier))
+        job = runner.start(req, Requester(name=who.name, tier=who.tier), who.key)
     except pulls.Busy as exc:
-        raise ApiError(429, "too many pulls", str(exc), {"Retry-After": "30"}) from None
+        raise ApiError(429, "too many pulls", str(exc), {"Retry-After": str(pulls.RETRY_AFTER_S)}) from None
     # The record exists within a connection's time; then give the database checks a bounded wait.
     await asyncio.to_thread(job.began.wait, 30.0)
     await asyncio.to_thread(job.answered.wait, request.app[K_CONFIG].pull_answer_wait_s)
@@ -283,6 +313,50 @@ async def h_pull_start(request: web.Request) -> web.Response:
     resp = _json(M.DatasetPullAccepted(id=job.pull_id, status=state, location=where), 202)
     resp.headers["Location"] = where
     return resp
+
+
+async def _check_pull_bounds(request: web.Request, req: PullRequest, who: Identity) -> None:
+    """The server's own pull limits, and tag checks that make a withheld tag look absent.
+
+    The datasets stage knows every tag's name (its catalog lists withheld tags so the record can
+    say what was left out), so a lower tier asking for a core tag by name would get a different
+    answer than for a tag that does not exist. Checked here against the tier's visible tags first,
+    with the very wording the stage uses for an absent tag."""
+    cfg = request.app[K_CONFIG]
+    max_cells = cfg.pull_max_cells.get(who.tier)
+    if max_cells is None:
+        raise ApiError(
+            403, "forbidden", f"tier {who.tier.value} may not pull datasets on this monitor (pull_max_cells)"
+        )
+    rows = req.n_rows
+    if rows > cfg.pull_max_rows:
+        raise RequestError(
+            "interval",
+            f"interval {req.interval} over {req.end - req.start} gives {rows} rows, above this monitor's "
+            f"pull_max_rows {cfg.pull_max_rows}: use a coarser interval or a shorter range",
+        )
+    visible: list[M.Tag] = await _db(request, store.tags, _grades(request), req.plant, req.equipment)
+    names = {t.tag for t in visible}
+    if not visible and who.tier is not Tier.OWNER:
+        if req.equipment:
+            raise RequestError("equipment", f"no tags under equipment {req.equipment!r} of plant {req.plant!r}")
+        raise RequestError("plant", f"no tags are registered for plant {req.plant!r}")
+    if req.tags:
+        unknown = [t for t in req.tags if t not in names]
+        if unknown and who.tier is not Tier.OWNER:
+            scope = f" under equipment {req.equipment!r}" if req.equipment else ""
+            raise RequestError("tags", f"unknown tag(s) {unknown} in plant {req.plant!r}{scope}")
+    selected = set(req.tags) if req.tags else names
+    bad_gaps = sorted(set(req.tag_gaps) - selected)
+    if bad_gaps and who.tier is not Tier.OWNER:
+        raise RequestError("tag_gaps", f"gap rules for tag(s) not in the selection: {bad_gaps}")
+    cells = rows * max(1, len(selected & names))
+    if cells > max_cells:
+        raise RequestError(
+            "interval",
+            f"{rows} rows x {len(selected & names)} tags = {cells} cells, above this monitor's pull_max_cells "
+            f"for tier {who.tier.value} ({max_cells}): use a coarser interval, a shorter range or fewer tags",
+        )
 
 
 def _loads(text: str) -> Any:
@@ -316,7 +390,7 @@ async def h_pull_status(request: web.Request) -> web.Response:
             raise _NOT_FOUND
         return _json(pulls.status_of_job(job))
     rec = await _visible_record(request, pull_id)
-    return _json(pulls.status_of_record(rec, request.app[K_PULLS].root, PULLS_URL))
+    return _json(pulls.status_of_record(rec, request.app[K_PULLS].root, PULLS_URL, _who(request).tier))
 
 
 async def h_pull_file(request: web.Request) -> web.StreamResponse:
@@ -341,14 +415,34 @@ async def h_pull_file(request: web.Request) -> web.StreamResponse:
 
 async def h_stream(request: web.Request) -> web.StreamResponse:
     """Server-sent events: ``hello`` then ``aggregates`` / ``deviation`` / ``lot``; a comment every 15 s."""
-    hub = request.app[K_HUB]
+    hub, cfg, who = request.app[K_HUB], request.app[K_CONFIG], _who(request)
     plants = [p for p in (_q(request, "plants") or "").split(",") if p]
     kinds = [k for k in (_q(request, "kinds") or "").split(",") if k]
+    if len(plants) > 64:
+        raise BadParam("plants", "names at most 64 plants")
+    unknown = sorted(set(kinds) - SSE_KINDS)
+    if unknown:
+        raise BadParam("kinds", f"unknown event kind(s) {unknown}; expected some of {sorted(SSE_KINDS)}")
+    # Caps before the stream opens: each client holds a queue of up to client_queue events.
+    if len(hub.subscribers) >= cfg.sse_max_clients:
+        raise ApiError(
+            503,
+            "too many live clients",
+            f"this monitor serves at most {cfg.sse_max_clients} live streams (sse_max_clients); retry later",
+            {"Retry-After": "30"},
+        )
+    if hub.clients_of(who.key) >= cfg.sse_max_per_token:
+        raise ApiError(
+            429,
+            "too many live streams for this token",
+            f"a token may hold at most {cfg.sse_max_per_token} live streams at once (sse_max_per_token)",
+            {"Retry-After": "30"},
+        )
     resp = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
     await resp.prepare(request)
-    sub = hub.subscribe(_tier(request), plants or None, kinds or None)
+    sub = hub.subscribe(_tier(request), plants or None, kinds or None, who.key)
     try:
         feed = request.app.get(K_FEED)
         hello = M.Me(tier=sub.tier.value, grades=visible_grades(sub.tier)).model_dump_json()
@@ -625,13 +719,16 @@ async def middleware(
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     t0 = time.perf_counter()
     status = 500
+    api = request.path.startswith("/api/")
+    who: Identity | None = None
+    outcome = "error"
     try:
-        if request.path.startswith("/api/"):
+        if api:
             who = request.app[K_AUTH].identify(
                 token_of(request.headers.get("Authorization"), request.query.get("token"))
             )
             if who is None:
-                status = 401
+                status, outcome = 401, "refused"
                 resp: web.StreamResponse = _problem(
                     401, "unauthorized", "a valid token is required (Bearer or ?token=)"
                 )
@@ -640,9 +737,13 @@ async def middleware(
             request[K_TIER] = who.tier
             request[K_WHO] = who
         try:
+            if api:
+                _check_query(request)
             resp = await handler(request)
         except BadParam as exc:
             resp = _problem(400, "bad request", str(exc))
+        except LimitError as exc:
+            resp = _problem(422, "limit exceeded", str(exc), exc.limit)
         except RequestError as exc:
             resp = _problem(422, "unprocessable dataset request", str(exc), exc.field)
         except ApiError as exc:
@@ -650,17 +751,68 @@ async def middleware(
             resp.headers.update(exc.headers)
         except store.UnknownTag as exc:
             resp = _problem(404, "not found", str(exc))
+        except psycopg.errors.QueryCanceled:
+            # statement_timeout: the request asked for more work than the monitor allows.
+            limit = request.app[K_CONFIG].api_statement_timeout_s
+            resp = _problem(
+                422,
+                "limit exceeded",
+                f"the query ran longer than {limit:g} s (api_statement_timeout_s): narrow the range or ask fewer points",
+                "api_statement_timeout_s",
+            )
         except (psycopg.OperationalError, PoolTimeout) as exc:
             log.warning("database unavailable", extra={"kv": {"route": route, "error": type(exc).__name__}})
             resp = _problem(503, "database unavailable", "the monitor cannot reach the database; retry shortly")
+        except psycopg.DataError as exc:
+            # A value PostgreSQL cannot represent (e.g. a timestamp beyond its range): the caller's.
+            log.info("bad parameter value", extra={"kv": {"route": route, "error": type(exc).__name__}})
+            resp = _problem(400, "bad request", "a parameter value is out of the range the database can store")
         except web.HTTPException as exc:
             status = exc.status
+            outcome = "ok" if exc.status < 400 else "refused"
             raise
+        except ConnectionResetError:
+            status, outcome = 499, "client gone"  # nginx's code for a client that went away
+            raise
+        except Exception:
+            # Never a traceback, a query or an internal name in an answer; the log keeps them.
+            log.exception("unexpected error", extra={"kv": {"route": route}})
+            resp = _problem(500, "internal error", "the monitor failed on this request; it is logged")
         status = resp.status
+        outcome = "ok" if status < 400 else "refused" if status < 500 else "error"
         return resp
     finally:
         if route != "/api/stream":
             metrics.api_seconds.labels(route, f"{status // 100}xx").observe(time.perf_counter() - t0)
+        if api:
+            # The audit trail: the token's name (never the token), what was asked, how it ended.
+            # No query string: it may carry the token.
+            audit.info(
+                "api call",
+                extra={
+                    "kv": {
+                        "who": who.name if who is not None else "(refused)",
+                        "tier": who.tier.value if who is not None else None,
+                        "method": request.method,
+                        "route": route,
+                        "status": status,
+                        "outcome": outcome,
+                        "ms": round((time.perf_counter() - t0) * 1000, 1),
+                    }
+                },
+            )
+
+
+def _check_query(request: web.Request) -> None:
+    """Refuse query strings no handler should have to think about: oversized, NUL bytes, lone
+    surrogates (undecodable percent-escapes), which PostgreSQL or the encoder would reject later."""
+    if len(request.query_string) > MAX_QUERY:
+        raise BadParam("(query)", f"is longer than {MAX_QUERY} bytes")
+    for name, value in request.query.items():
+        if len(value) > MAX_VALUE:
+            raise BadParam(name, f"is longer than {MAX_VALUE} characters")
+        if "\x00" in value or any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+            raise BadParam(name, "contains a NUL byte or an undecodable character")
 
 
 # --- application -------------------------------------------------------------------------------
@@ -676,7 +828,11 @@ def make_app(settings: Settings, cfg: MonitorConfig, kafka: bool = True) -> web.
     app[K_METRICS] = metrics
     app[K_HUB] = Hub(GradeBook(), cfg.client_queue, metrics)
     app[K_PULLS] = pulls.PullRunner(
-        settings, cfg.datasets_dir or settings.state_dir / "datasets", cfg.max_concurrent_pulls, metrics
+        pulls.bounded_settings(settings, cfg.pull_statement_timeout_s),
+        cfg.datasets_dir or settings.state_dir / "datasets",
+        cfg.max_concurrent_pulls,
+        metrics,
+        max_per_token=cfg.max_pulls_per_token,
     )
     for r in ROUTES:
         if r.method == "get":
@@ -701,7 +857,7 @@ async def _stop_pulls(app: web.Application) -> None:
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    pool = store.make_pool(app[K_SETTINGS].dsn)
+    pool = store.make_pool(app[K_SETTINGS].dsn, statement_timeout_s=app[K_CONFIG].api_statement_timeout_s)
     pool.open(wait=False)
     app[K_POOL] = pool
     refresher = asyncio.create_task(_refresh_grades(app))

@@ -78,7 +78,10 @@ def test_member_pull_start_poll_download(served: Served, tmp_path: Path) -> None
     assert st["status"] == "done", st
     assert (st["requester"], st["tier"]) == ("mia", "member")
     assert st["rows"] == SECONDS // 5 and st["snapshot"]
-    assert {w["tag"] for w in st["withheld"]} == CORE
+    # Withheld tags are counted for the member, named only for the owner.
+    assert st["withheld"] == [{"grade": "core", "count": len(CORE), "tags": None}]
+    assert served.get(where, OWNER)[1]["withheld"] == [{"grade": "core", "count": len(CORE), "tags": sorted(CORE)}]
+    assert not any(t in str(st) for t in CORE)
     parquet = [f for f in st["files"] if f["path"].endswith(".parquet")]
     assert len(parquet) == 1 and {f["path"] for f in st["files"]} >= {"croissant.json", "README.md"}
 
@@ -132,7 +135,10 @@ def test_public_pull_and_unnamed_token(served: Served) -> None:
     st = poll_done(served, where, SAM)
     assert st["status"] == "done"
     assert st["requester"].startswith("token-") and SAM not in st["requester"]
-    assert {w["tag"] for w in st["withheld"]} == CORE | IMPORTANT
+    assert {(w["grade"], w["count"], w["tags"]) for w in st["withheld"]} == {
+        ("core", len(CORE), None),
+        ("important", len(IMPORTANT), None),
+    }
     # Another public requester cannot see it; its own requester and the owner can.
     assert served.get(where, PAT)[0] == 404
     assert served.get(where, OWNER)[0] == 200
@@ -169,20 +175,32 @@ def test_malformed_and_anonymous_posts(served: Served) -> None:
     assert served.post("/api/dataset-pulls", body(), "wrong-token-xyz")[0] == 401
 
 
-def test_slot_limit_and_live_progress(settings: Settings, tmp_path: Path) -> None:
-    """The runner's slot limit (429) and progress while running, with the pull itself stubbed
+def test_slot_limit_and_live_progress(settings: Settings, fresh_db: str, tmp_path: Path) -> None:
+    """The runner's slot limits (429 naming the limit: in total and per token), the pull
+    connections' statement_timeout and progress while running, with the pull itself stubbed
     (a real pull of this size ends before it can be observed)."""
+    testing.load(fresh_db, SECONDS, lot_s=60)
     release = threading.Event()
+    ids = iter(range(4242, 4300))
+    timeouts: list[str] = []
 
     def slow_pull(req: PullRequest, who: Requester, **kw: Any) -> PullRecord:
-        kw["on_begin"](4242)
+        import psycopg
+
+        # The DSN the pull connects with (its own and its helper connections) is bounded.
+        with psycopg.connect(kw["settings"].dsn) as conn:
+            row = conn.execute("SHOW statement_timeout").fetchone()
+            assert row is not None
+            timeouts.append(str(row[0]))
+        pull_id = next(ids)
+        kw["on_begin"](pull_id)
         kw["on_resolved"](None)
         p = pulls.Progress(rows=500, cells=3000, readings=3100, seconds=2.0)
         kw["progress"](p)
         assert release.wait(30)
         now = datetime.now(tz=UTC)
         return PullRecord(
-            id=4242,
+            id=pull_id,
             requester=who.name,
             tier=who.tier.value,
             db_user="x",
@@ -201,9 +219,19 @@ def test_slot_limit_and_live_progress(settings: Settings, tmp_path: Path) -> Non
             error=None,
         )
 
-    cfg = MonitorConfig(tokens=TOKENS, anonymous_tier="none", datasets_dir=tmp_path / "ds")
+    cfg = MonitorConfig(
+        tokens=TOKENS,
+        anonymous_tier="none",
+        datasets_dir=tmp_path / "ds",
+        max_concurrent_pulls=2,
+        max_pulls_per_token=1,
+        pull_statement_timeout_s=42,
+    )
     app = make_app(settings, cfg, kafka=False)
-    app[K_PULLS] = pulls.PullRunner(settings, tmp_path / "ds", max_concurrent=1, metrics=app[K_METRICS], run=slow_pull)
+    real = app[K_PULLS]
+    app[K_PULLS] = pulls.PullRunner(
+        real.settings, tmp_path / "ds", max_concurrent=2, metrics=app[K_METRICS], run=slow_pull, max_per_token=1
+    )
     with ServerThread(app) as s:
         status, accepted, _ = s.post("/api/dataset-pulls", body(), MIA)
         assert status == 202 and accepted == {
@@ -211,19 +239,27 @@ def test_slot_limit_and_live_progress(settings: Settings, tmp_path: Path) -> Non
             "status": "running",
             "location": "/api/dataset-pulls/4242",
         }
-        status, problem, headers = s.post("/api/dataset-pulls", body(), OWNER)
-        assert status == 429 and headers["Retry-After"] == "30" and "at most 1" in problem["detail"]
+        assert timeouts == ["42s"]
+        # The same token again: its own limit, named.
+        status, problem, headers = s.post("/api/dataset-pulls", body(), MIA)
+        assert status == 429 and headers["Retry-After"] == "30"
+        assert "max_pulls_per_token" in problem["detail"] and "at most 1 per token" in problem["detail"]
+        # Another token takes the second slot; a third finds the monitor full.
+        assert s.post("/api/dataset-pulls", body(), OWNER)[0] == 202
+        status, problem, headers = s.post("/api/dataset-pulls", body(), PAT)
+        assert status == 429 and headers["Retry-After"] == "30"
+        assert "max_concurrent_pulls" in problem["detail"] and "at most 2" in problem["detail"]
         st = s.get("/api/dataset-pulls/4242", MIA)[1]
         assert st["status"] == "running" and st["progress"]["rows"] == 500
         assert st["progress"]["rows_per_s"] == 250.0 and st["progress"]["cells_per_s"] == 1500.0
         assert st["progress"]["expected_rows"] == SECONDS // 5
         assert s.get("/api/dataset-pulls/4242", PAT)[0] == 404
         release.set()
-        wait_until(lambda: app[K_PULLS].running == 0, 10, "the slot to free")
-        assert s.post("/api/dataset-pulls", body(), OWNER)[0] == 202  # the slot is free again
-        wait_until(lambda: app[K_PULLS].running == 0, 10, "the second pull to end")
+        wait_until(lambda: app[K_PULLS].running == 0, 10, "the slots to free")
+        assert s.post("/api/dataset-pulls", body(), MIA)[0] == 202  # the token's slot is free again
+        wait_until(lambda: app[K_PULLS].running == 0, 10, "the third pull to end")
         _, text = s.get("/metrics", None)
-        assert 'plantstream_monitor_dataset_pulls_total{status="done"} 2.0' in text
+        assert 'plantstream_monitor_dataset_pulls_total{status="done"} 3.0' in text
         assert "plantstream_monitor_dataset_pulls_running 0.0" in text
 
 
