@@ -7,7 +7,8 @@ Contract:
   then on it survives ``kill -9`` (and power loss with ``synchronous="full"``).
 * Sequence numbers come from :meth:`Buffer.reserve`; the counter persisted with every append is
   never below any committed seq, so seq is strictly increasing per source across restarts
-  (a crash may leave gaps, never repeats).
+  (a crash may leave gaps, never repeats). A source's first seq in a new buffer is the clock in
+  ns + 1 (a new epoch), so a lost buffer's successor numbers above its predecessor.
 * Entries are read oldest-first (:meth:`read`) and removed only by :meth:`delete`, which the
   forwarder calls when Kafka acknowledged delivery.
 * Caps: beyond ``max_bytes`` (sum of stored message bytes) or ``max_age_s`` the OLDEST entries are
@@ -156,7 +157,14 @@ class Buffer:
 
     def reserve(self, source: str, n: int = 1) -> int:
         """First of ``n`` fresh sequence numbers for ``source``; persisted by the next append."""
-        first = self._seq.get(source, 0) + 1
+        last = self._seq.get(source)
+        if last is None:
+            # A source this buffer never numbered (new, or its buffer was lost): a new epoch that
+            # starts at the clock in ns, above every seq an earlier buffer could have used unless
+            # that one averaged over 10^9 readings a second (streams' dedup would otherwise drop
+            # the new readings as re-sends; see streams/logic/dedup.py). Fits int64 until 2262.
+            last = time.time_ns()
+        first = last + 1
         self._seq[source] = first + n - 1
         self._dirty_seq.add(source)
         return first

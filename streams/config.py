@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from plantstream.config import load_yaml
 from plantstream.contract import validate_equipment_path
@@ -66,10 +66,22 @@ class StreamsConfig(BaseModel):
     # adds ~25 ms of latency on average.
     batch_within_ms: float = Field(default=50.0, gt=0, le=5000, description="longest a take waits to fill")
     dedup_max_streams: int = Field(default=200_000, ge=1)
+    dedup_max_spans: int = Field(
+        default=8192, ge=1, description="processed seq spans (one per raw batch) remembered per stream"
+    )
+    dedup_max_spans_total: int = Field(
+        default=2_000_000, ge=1, description="seq spans remembered over all streams (16 bytes each)"
+    )
     lot_history: int = Field(default=256, ge=1)
     lot_tags: tuple[LotTagConfig, ...] = Field(
         default=(), description="process tags carrying the current lot id (lot start/end derived from changes)"
     )
+
+    @model_validator(mode="after")
+    def _spans(self) -> StreamsConfig:
+        if self.dedup_max_spans > self.dedup_max_spans_total:
+            raise ValueError("dedup_max_spans must not exceed dedup_max_spans_total")
+        return self
 
     @field_validator("lot_tags")
     @classmethod
@@ -88,6 +100,8 @@ class StreamsConfig(BaseModel):
             self.dedup_max_streams,
             self.lot_history,
             tuple(lt.spec() for lt in self.lot_tags),
+            self.dedup_max_spans,
+            self.dedup_max_spans_total,
         )
 
 

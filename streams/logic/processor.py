@@ -46,6 +46,8 @@ class ProcessorConfig:
     dedup_max_streams: int = 200_000
     lot_history: int = 256
     lot_tags: tuple[LotTagSpec, ...] = ()
+    dedup_max_spans: int = 8192
+    dedup_max_spans_total: int = 2_000_000
 
 
 @dataclass(slots=True)
@@ -139,7 +141,9 @@ class Processor:
         self.shared = shared
         self.config = config or ProcessorConfig()
         self.partition = partition
-        self.dedup = Deduplicator(self.config.dedup_max_streams)
+        self.dedup = Deduplicator(
+            self.config.dedup_max_streams, self.config.dedup_max_spans, self.config.dedup_max_spans_total
+        )
         self.validator = Validator()
         self.windows = WindowEngine(
             int(self.config.allowed_lateness_s * 1e6), int(self.config.idle_timeout_s * 1e6), lot_of=shared.lots.lot_at
