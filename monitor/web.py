@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 HEARTBEAT_S = 15.0
+GONE_CHECK_S = 1.0  # how soon a stream whose client went away gives its place (SSE caps) back
 MAX_POINTS = 5000  # the default of history_max_points (the OpenAPI text names it)
 MAX_QUERY = 4096  # bytes of query string an API request may carry
 MAX_VALUE = 512  # characters of one query parameter
@@ -448,14 +449,23 @@ async def h_stream(request: web.Request) -> web.StreamResponse:
         hello = M.Me(tier=sub.tier.value, grades=visible_grades(sub.tier)).model_dump_json()
         state = feed.state if feed is not None else "off"
         await resp.write(f'retry: 2000\nevent: hello\ndata: {hello[:-1]},"kafka":"{state}"}}\n\n'.encode())
+        quiet_since = time.monotonic()
         while True:
             try:
-                data = await asyncio.wait_for(sub.queue.get(), HEARTBEAT_S)
+                data = await asyncio.wait_for(sub.queue.get(), GONE_CHECK_S)
             except TimeoutError:
+                # A quiet stream notices a closed connection only when it writes, so look at the
+                # transport: a client that went away must not keep its place until the heartbeat.
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break
+                if time.monotonic() - quiet_since < HEARTBEAT_S:
+                    continue
                 data = b": keep-alive\n\n"
             if data == END:
                 break
             await resp.write(data)
+            quiet_since = time.monotonic()
     except ConnectionResetError:  # the browser went away
         pass
     finally:
