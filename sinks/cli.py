@@ -11,6 +11,7 @@ import click
 import psycopg
 
 from plantstream.config import ConfigError, Settings, load_yaml, mask_url
+from plantstream.contract import Grade
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,31 @@ def db_status() -> None:
         click.echo(f"{m.version:04d}_{m.name:<24} pending")
     if not st.up_to_date:
         sys.exit(1)
+
+
+@db.command("tag-grade")
+@click.argument("plant")
+@click.argument("tag")
+@click.argument("grade", type=click.Choice([g.value for g in Grade]))
+@click.option("--by", "by", required=True, help="The owner making the change (recorded; never a token).")
+@click.option("--reason", default="", help="Why (recorded with the change).")
+def db_tag_grade(plant: str, tag: str, grade: str, by: str, reason: str) -> None:
+    """Set a tag's data grade as its owner. The tags topic may raise a grade but never lower it;
+    lowering is done here, and every change is recorded in tag_grade_changes."""
+    from plantstream.sinks.timescaledb.grades import GradeError, set_tag_grade
+    from plantstream.sinks.timescaledb.migrate import MigrationError, require_current
+
+    settings = Settings.from_env()
+    try:
+        with psycopg.connect(settings.dsn, connect_timeout=5) as conn:
+            require_current(conn)
+            change = set_tag_grade(conn, plant, tag, Grade(grade), by, reason)
+    except (GradeError, MigrationError) as exc:
+        raise ConfigError(str(exc)) from None
+    except psycopg.OperationalError as exc:
+        click.echo(f"plantstream: database {mask_url(settings.dsn)} unreachable: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{plant}/{tag}: {change.old.value} -> {change.new.value} (by {change.by})")
 
 
 @db.command("maintain")
