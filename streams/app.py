@@ -68,6 +68,10 @@ LOT_TAG_EVENTS = Counter(
     "plantstream_streams_lot_tag_events_total", "Lot start/end events derived from lot tags", ["kind"]
 )
 LATE = Counter("plantstream_streams_late_total", "Readings too late for their window")
+CLOCK_REJECTED = Counter(
+    "plantstream_streams_clock_rejected_total",
+    "Readings whose source time is outside the receiving clock window (kept, flagged BAD, not windowed)",
+)
 DEADLETTERS = Counter("plantstream_deadletters_total", "Records sent to the dead-letter topic", ["stage", "topic"])
 LAG = Gauge("plantstream_consumer_lag", "Records behind the partition high-water mark", ["topic", "partition"])
 OPEN_WINDOWS = Gauge("plantstream_streams_open_windows", "Open windows over all partitions")
@@ -220,6 +224,8 @@ class Runtime:
             DUPLICATES.inc(out.duplicates)
         if out.late:
             LATE.inc(out.late)
+        if out.clock_rejected:
+            CLOCK_REJECTED.inc(out.clock_rejected)
         self.producer.poll(0)
 
     def deadletter(self, dl: DeadLetter) -> None:

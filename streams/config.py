@@ -73,6 +73,16 @@ class StreamsConfig(BaseModel):
         default=2_000_000, ge=1, description="seq spans remembered over all streams (16 bytes each)"
     )
     lot_history: int = Field(default=256, ge=1)
+    clock_past_s: float = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="a source time further behind the worker's clock is flagged BAD and moves no watermark",
+    )
+    clock_future_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="a source time further ahead of the worker's clock is flagged BAD and moves no watermark",
+    )
     lot_tags: tuple[LotTagConfig, ...] = Field(
         default=(), description="process tags carrying the current lot id (lot start/end derived from changes)"
     )
@@ -102,6 +112,8 @@ class StreamsConfig(BaseModel):
             tuple(lt.spec() for lt in self.lot_tags),
             self.dedup_max_spans,
             self.dedup_max_spans_total,
+            self.clock_past_s,
+            self.clock_future_s,
         )
 
 

@@ -48,6 +48,11 @@ class ProcessorConfig:
     lot_tags: tuple[LotTagSpec, ...] = ()
     dedup_max_spans: int = 8192
     dedup_max_spans_total: int = 2_000_000
+    # Receiving clock window: a source time further than this behind/ahead of ``now_us`` is
+    # kept, flagged BAD, and moves no watermark. None: unchecked (the pure processor has no
+    # clock; the worker's StreamsConfig sets 7 days / 10 minutes).
+    clock_past_s: float | None = None
+    clock_future_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -71,6 +76,7 @@ class Output:
     readings_in: int = 0
     duplicates: int = 0
     late: int = 0
+    clock_rejected: int = 0  # readings outside the receiving clock window (flagged BAD)
 
     def extend(self, other: Output) -> None:
         self.clean += other.clean
@@ -81,6 +87,7 @@ class Output:
         self.readings_in += other.readings_in
         self.duplicates += other.duplicates
         self.late += other.late
+        self.clock_rejected += other.clock_rejected
 
     def __bool__(self) -> bool:
         return bool(self.clean or self.aggregates or self.deviations or self.deadletters or self.context)
@@ -234,16 +241,26 @@ class Processor:
         out.readings_in = n
         self.readings_in += n
         tss = batch.ts_us
-        keep = self.dedup.filter(plant, eq, batch.source, batch.seq, tss)
+        cfg = self.config
+        ts_lo = now_us - int(cfg.clock_past_s * 1e6) if cfg.clock_past_s is not None else None
+        ts_hi = now_us + int(cfg.clock_future_s * 1e6) if cfg.clock_future_s is not None else None
+        ts_min, ts_max = min(tss), max(tss)
+        clock_bad: frozenset[int] | None = None
+        if (ts_lo is not None and ts_min < ts_lo) or (ts_hi is not None and ts_max > ts_hi):
+            lo_ = ts_lo if ts_lo is not None else -(2**63)
+            hi_ = ts_hi if ts_hi is not None else 2**63
+            clock_bad = frozenset(i for i in range(n) if not lo_ <= tss[i] <= hi_)
+        keep = self.dedup.filter(plant, eq, batch.source, batch.seq, tss, ts_hi)
         rows: Sequence[int] = range(n) if keep is None else keep
         out.duplicates = n - len(rows)
         if not rows:
             return out
         if self.lot_tags:
-            # Before stamping: readings of this batch after a lot change carry the new lot.
-            self._derive_lots(batch, rows, out)
+            # Before stamping: readings of this batch after a lot change carry the new lot. A
+            # reading outside the clock window must not move a lot tag's time mark.
+            self._derive_lots(batch, rows if clock_bad is None else [i for i in rows if i not in clock_bad], out)
         lots = self.shared.lots
-        uniform, batch_lot = lots.uniform(plant, eq, min(tss), max(tss))
+        uniform, batch_lot = lots.uniform(plant, eq, ts_min, ts_max)
         clean = ReadingBatch(plant, eq, batch.origin, batch.source)
         c_tag, c_unit, c_ts, c_val, c_q = clean.tag, clean.unit, clean.ts_us, clean.value, clean.quality
         c_sc, c_seq, c_sts, c_lot, c_reason = clean.status_code, clean.seq, clean.server_ts_us, clean.lot, clean.reason
@@ -263,7 +280,14 @@ class Processor:
             tc = tagc(plant, tag, unit)
             v, q, r = check(tc.rule, tc.conv, plant, tag, vals[i], t, quals[i], reasons[i])
             lot = batch_lot if uniform else lots.lot_at(plant, eq, t)
-            if tc.numeric:
+            if clock_bad is not None and i in clock_bad:
+                # Kept and flagged, never windowed: one year-9999 reading would otherwise move the
+                # tag's watermark for good (checkpointed) and make every later reading late.
+                q = BAD
+                why = _clock_reason(t, now_us, ts_lo, ts_hi)
+                r = why if not r else f"{r}; {why}"
+                out.clock_rejected += 1
+            elif tc.numeric:
                 st = states.get(tag)
                 if st is None:
                     st = states[tag] = wstate(plant, tag, eq, tc.unit)
@@ -373,6 +397,13 @@ class Processor:
             raise ValueError(f"unknown checkpoint version {cp.get('version')!r}")
         self.lot_tags.restore(cp.get("lot_tags", []))
         self.windows.restore({(p, t): int(h) for p, t, h in cp.get("horizons", [])})
+
+
+def _clock_reason(t: int, now_us: int, lo: int | None, hi: int | None) -> str:
+    if hi is not None and t > hi:
+        return f"clock: source time {t} us is {(t - now_us) / 1e6:.0f} s ahead of the receiving clock (limit {(hi - now_us) / 1e6:.0f} s)"
+    assert lo is not None
+    return f"clock: source time {t} us is {(now_us - t) / 1e6:.0f} s behind the receiving clock (limit {(now_us - lo) / 1e6:.0f} s)"
 
 
 def decode_context_record(value: bytes | None, origin: str, key: bytes | None = None) -> ContextEvent | DeadLetter:

@@ -10,6 +10,9 @@ Rules (``TagMeta`` -> :class:`TagRule`, compiled once when the metadata is regis
 * rate of change ``roc_limit`` (tag unit per second): |dv/dt| against the previous non-BAD value
   of the tag (same partition) above the limit downgrades GOOD to UNCERTAIN with a reason.
 
+NaN and ±inf are BAD with a reason for every tag, with or without metadata (also when the unit
+cannot be normalized, and when a conversion overflows), so they never enter window statistics.
+
 Quality is only ever downgraded, never upgraded. Unknown datatypes or units raise
 :class:`RuleError` when the rule is compiled (configuration time), never per reading.
 """
@@ -99,9 +102,17 @@ class Validator:
         tv = type(value)
         if datatype is None:
             if _exact_number(value):
+                # Non-finite first: NaN/inf must never reach the windows as good or uncertain.
+                if tv is float and not math.isfinite(value):
+                    return value, BAD, _join(reason, f"value {value} is not finite")
                 if conv is None:
                     return value, max(quality, UNCERTAIN), _join(reason, "unit not normalizable")
-                return (value if conv.identity else value * conv.factor + conv.offset), quality, reason
+                if conv.identity:
+                    return value, quality, reason
+                v = value * conv.factor + conv.offset
+                if not math.isfinite(v):
+                    return value, BAD, _join(reason, f"value {value} is not finite in {conv.canonical}")
+                return v, quality, reason
             return value, quality, reason
         if datatype == "float" or datatype == "int":
             if not _exact_number(value) or (datatype == "int" and tv is float):
@@ -114,6 +125,8 @@ class Validator:
             if conv.canonical != rule.converter.canonical:
                 return value, BAD, _join(reason, f"unit {conv.source!r} does not match the tag's {rule.meta.unit!r}")
             v = value if conv.identity else value * conv.factor + conv.offset
+            if not math.isfinite(v):  # a finite value can overflow in conversion (1e308 kPa -> Pa)
+                return value, BAD, _join(reason, f"value {value} is not finite in {rule.canonical}")
             lo, hi = rule.lo, rule.hi
             if (lo is not None and v < lo) or (hi is not None and v > hi):
                 if quality == GOOD:
