@@ -11,11 +11,11 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from plantstream.paths import default_state_dir
 
@@ -39,6 +39,99 @@ def mask_url(url: str) -> str:
     return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", url)
 
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+
+
+class KafkaSecurity(BaseModel):
+    """How every Kafka client connects (edge producer, streams worker, sink, monitor feed, topic
+    administration, checkpoints, bench): one definition, mapped to librdkafka and aiokafka settings
+    by plantstream.producers.kafka. From ``PLANTSTREAM_KAFKA_*`` variables (see ENV)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    security_protocol: SecurityProtocol = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    sasl_mechanism: SaslMechanism | None = Field(None, description="SASL mechanism (with a SASL_* protocol)")
+    sasl_username: str | None = Field(None, max_length=256)
+    sasl_password: SecretStr | None = Field(None, description="masked in every log line and describe()")
+    oauth_token_endpoint: str | None = Field(None, description="OAUTHBEARER: OIDC token endpoint URL")
+    ssl_ca_location: Path | None = Field(None, description="CA bundle (PEM) that signed the brokers' certificates")
+    ssl_certificate_location: Path | None = Field(None, description="client certificate (PEM), for mutual TLS")
+    ssl_key_location: Path | None = Field(None, description="client key (PEM), for mutual TLS")
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = Field(True, description="verify the broker's certificate names its host")
+    replication_factor: int = Field(1, ge=1, le=32, description="for the topics plantstream creates")
+    min_insync_replicas: int | None = Field(None, ge=1, le=32, description="topic min.insync.replicas (acks=all)")
+
+    ENV: ClassVar[dict[str, str]] = {
+        "security_protocol": "PLANTSTREAM_KAFKA_SECURITY_PROTOCOL",
+        "sasl_mechanism": "PLANTSTREAM_KAFKA_SASL_MECHANISM",
+        "sasl_username": "PLANTSTREAM_KAFKA_SASL_USERNAME",
+        "sasl_password": "PLANTSTREAM_KAFKA_SASL_PASSWORD",
+        "oauth_token_endpoint": "PLANTSTREAM_KAFKA_OAUTH_TOKEN_ENDPOINT",
+        "ssl_ca_location": "PLANTSTREAM_KAFKA_SSL_CA",
+        "ssl_certificate_location": "PLANTSTREAM_KAFKA_SSL_CERT",
+        "ssl_key_location": "PLANTSTREAM_KAFKA_SSL_KEY",
+        "ssl_key_password": "PLANTSTREAM_KAFKA_SSL_KEY_PASSWORD",
+        "ssl_check_hostname": "PLANTSTREAM_KAFKA_SSL_CHECK_HOSTNAME",
+        "replication_factor": "PLANTSTREAM_KAFKA_REPLICATION_FACTOR",
+        "min_insync_replicas": "PLANTSTREAM_KAFKA_MIN_INSYNC_REPLICAS",
+    }
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSecurity:
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and self.sasl_mechanism is None:
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism")
+        if not sasl and self.sasl_mechanism is not None:
+            raise ValueError(
+                f"sasl_mechanism {self.sasl_mechanism} needs a SASL_PLAINTEXT or SASL_SSL security_protocol"
+            )
+        if self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and (
+            not self.sasl_username or self.sasl_password is None
+        ):
+            raise ValueError(f"sasl_mechanism {self.sasl_mechanism} needs sasl_username and sasl_password")
+        if self.sasl_mechanism == "OAUTHBEARER" and not self.oauth_token_endpoint:
+            raise ValueError(
+                "sasl_mechanism OAUTHBEARER needs oauth_token_endpoint (and sasl_username/password as client id/secret)"
+            )
+        if (self.ssl_certificate_location is None) != (self.ssl_key_location is None):
+            raise ValueError("ssl_certificate_location and ssl_key_location go together (mutual TLS)")
+        for name in ("ssl_ca_location", "ssl_certificate_location", "ssl_key_location"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path}: no such file")
+        if self.min_insync_replicas is not None and self.min_insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"min_insync_replicas {self.min_insync_replicas} exceeds replication_factor {self.replication_factor}"
+            )
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    def describe(self) -> str:
+        """Safe to log: never the password."""
+        out = self.security_protocol
+        if self.sasl_mechanism:
+            out += f" {self.sasl_mechanism} as {self.sasl_username or '?'}"
+        if self.ssl_ca_location:
+            out += f" ca={self.ssl_ca_location}"
+        return out
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> KafkaSecurity:
+        values: dict[str, Any] = {k: env[v] for k, v in cls.ENV.items() if env.get(v)}
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = str(err["loc"][0]) if err["loc"] else ""
+            where = cls.ENV.get(field) or "PLANTSTREAM_KAFKA_* settings"
+            raise ConfigError(f"environment variable {where}: {err['msg']}") from None
+
+
 class Settings(BaseModel):
     """Connection settings shared by every service, from the environment."""
 
@@ -52,6 +145,7 @@ class Settings(BaseModel):
     state_dir: Path = Field(default_factory=default_state_dir)
     metrics_port: int | None = None
     log_format: str = "json"
+    kafka: KafkaSecurity = Field(default_factory=lambda: KafkaSecurity())
 
     ENV: ClassVar[dict[str, str]] = {
         "db_dsn": "PLANTSTREAM_DB_DSN",
@@ -72,6 +166,7 @@ class Settings(BaseModel):
             env = {**_local_stack_env(), **env}
         values: dict[str, Any] = {k: env[v] for k, v in cls.ENV.items() if env.get(v)}
         values.update({k: v for k, v in overrides.items() if v is not None})
+        values.setdefault("kafka", KafkaSecurity.from_env(env))
         try:
             return cls(**values)
         except ValidationError as exc:
@@ -92,6 +187,7 @@ class Settings(BaseModel):
         return {
             "db": mask_url(self.dsn),
             "kafka": self.kafka_bootstrap,
+            "kafka_security": self.kafka.describe(),
             "mqtt": mask_url(self.mqtt),
             "topics": self.topic_prefix,
         }

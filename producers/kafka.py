@@ -9,6 +9,8 @@ buffer uses to delete only what the broker has acknowledged.
 from __future__ import annotations
 
 import logging
+import os
+import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -18,6 +20,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 # confluent_kafka.admin re-exports NewTopic implicitly (no __all__), which strict mypy rejects.
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from plantstream.config import ConfigError, KafkaSecurity
 from plantstream.producers.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -40,10 +43,80 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 }
 
 
-def make_producer(bootstrap: str, client_id: str = "plantstream", **overrides: Any) -> Producer:
-    conf = {"bootstrap.servers": bootstrap, "client.id": client_id, **PRODUCER_DEFAULTS, **overrides}
+def security_or_env(security: KafkaSecurity | None) -> KafkaSecurity:
+    """``security``, or the ``PLANTSTREAM_KAFKA_*`` environment's: every client of every process
+    takes the same settings without each call site having to pass them."""
+    return security if security is not None else KafkaSecurity.from_env(os.environ)
+
+
+def librdkafka_conf(bootstrap: str, security: KafkaSecurity | None = None, **conf: Any) -> dict[str, Any]:
+    """A confluent-kafka (librdkafka) client configuration: ``conf`` plus the connection's security."""
+    sec = security_or_env(security)
+    out: dict[str, Any] = {"bootstrap.servers": bootstrap, "security.protocol": sec.security_protocol}
+    if sec.sasl_mechanism is not None:
+        out["sasl.mechanism"] = sec.sasl_mechanism
+    if sec.sasl_mechanism == "OAUTHBEARER":
+        out["sasl.oauthbearer.method"] = "oidc"
+        out["sasl.oauthbearer.token.endpoint.url"] = sec.oauth_token_endpoint
+        if sec.sasl_username:
+            out["sasl.oauthbearer.client.id"] = sec.sasl_username
+        if sec.sasl_password is not None:
+            out["sasl.oauthbearer.client.secret"] = sec.sasl_password.get_secret_value()
+    elif sec.sasl_mechanism is not None:
+        out["sasl.username"] = sec.sasl_username
+        out["sasl.password"] = sec.sasl_password.get_secret_value() if sec.sasl_password else ""
+    if sec.tls:
+        if sec.ssl_ca_location is not None:
+            out["ssl.ca.location"] = str(sec.ssl_ca_location)
+        if sec.ssl_certificate_location is not None:
+            out["ssl.certificate.location"] = str(sec.ssl_certificate_location)
+            out["ssl.key.location"] = str(sec.ssl_key_location)
+        if sec.ssl_key_password is not None:
+            out["ssl.key.password"] = sec.ssl_key_password.get_secret_value()
+        out["ssl.endpoint.identification.algorithm"] = "https" if sec.ssl_check_hostname else "none"
+    out.update(conf)
+    return out
+
+
+def aiokafka_kwargs(security: KafkaSecurity | None = None) -> dict[str, Any]:
+    """The same connection security as keyword arguments of aiokafka clients (the streams worker)."""
+    sec = security_or_env(security)
+    out: dict[str, Any] = {"security_protocol": sec.security_protocol}
+    if sec.sasl_mechanism == "OAUTHBEARER":
+        raise ConfigError(
+            "PLANTSTREAM_KAFKA_SASL_MECHANISM=OAUTHBEARER: the edge, sink and monitor (librdkafka) support it; "
+            "the streams worker (aiokafka) needs SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN"
+        )
+    if sec.sasl_mechanism is not None:
+        out["sasl_mechanism"] = sec.sasl_mechanism
+        out["sasl_plain_username"] = sec.sasl_username
+        out["sasl_plain_password"] = sec.sasl_password.get_secret_value() if sec.sasl_password else ""
+    if sec.tls:
+        out["ssl_context"] = ssl_context(sec)
+    return out
+
+
+def ssl_context(sec: KafkaSecurity) -> ssl.SSLContext:
+    """A client TLS context verifying the brokers against ``ssl_ca_location`` (the system store
+    when unset), with the client certificate for mutual TLS where one is configured."""
+    ctx = ssl.create_default_context(cafile=str(sec.ssl_ca_location) if sec.ssl_ca_location else None)
+    ctx.check_hostname = sec.ssl_check_hostname
+    if sec.ssl_certificate_location is not None:
+        password = sec.ssl_key_password.get_secret_value() if sec.ssl_key_password else None
+        ctx.load_cert_chain(str(sec.ssl_certificate_location), str(sec.ssl_key_location), password)
+    return ctx
+
+
+def make_producer(
+    bootstrap: str, client_id: str = "plantstream", security: KafkaSecurity | None = None, **overrides: Any
+) -> Producer:
+    conf = librdkafka_conf(bootstrap, security, **{"client.id": client_id, **PRODUCER_DEFAULTS, **overrides})
     conf["error_cb"] = _log_kafka_error
     return Producer(conf)
+
+
+def make_consumer(bootstrap: str, security: KafkaSecurity | None = None, **conf: Any) -> Consumer:
+    return Consumer(librdkafka_conf(bootstrap, security, **conf))
 
 
 _last_error_log: dict[str, float] = {}
@@ -92,9 +165,17 @@ def consume_ready(consumer: Consumer, max_messages: int, timeout: float) -> list
     return [first, *consumer.consume(max_messages - 1, timeout=0)] if max_messages > 1 else [first]
 
 
-def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, timeout: float = 30.0) -> None:
-    """Create missing topics; existing ones are left as they are."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def ensure_topics(
+    bootstrap: str,
+    topics: Iterable[str],
+    partitions: int,
+    timeout: float = 30.0,
+    security: KafkaSecurity | None = None,
+) -> None:
+    """Create missing topics (with the configured replication factor and min.insync.replicas);
+    existing ones are left as they are."""
+    sec = security_or_env(security)
+    admin = AdminClient(librdkafka_conf(bootstrap, sec))
     deadline = time.monotonic() + timeout
     wanted = set(topics)
     while True:
@@ -108,7 +189,13 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, timeou
     missing = sorted(wanted - existing)
     if not missing:
         return
-    futures = admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing])
+    config = {} if sec.min_insync_replicas is None else {"min.insync.replicas": str(sec.min_insync_replicas)}
+    futures = admin.create_topics(
+        [
+            NewTopic(t, num_partitions=partitions, replication_factor=sec.replication_factor, config=config)
+            for t in missing
+        ]
+    )
     for name, fut in futures.items():
         try:
             fut.result(timeout=timeout)
@@ -118,5 +205,5 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, timeou
                 raise
 
 
-def ensure_contract_topics(bootstrap: str, topics: Topics) -> None:
-    ensure_topics(bootstrap, topics.all(), topics.partitions)
+def ensure_contract_topics(bootstrap: str, topics: Topics, security: KafkaSecurity | None = None) -> None:
+    ensure_topics(bootstrap, topics.all(), topics.partitions, security=security)

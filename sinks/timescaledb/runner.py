@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from plantstream.config import Settings
 from plantstream.log import Throttle
-from plantstream.producers.kafka import consume_ready, make_producer, produce
+from plantstream.producers.kafka import consume_ready, make_consumer, make_producer, produce
 from plantstream.producers.topics import Topics
 from plantstream.sinks.base import DeadLetter, Record, RecordOrigin, SinkUnavailable
 from plantstream.sinks.timescaledb.sink import PostgresSink, decode, iter_dead_letters
@@ -150,9 +150,10 @@ class SinkRunner:
         if self.config.metrics_port:
             start_http_server(self.config.metrics_port, addr="127.0.0.1")
         self._connect_db()
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
+        consumer = make_consumer(
+            self.settings.kafka_bootstrap,
+            self.settings.kafka,
+            **{
                 "group.id": self.group_id,
                 "client.id": f"{self.group_id}",
                 "enable.auto.commit": False,
@@ -169,10 +170,12 @@ class SinkRunner:
                 "session.timeout.ms": self.config.session_timeout_ms,
                 "heartbeat.interval.ms": max(1000, self.config.session_timeout_ms // 4),
                 "error_cb": self._kafka_error,
-            }
+            },
         )
         self._consumer = consumer
-        self._producer = make_producer(self.settings.kafka_bootstrap, client_id=f"{self.group_id}-dlq")
+        self._producer = make_producer(
+            self.settings.kafka_bootstrap, client_id=f"{self.group_id}-dlq", security=self.settings.kafka
+        )
         if self.config.static_assignment:
             self._assign_all(consumer)
         else:
