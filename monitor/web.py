@@ -291,6 +291,9 @@ async def h_pull_start(request: web.Request) -> web.Response:
         body = await request.json(loads=_loads)
     except ValueError as exc:
         raise ApiError(400, "bad request", f"the body is not JSON: {exc}") from None
+    except RecursionError:
+        # json nests arrays by recursion: "[[[[..." a hundred thousand deep raised a 500.
+        raise ApiError(400, "bad request", "the body is not JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise RequestError("(request)", "the body must be a JSON object of pull request fields")
     req = validate_request(body)
