@@ -36,7 +36,8 @@ from plantstream.edge.buffer import Buffer, Entry
 from plantstream.edge.config import EdgeConfig, MqttSource, OpcuaSource, SparkplugSource
 from plantstream.edge.forwarder import Forwarder
 from plantstream.edge.metrics import EdgeMetrics
-from plantstream.edge.source import Delivery, Inbox, Source
+from plantstream.edge.source import DeadLetter, Delivery, Inbox, Source
+from plantstream.edge.vet import DEFAULT_LIMITS, Limits, batch_max_bytes
 from plantstream.log import Throttle
 from plantstream.producers.codec import encode_tag_meta
 from plantstream.producers.kafka import ensure_topics, make_producer
@@ -51,13 +52,17 @@ log = logging.getLogger(__name__)
 
 
 def build_source(
-    cfg: OpcuaSource | MqttSource | SparkplugSource, agent_id: str, inbox: Inbox, settings: Settings | None = None
+    cfg: OpcuaSource | MqttSource | SparkplugSource,
+    agent_id: str,
+    inbox: Inbox,
+    settings: Settings | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Source:
     """The connector for ``cfg``. An MQTT source without a url takes PLANTSTREAM_MQTT_URL (``settings.mqtt``)."""
     if isinstance(cfg, OpcuaSource):
         from plantstream.edge.opcua.source import OpcuaSourceRunner
 
-        return OpcuaSourceRunner(cfg, inbox, (settings or Settings.from_env()).state_dir)
+        return OpcuaSourceRunner(cfg, inbox, (settings or Settings.from_env()).state_dir, limits)
     if cfg.url is None:
         try:
             cfg = cfg.with_default_url((settings or Settings.from_env()).mqtt)
@@ -68,15 +73,15 @@ def build_source(
     if isinstance(cfg, SparkplugSource):
         from plantstream.edge.sparkplug.source import SparkplugBSource
 
-        return SparkplugBSource(cfg, agent_id, inbox)
+        return SparkplugBSource(cfg, agent_id, inbox, limits)
     from plantstream.edge.mqtt.source import MqttJsonSource
 
-    return MqttJsonSource(cfg, agent_id, inbox)
+    return MqttJsonSource(cfg, agent_id, inbox, limits)
 
 
 def identity(source: str, sample: Sample) -> int:
     """A stable 63-bit key of what a reading says (not when it arrived): equal for a redelivered copy."""
-    equipment, tag, ts_us, value, _unit, quality, _status, _srv = sample
+    equipment, tag, ts_us, value, _unit, quality, _status, _srv, _reason = sample
     raw = f"{source}\x1f{equipment}\x1f{tag}\x1f{ts_us}\x1f{value!r}\x1f{quality}".encode("utf-8", "surrogatepass")
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big") >> 1
 
@@ -109,7 +114,10 @@ class Agent:
         )
         self.inbox = Inbox()
         self.metrics = EdgeMetrics(cfg.agent_id)
-        self.sources: list[Source] = [build_source(s, cfg.agent_id, self.inbox, self.settings) for s in cfg.sources]
+        self.limits = Limits.of(cfg)
+        self.sources: list[Source] = [
+            build_source(s, cfg.agent_id, self.inbox, self.settings, self.limits) for s in cfg.sources
+        ]
         self._by_id = {s.id: s for s in self.sources}
         self._stop = asyncio.Event()
         self._throttle = Throttle(30.0)
@@ -208,7 +216,12 @@ class Agent:
         assert self.buffer is not None
         topic = self.topics.raw
         batcher = self.batcher = Batcher(
-            self.cfg.plant, topic, self.buffer, self.cfg.batch.max_readings, self.cfg.batch.max_delay_ms / 1000
+            self.cfg.plant,
+            topic,
+            self.buffer,
+            self.cfg.batch.max_readings,
+            self.cfg.batch.max_delay_ms / 1000,
+            batch_max_bytes(self.cfg),
         )
         now = time.monotonic()
         next_gauges = now
@@ -253,7 +266,6 @@ class Agent:
         entries = self._unsaved
         counts: dict[str, list[int]] = {}
         recent = self._unsaved_recent
-        buf = self.buffer
         for d in items:
             if d.ack is not None:
                 if drop_ackable:
@@ -262,30 +274,24 @@ class Agent:
             c = counts.get(d.source)
             if c is None:
                 c = counts[d.source] = [0, 0, 0, 0]
-            samples = d.samples
-            if d.identity is not None:
-                # A source that redelivers whole messages: a copy of a committed one is dropped
-                # (its readings and dead letter are stored already), anything else remembered.
-                if d.redelivered and buf.seen(d.source, d.identity):
-                    c[3] += len(samples) if samples else 0
-                    continue
-                recent.append((d.source, d.identity))
-            elif samples and d.ack is not None:
-                # No message identity: remember each committed sample, drop copies of them.
-                keyed = [(identity(d.source, s), s) for s in samples]
-                if d.redelivered:
-                    fresh = [(k, s) for k, s in keyed if not buf.seen(d.source, k)]
-                    c[3] += len(keyed) - len(fresh)
-                    keyed = fresh
-                samples = [s for _, s in keyed]
-                recent.extend((d.source, k) for k, _ in keyed)
-            if samples:
-                c[0] += batcher.add(d.source, d.origin, samples)
-                c[1] += sum(1 for s in samples if s[5])
-            if d.deadletter is not None:
+            try:
+                self._take(d, c, batcher, recent, entries)
+            except sqlite3.Error:
+                raise  # the buffer itself failing is not this delivery's fault
+            except Exception as exc:
+                # Nothing on the data path may end the loop (a poison message would crash-loop the
+                # agent on every redelivery): the delivery becomes a dead letter and is acknowledged.
+                log.exception("delivery could not be processed; dead-lettered", extra={"kv": {"source": d.source}})
                 c[2] += 1
-                entries.append(self._deadletter_entry(d))
+                entries.append(self._deadletter_entry(_poison(d, f"internal error: {exc!r}")))
         entries.extend(batcher.take(everything=everything or bool(acks)))
+        for rej in batcher.rejected:
+            c = counts.setdefault(rej.source, [0, 0, 0, 0])
+            c[0] -= 1  # counted in by add(), never stored
+            c[2] += 1
+            dl = DeadLetter(rej.payload, rej.reason, f"{rej.source}:encoder")
+            entries.append(self._deadletter_entry(Delivery(rej.source, Origin.MQTT, None, dl)))
+        batcher.rejected.clear()
         if entries or recent:
             try:
                 self.buffer.append(entries, recent)
@@ -315,11 +321,41 @@ class Agent:
                 m.duplicates.labels(agent, src_id).inc(dup)
             self.readings_in += n
             self.deadletters += dead
-            if n:
+            if n > 0:  # negative when the encoder rejected readings added in an earlier tick
                 m.readings_in.labels(agent, src_id).inc(n)
                 st.last_reading_us = time.time_ns() // 1000
             if bad:
                 m.bad_quality.labels(agent, src_id).inc(bad)
+
+    def _take(
+        self, d: Delivery, c: list[int], batcher: Batcher, recent: list[tuple[str, int]], entries: list[Entry]
+    ) -> None:
+        """One delivery into the batcher (and its dead letter into ``entries``); c: in, bad, dead, dup."""
+        assert self.buffer is not None
+        buf = self.buffer
+        samples = d.samples
+        if d.identity is not None:
+            # A source that redelivers whole messages: a copy of a committed one is dropped
+            # (its readings and dead letter are stored already), anything else remembered.
+            if d.redelivered and buf.seen(d.source, d.identity):
+                c[3] += len(samples) if samples else 0
+                return
+            recent.append((d.source, d.identity))
+        elif samples and d.ack is not None:
+            # No message identity: remember each committed sample, drop copies of them.
+            keyed = [(identity(d.source, s), s) for s in samples]
+            if d.redelivered:
+                fresh = [(k, s) for k, s in keyed if not buf.seen(d.source, k)]
+                c[3] += len(keyed) - len(fresh)
+                keyed = fresh
+            samples = [s for _, s in keyed]
+            recent.extend((d.source, k) for k, _ in keyed)
+        if samples:
+            c[0] += batcher.add(d.source, d.origin, samples)
+            c[1] += sum(1 for s in samples if s[5])
+        if d.deadletter is not None:
+            c[2] += 1
+            entries.append(self._deadletter_entry(d))
 
     def _ack(self, acks: dict[str, list[Hashable]]) -> None:
         self._unsaved_acks = {}
@@ -331,7 +367,8 @@ class Agent:
     def _deadletter_entry(self, d: Delivery) -> Entry:
         dl = d.deadletter
         assert dl is not None
-        reason = dl.reason[:500]
+        # Headers are bytes; a reason quoting hostile input must not be able to raise here.
+        reason = dl.reason[:500].encode("utf-8", "backslashreplace").decode()
         self.metrics.deadletters.labels("edge", self.cfg.agent_id, d.source, reason.split(":")[0][:60]).inc()
         if self._throttle.should(f"dead:{d.source}") >= 0:
             log.warning(
@@ -406,6 +443,7 @@ class Agent:
                 sync(m.events.labels(a, s.id, event), ("events", s.id, event), n)
         if self.forwarder is not None:
             sync(m.kafka_failures.labels(a), ("kafka_failures",), self.forwarder.stats.failures)
+            m.refused.labels(a).set(len(self.forwarder.refused_ids))
 
     def _sync_counter(self, counter: Any, key: tuple[str, ...], total: int) -> None:
         """Advance a Prometheus counter to a running total kept elsewhere."""
@@ -443,6 +481,8 @@ class Agent:
                 "inflight": fw.inflight if fw else 0,
                 "delivered_readings": fw.stats.delivered_readings if fw else 0,
                 "failures": fw.stats.failures if fw else 0,
+                # Entries Kafka refused (too large): kept in the buffer, not sent until the next start.
+                "refused_entries": len(fw.refused_ids) if fw else 0,
                 "last_error": fw.stats.last_error if fw else "",
             },
         }
@@ -483,6 +523,16 @@ class Agent:
             },
         )
         rate.t, rate.inn, rate.out = now, self.readings_in, out
+
+
+def _poison(d: Delivery, reason: str) -> Delivery:
+    """A dead letter standing for delivery ``d`` (its original bytes if it had them)."""
+    if d.deadletter is not None:
+        payload, origin = d.deadletter.payload, d.deadletter.origin
+    else:
+        payload = repr(d.samples).encode("utf-8", "backslashreplace")[:65536]
+        origin = f"{d.source}:agent"
+    return Delivery(d.source, d.origin, None, DeadLetter(payload, reason, origin))
 
 
 def run_agent(cfg: EdgeConfig) -> None:

@@ -38,7 +38,17 @@ def run(
         while done < readings:
             n = min(per_tick, readings - done)
             samples: list[Sample] = [
-                (equipment[(done + k) % 10], f"tag{(done + k) % 200}", ts + done + k, float(k), "degC", 0, None, None)
+                (
+                    equipment[(done + k) % 10],
+                    f"tag{(done + k) % 200}",
+                    ts + done + k,
+                    float(k),
+                    "degC",
+                    0,
+                    None,
+                    None,
+                    None,
+                )
                 for k in range(n)
             ]
             a0 = time.perf_counter()

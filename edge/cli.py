@@ -87,6 +87,7 @@ def status(config_path: Path, as_json: bool) -> None:
         click.echo(
             f"  kafka {k.get('bootstrap')}: {'ok' if k.get('healthy') else 'FAILING'}, delivered "
             f"{k.get('delivered_readings')} readings, in flight {k.get('inflight')}"
+            + (f", REFUSED {k['refused_entries']} entries (kept in the buffer)" if k.get("refused_entries") else "")
             + (f", last error: {k['last_error']}" if k.get("last_error") else "")
         )
     for s in st.get("sources", []):

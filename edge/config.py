@@ -449,6 +449,36 @@ class BatchConfig(_Strict):
 
     max_readings: int = Field(500, ge=1, le=100_000, description="close a batch at this many readings")
     max_delay_ms: float = Field(50, gt=0, le=10_000, description="... or this long after its first reading")
+    max_bytes: int = Field(
+        1_000_000,
+        ge=16_384,
+        le=100_000_000,
+        description="... or when its encoded size (estimated from above) would pass this many bytes; keep it at "
+        "or below the broker's message.max.bytes (Kafka's default is about 1 MB) and the producer's; a single "
+        "reading larger than a batch can hold is dead-lettered at decode",
+    )
+
+
+class TimestampWindow(_Strict):
+    """How far a reading's timestamp may be from the agent's clock when it arrives.
+
+    Outside the window the reading is kept but flagged bad (quality 2) with the reason, so one
+    reading stamped in year 9999 or 1970 never passes as good data. Timestamps no stage can
+    represent (before 1970, after year 9999) are dead-lettered at decode instead.
+    """
+
+    max_past_s: float = Field(
+        7 * 86400,
+        ge=1,
+        le=100 * 365 * 86400,
+        description="older than the receiving clock by more than this: flagged bad (backfills need more)",
+    )
+    max_future_s: float = Field(
+        600,
+        ge=0,
+        le=365 * 86400,
+        description="ahead of the receiving clock by more than this: flagged bad (allowed clock skew)",
+    )
 
 
 class EdgeConfig(_Strict):
@@ -461,6 +491,10 @@ class EdgeConfig(_Strict):
     )
     batch: BatchConfig = Field(
         default_factory=lambda: BatchConfig.model_validate({}), description="readings per Kafka message"
+    )
+    timestamps: TimestampWindow = Field(
+        default_factory=lambda: TimestampWindow.model_validate({}),
+        description="window around the receiving clock outside which readings are flagged bad",
     )
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics; 0 = any free port")
     metrics_host: str = "127.0.0.1"
@@ -597,6 +631,7 @@ __all__ = [
     "SparkplugSource",
     "SparkplugTag",
     "TagDefaults",
+    "TimestampWindow",
     "dump_dict",
     "load_config",
     "template_fields",

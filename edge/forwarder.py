@@ -24,13 +24,18 @@ log = logging.getLogger(__name__)
 
 ProducerFactory = Callable[[], Producer]
 
+# Delivery errors no retry can fix: larger than the broker accepts, or a record it rejects.
+_REFUSED = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD})
+
 
 @dataclass(slots=True)
 class ForwardStats:
     delivered_entries: int = 0
     delivered_readings: int = 0
     failures: int = 0
-    unsendable: int = 0
+    # Entries Kafka refused outright (too large for message.max.bytes, producer or broker): kept in
+    # the buffer and skipped until the next start, so what follows them still flows.
+    refused: int = 0
     per_source: dict[str, int] = field(default_factory=dict)
     last_error: str = ""
     last_delivery_us: int | None = None
@@ -64,6 +69,7 @@ class Forwarder:
         # id -> (source, readings, topic); payloads live in librdkafka's queue, not here.
         self._inflight: dict[int, tuple[str, int, str]] = {}
         self._done: list[int] = []
+        self.refused_ids: set[int] = set()
         self._retry_from: int | None = None
         self._fatal = False
         self._resume_at = 0.0
@@ -80,7 +86,7 @@ class Forwarder:
 
     @property
     def healthy(self) -> bool:
-        return self._retry_from is None and not self._fatal and not self.stalled
+        return self._retry_from is None and not self._fatal and not self.stalled and not self.refused_ids
 
     @property
     def stalled(self) -> bool:
@@ -109,6 +115,11 @@ class Forwarder:
                 return
             self.stats.failures += 1
             self.stats.last_error = err.str()
+            if err.code() in _REFUSED:
+                # The broker will refuse it again whatever we do: retrying in order would block
+                # (and re-send) everything behind it forever. Kept, not deleted.
+                self._refuse(rid, topic, err.str(), None)
+                return
             if err.fatal():
                 self._fatal = True
             self._retry_from = rid if self._retry_from is None else min(self._retry_from, rid)
@@ -120,6 +131,18 @@ class Forwarder:
                 )
 
         return cb
+
+    def _refuse(self, rid: int, topic: str, error: str, size: int | None) -> None:
+        if rid in self.refused_ids:
+            return
+        self.refused_ids.add(rid)
+        self.stats.refused += 1
+        self.stats.last_error = f"entry {rid} refused: {error}"
+        log.error(
+            "kafka refused a buffered entry; it stays in the buffer (not deleted) and is tried again at the next "
+            "start: raise the broker's/producer's message.max.bytes or lower batch.max_bytes",
+            extra={"kv": {"entry": rid, "error": error, "topic": topic, "bytes": size, "refused": self.stats.refused}},
+        )
 
     def pump(self, budget: int | None = None) -> int:
         """One non-blocking round; returns entries handed to the producer."""
@@ -165,14 +188,9 @@ class Forwarder:
                     self.producer.poll(0)
                     return sent  # librdkafka's queue is full; continue next round from the cursor
                 except KafkaException as exc:
-                    # Not retriable (e.g. larger than message.max.bytes): never sendable; drop it
-                    # rather than block everything behind it.
-                    self.stats.unsendable += 1
-                    log.error(
-                        "dropping an unsendable buffered message",
-                        extra={"kv": {"error": str(exc), "topic": e.topic, "bytes": len(e.value)}},
-                    )
-                    self._done.append(st.id)
+                    # Refused by the producer itself (e.g. larger than its message.max.bytes):
+                    # never deleted (its source was acknowledged), skipped so the rest flows.
+                    self._refuse(st.id, e.topic, str(exc), len(e.value))
                     self._cursor = st.id
                     continue
                 if not self._inflight:

@@ -38,6 +38,13 @@ class EdgeMetrics:
         self.kafka_failures = Counter(
             "plantstream_edge_kafka_delivery_failures", "Failed Kafka deliveries (retried)", ["agent"], registry=r
         )
+        self.refused = Gauge(
+            "plantstream_edge_refused_entries",
+            "Buffered entries Kafka refused (e.g. larger than message.max.bytes): kept in the buffer, not sent; "
+            "they are tried again at the next start",
+            ["agent"],
+            registry=r,
+        )
         self.duplicates = Counter(
             "plantstream_edge_duplicates_dropped",
             "Redelivered copies of readings already committed (not forwarded again)",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -16,6 +16,7 @@ from paho.mqtt.client import topic_matches_sub
 from plantstream.contract import Value
 from plantstream.edge.batcher import Sample
 from plantstream.edge.config import MqttSource, MqttSubscription, MqttTag, TagDefaults
+from plantstream.edge.vet import DEFAULT_LIMITS, TS_END_US, Limits, Uncarriable, vet
 
 _QUALITY: dict[str | int, int] = {"good": 0, "uncertain": 1, "bad": 2, 0: 0, 1: 1, 2: 2}
 
@@ -104,14 +105,27 @@ def _timestamp(raw: Any, fmt: str) -> int:
             raise Malformed("timestamp is not valid ISO 8601") from None
         if dt.tzinfo is None:
             raise Malformed("ISO 8601 timestamp lacks a time zone")
-        return int(dt.timestamp() * 1_000_000)
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        # Exact integer arithmetic: timestamp() is a float (sub-microsecond rounding) and raises
+        # OverflowError/OSError near the ends of datetime's range on some platforms.
+        delta = dt - _EPOCH
+        ts = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+        if not 0 <= ts < TS_END_US:
+            when = "before 1970" if ts < 0 else "after year 9999"
+            raise Malformed(f"timestamp {raw[:40]!r} is {when}, not representable")
+        return ts
+    # (math.isfinite of an int beyond the double range raises OverflowError: floats only)
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or (isinstance(raw, float) and not math.isfinite(raw)):
         raise Malformed(f"timestamp is {type(raw).__name__}, not a number ({fmt})")
     scale = {"epoch_us": 1, "epoch_ms": 1000, "epoch_s": 1_000_000}[fmt]
-    ts = int(raw) * scale if isinstance(raw, int) else round(raw * scale)
-    if not 0 < ts < _YEAR_3000_US:
-        raise Malformed(f"timestamp {raw} out of range for {fmt}")
-    return ts
+    # Range first, rounding after: a huge float times the scale is inf, and round(inf) raises.
+    scaled = int(raw) * scale if isinstance(raw, int) else raw * scale
+    if not 0 <= scaled < TS_END_US:
+        ts = -1 if scaled < 0 else TS_END_US
+        what = raw if isinstance(raw, float) or abs(raw) < 1 << 128 else f"of {raw.bit_length()} bits"
+        raise Malformed(
+            f"timestamp {what} is {'before 1970' if ts < 0 else 'after year 9999'} ({fmt}), not representable"
+        )
+    return scaled if isinstance(scaled, int) else round(scaled)
 
 
 class _Route:
@@ -132,8 +146,9 @@ class MqttDecoder:
     """Topic + payload -> samples. One message holds one reading, or with ``readings_path`` a list
     of them (``$``: the payload is a JSON array; else a dotted path to a list in a JSON object)."""
 
-    def __init__(self, cfg: MqttSource) -> None:
+    def __init__(self, cfg: MqttSource, limits: Limits = DEFAULT_LIMITS) -> None:
         self.cfg = cfg
+        self.limits = limits
         self.subs: list[tuple[MqttSubscription, _Template | None]] = [
             (s, _Template(s.template) if s.template else None) for s in cfg.subscriptions
         ]
@@ -186,7 +201,10 @@ class MqttDecoder:
         if sub.readings_path is None:
             if route.error is not None:
                 raise Malformed(route.error)
-            return [self._reading(route, doc, received_us)], []
+            try:
+                return [vet(self._reading(route, doc, received_us), received_us, self.limits)], []
+            except Uncarriable as exc:
+                raise Malformed(exc.reason) from None
         if sub.readings_path == "$":
             items = doc
         else:
@@ -198,10 +216,11 @@ class MqttDecoder:
             raise Malformed(f"readings at '{sub.readings_path}' are {type(items).__name__}, not a list")
         samples: list[Sample] = []
         problems: list[str] = []
+        limits = self.limits
         for i, item in enumerate(items):
             try:
-                samples.append(self._reading(route, item, received_us))
-            except Malformed as exc:
+                samples.append(vet(self._reading(route, item, received_us), received_us, limits))
+            except (Malformed, Uncarriable) as exc:
                 problems.append(f"reading {i} of {len(items)}: {exc.reason}")
         return samples, problems
 
@@ -279,15 +298,28 @@ class MqttDecoder:
                 raise Malformed(f"value missing at '{vp}'") from None
         if value is None or not isinstance(value, float | int | str):  # bool is an int
             raise Malformed(f"value is {type(value).__name__}; expected a number, bool or string")
+        if type(value) is int and not _INT_MIN <= value <= _INT_MAX:
+            # A JSON number beyond 64 bits is read as the nearest double, as orjson reads one beyond
+            # 64 bits anyway; beyond the double range it is not a reading.
+            big = value
+            try:
+                value = float(big)
+            except OverflowError:
+                raise Malformed(
+                    f"{vp or 'value'}: integer of {big.bit_length()} bits is beyond any number type"
+                ) from None
         if sub.timestamp_path:
             try:
                 raw_ts = _path(doc, sub.timestamp_path)
             except KeyError:
                 raise Malformed(f"timestamp missing at '{sub.timestamp_path}'") from None
-            if sub.timestamp_format == "epoch_us" and type(raw_ts) is int and 0 < raw_ts < _YEAR_3000_US:
+            if sub.timestamp_format == "epoch_us" and type(raw_ts) is int and 0 <= raw_ts < TS_END_US:
                 ts = raw_ts
             else:
-                ts = _timestamp(raw_ts, sub.timestamp_format)
+                try:
+                    ts = _timestamp(raw_ts, sub.timestamp_format)
+                except Malformed as exc:
+                    raise Malformed(f"{sub.timestamp_path}: {exc.reason}") from None
         else:
             ts = received_us
         if sub.unit is not None:
@@ -318,8 +350,9 @@ class MqttDecoder:
                     quality = _QUALITY[raw_q.lower() if isinstance(raw_q, str) else raw_q]
             except (KeyError, TypeError):
                 raise Malformed(f"quality {raw_q!r} is not good/uncertain/bad") from None
-        return (equipment, tag, ts, value, unit, quality, None, None)
+        return (equipment, tag, ts, value, unit, quality, None, None, None)
 
 
 _MISSING: Any = object()
-_YEAR_3000_US = 32_503_680_000_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1  # what msgpack carries

@@ -31,6 +31,7 @@ from plantstream.contract import Origin
 from plantstream.edge.config import MqttConnection, MqttSource
 from plantstream.edge.mqtt.decode import Malformed, MqttDecoder
 from plantstream.edge.source import DeadLetter, Delivery, Inbox, Source, message_identity, now_us
+from plantstream.edge.vet import DEFAULT_LIMITS, Limits
 from plantstream.log import Throttle
 
 log = logging.getLogger(__name__)
@@ -252,10 +253,10 @@ class MqttJsonSource(MqttClientSource):
 
     origin = Origin.MQTT
 
-    def __init__(self, cfg: MqttSource, agent_id: str, inbox: Inbox) -> None:
+    def __init__(self, cfg: MqttSource, agent_id: str, inbox: Inbox, limits: Limits = DEFAULT_LIMITS) -> None:
         super().__init__(cfg, agent_id, inbox)
         self.cfg = cfg
-        self.decoder = MqttDecoder(cfg)
+        self.decoder = MqttDecoder(cfg, limits)
 
     def subscriptions(self) -> list[tuple[str, int]]:
         return [(s.filter, s.qos if s.qos is not None else self.cfg.qos) for s in self.cfg.subscriptions]

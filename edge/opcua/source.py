@@ -41,13 +41,15 @@ from plantstream.contract import Origin, Quality, Value
 from plantstream.edge.batcher import Sample
 from plantstream.edge.config import OpcuaSource, OpcuaTag
 from plantstream.edge.opcua.pki import OWN_CERT, OWN_KEY, ServerTrust, application_uri, default_pki_dir, load_cert
-from plantstream.edge.source import Delivery, Inbox, Source, now_us
+from plantstream.edge.source import DeadLetter, Delivery, Inbox, Source, now_us
+from plantstream.edge.vet import DEFAULT_LIMITS, Limits, Uncarriable, vet
 from plantstream.log import Throttle
 
 log = logging.getLogger(__name__)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
+_OPCUA_NULL = datetime(1601, 1, 1, tzinfo=UTC)
 # Read/monitor results that mean "this node is misconfigured", not "this sample is bad".
 _NODE_ERRORS = {
     StatusCodes.BadNodeIdUnknown,
@@ -66,8 +68,10 @@ def to_us(dt: datetime | None) -> int | None:
         return None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    us = (dt - _EPOCH) // _US
-    return us if us > 0 else None  # 1601 "no timestamp" sentinels
+    if dt <= _OPCUA_NULL:
+        return None  # DateTime 0 (1601-01-01): "no timestamp"
+    # Before 1970 stays negative: the decoder dead-letters it rather than take another clock.
+    return (dt - _EPOCH) // _US
 
 
 def status_name(code: int) -> str:
@@ -93,9 +97,12 @@ class _Item:
 class OpcuaSourceRunner(Source):  # type: ignore[misc]  # Source is Any to mypy: editable-install namespace
     origin = Origin.OPCUA
 
-    def __init__(self, cfg: OpcuaSource, inbox: Inbox, state_dir: Path | None = None) -> None:
+    def __init__(
+        self, cfg: OpcuaSource, inbox: Inbox, state_dir: Path | None = None, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
         super().__init__(cfg.id, "opcua", cfg.endpoint, inbox)
         self.cfg = cfg
+        self.limits = limits
         self.state_dir = state_dir if state_dir is not None else Settings.from_env().state_dir
         self._throttle = Throttle(30.0)
         self._items: list[_Item] = []
@@ -388,7 +395,7 @@ class OpcuaSourceRunner(Source):  # type: ignore[misc]  # Source is Any to mypy:
         srv = to_us(dv.ServerTimestamp)
         ts = src if src is not None else srv if srv is not None else now_us()
         t = item.cfg
-        return (
+        sample: Sample = (
             t.equipment,
             t.tag,
             ts,
@@ -397,4 +404,13 @@ class OpcuaSourceRunner(Source):  # type: ignore[misc]  # Source is Any to mypy:
             int(quality),
             code if code else None,
             srv if srv is not None and srv != ts else None,
+            None,
         )
+        try:
+            return vet(sample, now_us(), self.limits)
+        except Uncarriable as exc:
+            # This one value alone: dead-lettered (with what the server sent), the node keeps going.
+            payload = repr(dv).encode("utf-8", "backslashreplace")[:65536]
+            dl = DeadLetter(payload, f"tag {t.tag!r}: {exc.reason}", f"{self.id}:{t.node_id}")
+            self.inbox.put_nowait_in_loop(Delivery(self.id, Origin.OPCUA, None, dl))
+            return None

@@ -35,6 +35,7 @@ from plantstream.contract import Quality, Value
 from plantstream.edge.batcher import Sample
 from plantstream.edge.config import SparkplugSource, SparkplugTag
 from plantstream.edge.sparkplug import sparkplug_b_pb2 as pb
+from plantstream.edge.vet import DEFAULT_LIMITS, Limits, Uncarriable, vet
 
 NAMESPACE = "spBv1.0"
 REBIRTH_METRIC = "Node Control/Rebirth"
@@ -166,8 +167,12 @@ class Counters:
 class SparkplugDecoder:
     """State of every edge node seen on the source. Not thread-safe: feed it from one thread."""
 
-    def __init__(self, cfg: SparkplugSource, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, cfg: SparkplugSource, clock: Callable[[], float] = time.monotonic, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
         self.cfg = cfg
+        self.limits = limits
+        self._received_us = 0  # of the message being decoded: the timestamp window's reference
         self.tags: dict[str, SparkplugTag] = {t.tag: t for t in cfg.tags}
         self.nodes: dict[tuple[str, str], _Node] = {}
         self.counters = Counters()
@@ -218,6 +223,7 @@ class SparkplugDecoder:
         not a Sparkplug B payload, oversized); per-metric problems land in ``Outcome.deadletters``."""
         if len(payload) > self.cfg.max_payload_bytes:
             raise Malformed(f"payload of {len(payload)} bytes exceeds max_payload_bytes {self.cfg.max_payload_bytes}")
+        self._received_us = received_us
         parts = topic.split("/")
         if len(parts) < 2 or parts[0] != NAMESPACE:
             raise Malformed(f"topic is not in the {NAMESPACE} namespace")
@@ -359,7 +365,9 @@ class SparkplugDecoder:
         ts = m.timestamp * 1000 if m.HasField("timestamp") and m.timestamp else ts_us
         datatype = int(m.datatype) if m.HasField("datatype") and m.datatype else info.datatype
         if m.is_null:
-            out.samples.append((info.equipment, info.tag, ts, math.nan, info.unit, int(Quality.BAD), None, None))
+            self._add(
+                out, info, (info.equipment, info.tag, ts, math.nan, info.unit, int(Quality.BAD), None, None, "is_null")
+            )
             return
         try:
             value = metric_value(datatype, m)
@@ -370,11 +378,32 @@ class SparkplugDecoder:
             if m.WhichOneof("value") is not None:
                 self.unsupported.setdefault(info.tag, f"Sparkplug datatype {DATATYPE_NAMES.get(datatype, datatype)}")
             return
-        out.samples.append((info.equipment, info.tag, ts, value, info.unit, int(self._quality(m)), None, None))
+        self._add(out, info, (info.equipment, info.tag, ts, value, info.unit, int(self._quality(m)), None, None, None))
+
+    def _add(self, out: Outcome, info: MetricInfo, sample: Sample) -> None:
+        """The sample, vetted: flagged bad if suspect, dead-lettered alone if it cannot be carried."""
+        try:
+            out.samples.append(vet(sample, self._received_us, self.limits))
+        except Uncarriable as exc:
+            out.deadletters.append(f"metric {info.name!r}: {exc.reason}")
 
     def _mark_bad(self, scope: _Scope, ts_us: int, out: Outcome) -> None:
         for info in scope.by_name.values():
-            out.samples.append((info.equipment, info.tag, ts_us, math.nan, info.unit, int(Quality.BAD), None, None))
+            self._add(
+                out,
+                info,
+                (
+                    info.equipment,
+                    info.tag,
+                    ts_us,
+                    math.nan,
+                    info.unit,
+                    int(Quality.BAD),
+                    None,
+                    None,
+                    "death of its node or device",
+                ),
+            )
 
     # --- sequence numbers and rebirth ---------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from plantstream.edge.config import SparkplugSource
 from plantstream.edge.mqtt.source import MqttClientSource
 from plantstream.edge.source import DeadLetter, Delivery, Inbox, now_us
 from plantstream.edge.sparkplug.decode import NAMESPACE, Malformed, SparkplugDecoder, ncmd_topic, rebirth_request
+from plantstream.edge.vet import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,10 @@ class SparkplugBSource(MqttClientSource):
     origin = Origin.SPARKPLUG
     kind = "sparkplug"
 
-    def __init__(self, cfg: SparkplugSource, agent_id: str, inbox: Inbox) -> None:
+    def __init__(self, cfg: SparkplugSource, agent_id: str, inbox: Inbox, limits: Limits = DEFAULT_LIMITS) -> None:
         super().__init__(cfg, agent_id, inbox)
         self.cfg = cfg
-        self.decoder = SparkplugDecoder(cfg)
+        self.decoder = SparkplugDecoder(cfg, limits=limits)
 
     def subscriptions(self) -> list[tuple[str, int]]:
         return [(f"{NAMESPACE}/{g}/#", int(self.cfg.qos)) for g in self.cfg.group_ids]

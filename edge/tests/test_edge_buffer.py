@@ -71,7 +71,7 @@ def test_seq_strictly_increasing_across_reopen(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     with Buffer(path) as buf:
         b = Batcher("steel", "t.raw", buf, max_readings=1000, max_delay_s=10)
-        b.add("src", Origin.MQTT, [("a/b", "t1", 1, 1.0, "m", 0, None, None)] * 5)
+        b.add("src", Origin.MQTT, [("a/b", "t1", 1, 1.0, "m", 0, None, None, None)] * 5)
         buf.append(entries := b.take(everything=True))
         first = decode_readings(entries[0].value).seq[0]
         assert buf.last_seq("src") == first + 4
@@ -79,7 +79,7 @@ def test_seq_strictly_increasing_across_reopen(tmp_path: Path) -> None:
     with Buffer(path) as buf:
         assert buf.last_seq("src") == first + 4
         b = Batcher("steel", "t.raw", buf, max_readings=1000, max_delay_s=10)
-        b.add("src", Origin.MQTT, [("a/b", "t1", 2, 2.0, "m", 0, None, None)] * 2)
+        b.add("src", Origin.MQTT, [("a/b", "t1", 2, 2.0, "m", 0, None, None, None)] * 2)
         (entry,) = b.take(everything=True)
         assert decode_readings(entry.value).seq == [first + 5, first + 6]
 
@@ -87,8 +87,8 @@ def test_seq_strictly_increasing_across_reopen(tmp_path: Path) -> None:
 def test_batcher_groups_per_equipment_and_source_and_flushes_on_size(tmp_path: Path) -> None:
     with Buffer(tmp_path / "b.db") as buf:
         b = Batcher("steel", "t.raw", buf, max_readings=3, max_delay_s=60)
-        b.add("s1", Origin.OPCUA, [("x/a", f"t{i}", i, float(i), "m", 0, None, None) for i in range(4)])
-        b.add("s1", Origin.OPCUA, [("x/b", "u", 9, True, "", 2, 0x80000000, 8)])
+        b.add("s1", Origin.OPCUA, [("x/a", f"t{i}", i, float(i), "m", 0, None, None, None) for i in range(4)])
+        b.add("s1", Origin.OPCUA, [("x/b", "u", 9, True, "", 2, 0x80000000, 8, None)])
         assert len(b.take()) == 1, "only the full batch is due before max_delay"
         rest = b.take(everything=True)
         batches = sorted((decode_readings(e.value) for e in rest), key=lambda x: x.equipment)
@@ -108,7 +108,7 @@ _CHILD = textwrap.dedent(
     b = Batcher("steel", "t.raw", buf, max_readings=50, max_delay_s=60)
     i = 0
     while True:
-        b.add("src", Origin.MQTT, [("a/b", "t", i + k, float(i + k), "m", 0, None, None) for k in range(7)])
+        b.add("src", Origin.MQTT, [("a/b", "t", i + k, float(i + k), "m", 0, None, None, None) for k in range(7)])
         entries = b.take(everything=True)
         buf.append(entries)
         i += 7

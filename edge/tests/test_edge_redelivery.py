@@ -50,7 +50,7 @@ def _cfg(url: str, root: str, tmp: Path) -> EdgeConfig:
 
 
 def _sample(ts: int, v: float) -> Sample:
-    return ("acme/site/area", "temp", ts, v, "degC", 0, None, None)
+    return ("acme/site/area", "temp", ts, v, "degC", 0, None, None, None)
 
 
 def _commit(agent: Agent, deliveries: list[Delivery]) -> list[tuple[int, int]]:

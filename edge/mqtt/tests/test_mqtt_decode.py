@@ -29,9 +29,9 @@ def test_template_maps_segments_to_equipment_and_tag() -> None:
     s = d.decode(
         "plantstream-sim/steel/acme/site/area/line/unit/mould.level",
         json.dumps({"ts_us": 1_700_000_000_000_001, "value": 12.5, "unit": "mm", "quality": "good"}).encode(),
-        5,
+        1_700_000_000_000_005,
     )
-    assert s == ("acme/site/area/line/unit", "mould.level", 1_700_000_000_000_001, 12.5, "mm", 0, None, None)
+    assert s == ("acme/site/area/line/unit", "mould.level", 1_700_000_000_000_001, 12.5, "mm", 0, None, None, None)
 
 
 def test_values_keep_their_type_and_quality_maps() -> None:

@@ -30,6 +30,7 @@ from plantstream.edge.sparkplug.decode import (
 
 G, N, D = "plant1", "gw1", "press"
 T0 = 1_700_000_000_000  # ms
+RECEIVED_US = T0 * 1000  # the payloads' timestamps lie inside the window around the receiving clock
 
 
 class Clock:
@@ -92,7 +93,7 @@ def _values(samples: list[Any]) -> dict[str, Any]:
 
 def test_birth_and_data_keep_every_datatype_exact() -> None:
     dec = _decoder()
-    out = dec.handle(_topic("NBIRTH"), _payload(0, BIRTH), 0)
+    out = dec.handle(_topic("NBIRTH"), _payload(0, BIRTH), RECEIVED_US)
     vals = _values(out.samples)
     assert vals == {
         "gw1.i8": -5,
@@ -119,7 +120,7 @@ def test_birth_and_data_keep_every_datatype_exact() -> None:
         {"alias": 4, "long_value": (-1) & (2**64 - 1)},
         {"alias": 10, "boolean_value": True},
     ]
-    out = dec.handle(_topic("NDATA"), _payload(1, data, T0 + 10), 0)
+    out = dec.handle(_topic("NDATA"), _payload(1, data, T0 + 10), RECEIVED_US)
     assert [(s[1], s[2], s[3]) for s in out.samples] == [
         ("gw1.i8", (T0 + 5) * 1000, -128),
         ("gw1.i64", (T0 + 10) * 1000, -1),
@@ -131,32 +132,32 @@ def test_birth_and_data_keep_every_datatype_exact() -> None:
 def test_seq_wraps_without_a_gap_and_a_gap_requests_one_rebirth_per_interval() -> None:
     clock = Clock()
     dec = _decoder(clock, rebirth_interval_s=5)
-    dec.handle(_topic("NBIRTH"), _payload(250, BIRTH), 0)
+    dec.handle(_topic("NBIRTH"), _payload(250, BIRTH), RECEIVED_US)
     for seq in [251, 252, 253, 254, 255, 0, 1]:
-        out = dec.handle(_topic("NDATA"), _payload(seq, [{"alias": 5, "int_value": seq}]), 0)
+        out = dec.handle(_topic("NDATA"), _payload(seq, [{"alias": 5, "int_value": seq}]), RECEIVED_US)
         assert out.rebirth is None, seq
-    out = dec.handle(_topic("NDATA"), _payload(5, [{"alias": 5, "int_value": 5}]), 0)
+    out = dec.handle(_topic("NDATA"), _payload(5, [{"alias": 5, "int_value": 5}]), RECEIVED_US)
     assert out.rebirth == (G, N) and "expected 2, got 5" in out.note
     assert _values(out.samples) == {"gw1.u8": 5}, "the message itself still delivers"
-    out = dec.handle(_topic("NDATA"), _payload(9, [{"alias": 5, "int_value": 9}]), 0)
+    out = dec.handle(_topic("NDATA"), _payload(9, [{"alias": 5, "int_value": 9}]), RECEIVED_US)
     assert out.rebirth is None, "throttled"
     clock.t = 6
-    out = dec.handle(_topic("NDATA"), _payload(20, [{"alias": 5, "int_value": 9}]), 0)
+    out = dec.handle(_topic("NDATA"), _payload(20, [{"alias": 5, "int_value": 9}]), RECEIVED_US)
     assert out.rebirth == (G, N)
     assert dec.counters.seq_gaps == 3 and dec.counters.rebirths_requested == 2
     # A redelivered copy (MQTT DUP) is not a gap.
-    out = dec.handle(_topic("NDATA"), _payload(20, [{"alias": 5, "int_value": 9}]), 0, redelivered=True)
+    out = dec.handle(_topic("NDATA"), _payload(20, [{"alias": 5, "int_value": 9}]), RECEIVED_US, redelivered=True)
     assert out.rebirth is None and dec.counters.seq_gaps == 3
 
 
 def test_unknown_alias_and_data_before_birth_are_dead_letters_with_reasons() -> None:
     clock = Clock()
     dec = _decoder(clock)
-    out = dec.handle(_topic("DDATA", D), _payload(3, [{"alias": 1, "int_value": 1}]), 0)
+    out = dec.handle(_topic("DDATA", D), _payload(3, [{"alias": 1, "int_value": 1}]), RECEIVED_US)
     assert out.deadletters == [f"no NBIRTH seen for node {G}/{N}; rebirth requested"] and out.rebirth == (G, N)
     clock.t = 100
-    dec.handle(_topic("NBIRTH"), _payload(0, BIRTH), 0)
-    out = dec.handle(_topic("DDATA", D), _payload(1, [{"alias": 1, "int_value": 1}]), 0)
+    dec.handle(_topic("NBIRTH"), _payload(0, BIRTH), RECEIVED_US)
+    out = dec.handle(_topic("DDATA", D), _payload(1, [{"alias": 1, "int_value": 1}]), RECEIVED_US)
     assert out.deadletters == [f"no DBIRTH seen for device {G}/{N}/{D}; rebirth requested"]
     dec.handle(
         _topic("DBIRTH", D),
@@ -175,15 +176,19 @@ def test_unknown_alias_and_data_before_birth_are_dead_letters_with_reasons() -> 
 
 def test_deaths_mark_tags_bad_and_stale_ndeath_is_ignored() -> None:
     dec = _decoder()
-    dec.handle(_topic("NBIRTH"), _payload(0, BIRTH), 0)
-    dec.handle(_topic("DBIRTH", D), _payload(1, [{"name": "t", "alias": 50, "datatype": FLOAT, "float_value": 2}]), 0)
+    dec.handle(_topic("NBIRTH"), _payload(0, BIRTH), RECEIVED_US)
+    dec.handle(
+        _topic("DBIRTH", D), _payload(1, [{"name": "t", "alias": 50, "datatype": FLOAT, "float_value": 2}]), RECEIVED_US
+    )
     dec.handle(
         _topic("DBIRTH", "other"), _payload(2, [{"name": "x", "alias": 60, "datatype": INT8, "int_value": 1}]), 0
     )
-    out = dec.handle(_topic("DDEATH", "other"), _payload(3, [], T0 + 1), 0)
+    out = dec.handle(_topic("DDEATH", "other"), _payload(3, [], T0 + 1), RECEIVED_US)
     assert [(s[1], s[2], s[5]) for s in out.samples] == [("gw1.other.x", (T0 + 1) * 1000, 2)]
     assert math.isnan(float(out.samples[0][3]))
-    stale = dec.handle(_topic("NDEATH"), _payload(None, [{"name": "bdSeq", "datatype": UINT64, "long_value": 6}]), 0)
+    stale = dec.handle(
+        _topic("NDEATH"), _payload(None, [{"name": "bdSeq", "datatype": UINT64, "long_value": 6}]), RECEIVED_US
+    )
     assert not stale.samples and "stale" in stale.note and dec.counters.stale_deaths == 1
     out = dec.handle(
         _topic("NDEATH"), _payload(None, [{"name": "bdSeq", "datatype": UINT64, "long_value": 7}], T0 + 2), 0
@@ -191,14 +196,16 @@ def test_deaths_mark_tags_bad_and_stale_ndeath_is_ignored() -> None:
     bad = {s[1] for s in out.samples}
     assert bad == {f"gw1.{m['name']}" for m in BIRTH[:12]} | {"gw1.press.t"}, "node and live device metrics"
     assert all(s[5] == 2 and math.isnan(float(s[3])) and s[2] == (T0 + 2) * 1000 for s in out.samples)
-    out = dec.handle(_topic("NDATA"), _payload(4, [{"alias": 5, "int_value": 1}]), 0)
+    out = dec.handle(_topic("NDATA"), _payload(4, [{"alias": 5, "int_value": 1}]), RECEIVED_US)
     assert out.deadletters and not out.samples, "a dead node's data needs a new birth"
 
 
 def test_null_metric_is_bad_and_datatype_mismatch_is_dead_lettered() -> None:
     dec = _decoder()
-    dec.handle(_topic("NBIRTH"), _payload(0, BIRTH), 0)
-    out = dec.handle(_topic("NDATA"), _payload(1, [{"alias": 9, "is_null": True}, {"alias": 11, "int_value": 3}]), 0)
+    dec.handle(_topic("NBIRTH"), _payload(0, BIRTH), RECEIVED_US)
+    out = dec.handle(
+        _topic("NDATA"), _payload(1, [{"alias": 9, "is_null": True}, {"alias": 11, "int_value": 3}]), RECEIVED_US
+    )
     assert [(s[1], s[5]) for s in out.samples] == [("gw1.d", 2)]
     assert out.deadletters == ["metric 's': String metric carries int_value"]
 
@@ -216,7 +223,7 @@ def test_null_metric_is_bad_and_datatype_mismatch_is_dead_lettered() -> None:
 )
 def test_unusable_messages_name_the_reason(topic: str, payload: bytes, reason: str) -> None:
     with pytest.raises(Malformed, match=reason):
-        _decoder().handle(topic, payload, 0)
+        _decoder().handle(topic, payload, RECEIVED_US)
 
 
 def test_rebirth_request_is_a_boolean_node_control_metric() -> None:
