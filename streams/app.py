@@ -16,15 +16,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
+import sys
+import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 from prometheus_client import Counter, Gauge, start_http_server
 
 from plantstream.config import Settings
@@ -32,10 +37,8 @@ from plantstream.contract import ContextKind, now_us
 from plantstream.log import Throttle
 from plantstream.producers.codec import (
     ReadingBatch,
-    encode_aggregates,
     encode_context,
     encode_deviation,
-    encode_readings,
 )
 from plantstream.producers.kafka import ensure_contract_topics, make_producer
 from plantstream.producers.topics import (
@@ -55,6 +58,7 @@ from plantstream.streams.checkpoints import (
     checkpoint_topic as checkpoint_topic_name,
 )
 from plantstream.streams.config import StreamsConfig
+from plantstream.streams.logic.output import fit_aggregates, fit_readings
 from plantstream.streams.logic.processor import DeadLetter, Output, Processor, SharedContext, decode_context_record
 
 log = logging.getLogger("plantstream.streams")
@@ -75,6 +79,23 @@ CLOCK_REJECTED = Counter(
 DEADLETTERS = Counter("plantstream_deadletters_total", "Records sent to the dead-letter topic", ["stage", "topic"])
 LAG = Gauge("plantstream_consumer_lag", "Records behind the partition high-water mark", ["topic", "partition"])
 OPEN_WINDOWS = Gauge("plantstream_streams_open_windows", "Open windows over all partitions")
+DELIVERY_FAILURES = Counter(
+    "plantstream_streams_delivery_failures_total",
+    "Outputs the broker did not accept (after librdkafka's retries)",
+    ["topic"],
+)
+OUTPUT_FAILED = Gauge(
+    "plantstream_streams_output_failed", "1 once an output was not delivered: the worker is stopping (exit status 3)"
+)
+OUTPUT_SPLITS = Counter(
+    "plantstream_streams_output_splits_total", "Extra messages from cutting outputs to max_output_bytes", ["topic"]
+)
+OVERSIZE = Counter(
+    "plantstream_streams_oversize_total", "Single readings/aggregates larger than max_output_bytes (dead-lettered)"
+)
+
+EXIT_OUTPUT_FAILED = 3  # exit status after an undeliverable output (the group rebalances)
+HARD_EXIT_AFTER_S = 30.0  # a graceful stop after a lost output that takes longer is cut short
 
 
 @dataclass
@@ -99,6 +120,10 @@ class Runtime:
     checkpointing: bool = False
     last_checkpoint: dict[int, str] = field(default_factory=dict)
     last_offset: dict[int, int] = field(default_factory=dict)  # last raw offset processed per partition
+    # Set by the first output failure: nothing is acked after it and on_fatal stops the worker,
+    # so the partitions move and are re-processed from the last commit (never a silent stall).
+    fatal: str | None = None
+    on_fatal: Callable[[str], None] | None = None
 
     @property
     def checkpoint_topic(self) -> str:
@@ -154,11 +179,24 @@ class Runtime:
     def _on_delivery(self, seq: int, err: KafkaError | None, msg: Message) -> None:
         self.inflight.discard(seq)
         if err is not None:
-            self.delivery_failed += 1
-            if (n := self.throttle.should("delivery")) >= 0:
-                log.error(
-                    "output not delivered; offsets are held back", extra={"kv": {"error": str(err), "repeats": n}}
-                )
+            self._failed(msg.topic() or "?", str(err))
+
+    def _failed(self, topic: str, error: str) -> None:
+        """An output is lost for good (librdkafka retried until message.timeout.ms, or refused it
+        outright): stop acking and stop the worker; its successor re-processes from the commit."""
+        self.delivery_failed += 1
+        DELIVERY_FAILURES.labels(topic).inc()
+        OUTPUT_FAILED.set(1)
+        if self.fatal is None:
+            self.fatal = f"output to {topic} not delivered: {error}"
+            log.error(
+                "output not delivered; no offset is committed after it and the worker stops (exit status 3)",
+                extra={"kv": {"topic": topic, "error": error}},
+            )
+            if self.on_fatal is not None:
+                self.on_fatal(self.fatal)
+        elif (n := self.throttle.should("delivery")) >= 0:
+            log.error("output not delivered", extra={"kv": {"topic": topic, "error": error, "repeats": n}})
 
     def _send(
         self,
@@ -184,6 +222,10 @@ class Runtime:
                 break
             except BufferError:
                 self.producer.poll(0.05)
+            except KafkaException as exc:  # refused before sending (e.g. too large, unknown topic)
+                self.inflight.discard(self.seq)  # no delivery report will come for it
+                self._failed(topic, str(exc))
+                break
 
     async def delivered(self, upto: int, timeout: float) -> bool:
         """Wait until every message with sequence <= ``upto`` is acknowledged (False on timeout)."""
@@ -202,16 +244,30 @@ class Runtime:
         for ev in out.context:
             self._send(t.context, encode_context(ev), ev.key)
             LOT_TAG_EVENTS.labels(ev.kind.value).inc()
+        limit = self.cfg.max_output_bytes
         for batch in _coalesce(out.clean):
-            self._send(t.clean, encode_readings(batch), batch.key)
-            READINGS_OUT.inc(len(batch))
+            # Coalesced over a take, a catch-up batch can exceed the broker's message size.
+            parts, too_big = fit_readings(batch, limit)
+            for data, _n in parts:
+                self._send(t.clean, data, batch.key)
+            if len(parts) > 1:
+                OUTPUT_SPLITS.labels("clean").inc(len(parts) - 1)
+            for one in too_big:
+                self._oversize(t.clean, batch.key, f"{one.tag[0]}@{one.ts_us[0]} seq {one.seq[0]}")
+            READINGS_OUT.inc(sum(n for _, n in parts))
         if out.aggregates:
             by_key: dict[str, list[Any]] = {}
             for a in out.aggregates:
                 by_key.setdefault(f"{a.plant}/{a.equipment}", []).append(a)
                 AGGREGATES.labels(a.window).inc()
             for key, aggs in by_key.items():
-                self._send(t.aggregates, encode_aggregates(aggs), key)
+                msgs, too_large = fit_aggregates(aggs, limit)
+                for data in msgs:
+                    self._send(t.aggregates, data, key)
+                if len(msgs) > 1:
+                    OUTPUT_SPLITS.labels("aggregates").inc(len(msgs) - 1)
+                for a in too_large:
+                    self._oversize(t.aggregates, key, f"{a.tag} {a.window}@{a.start_us}")
         for dev in out.deviations:
             self._send(t.deviations, encode_deviation(dev), f"{dev['plant']}/{dev['equipment']}")
             DEVIATIONS.labels(dev["kind"]).inc()
@@ -228,14 +284,26 @@ class Runtime:
             CLOCK_REJECTED.inc(out.clock_rejected)
         self.producer.poll(0)
 
+    def _oversize(self, topic: str, key: str, what: str) -> None:
+        """One reading or aggregate that cannot fit a message even alone: dead-lettered (reason
+        and identity; its raw record stays at its origin in the raw topic), counted."""
+        OVERSIZE.inc()
+        reason = f"{topic} output {what} is larger than max_output_bytes={self.cfg.max_output_bytes} on its own"
+        self.deadletter(DeadLetter(None, reason, topic, key.encode()))
+
     def deadletter(self, dl: DeadLetter) -> None:
         headers: list[tuple[str, bytes | None]] = [h for h in dl.headers if not h[0].startswith("plantstream-")]
+        value, reason = dl.value, dl.reason
+        if value is not None and len(value) > self.cfg.max_output_bytes:
+            # The original would be refused too; it stays at its origin, the record says why.
+            reason = f"{reason} (original of {len(value)} bytes not copied: above max_output_bytes)"
+            value = None
         headers += [
-            (DEADLETTER_REASON_HEADER, dl.reason.encode()),
+            (DEADLETTER_REASON_HEADER, reason.encode()),
             (DEADLETTER_STAGE_HEADER, b"streams"),
             (DEADLETTER_ORIGIN_HEADER, dl.origin.encode()),
         ]
-        self._send(self.topics.deadletter, dl.value, dl.key, headers)
+        self._send(self.topics.deadletter, value, dl.key, headers)
         DEADLETTERS.labels("streams", dl.origin.rsplit("/", 2)[0]).inc()
         if (n := self.throttle.should("deadletter")) >= 0:
             log.warning("record dead-lettered", extra={"kv": {"reason": dl.reason, "origin": dl.origin, "repeats": n}})
@@ -252,7 +320,16 @@ class Runtime:
         try:
             snap = [(p, proc, proc.checkpoint()) for p, proc in list(self.processors.items())]
             snap = [x for x in snap if x[2]["offset"] is not None]
-            if not snap or not await self.delivered(self.seq, 60.0) or self.delivery_failed:
+            if not snap:
+                return
+            if not await self.delivered(self.seq, 60.0):
+                # Not silent: librdkafka reports each of them as failed by message.timeout.ms at
+                # the latest, which stops the worker; until then offsets wait.
+                log.warning(
+                    "outputs unacknowledged for 60 s; offsets held back", extra={"kv": {"inflight": len(self.inflight)}}
+                )
+                return
+            if self.delivery_failed:
                 return
             for p, proc, cp in snap:
                 body = json.dumps(cp, separators=(",", ":"))
@@ -409,6 +486,8 @@ def build_app(settings: Settings, cfg: StreamsConfig) -> tuple[faust.App, Runtim
         # outputs are produced once per take and stream, not once per raw record.
         takes = cast(Any, stream).noack().noack_take(cfg.batch_max_events, within=cfg.batch_within_ms / 1000)
         async for events in takes:
+            if rt.fatal is not None:
+                continue  # stopping after a lost output: not acked, so re-read by the next owner
             if not rt.loaded.is_set():
                 await rt.loaded.wait()
             if not rt.restored.is_set():
@@ -507,6 +586,7 @@ def build_app(settings: Settings, cfg: StreamsConfig) -> tuple[faust.App, Runtim
                     "partitions": sorted(rt.processors),
                     "tags": len(rt.shared.rules),
                     "loaded": rt.loaded.is_set(),
+                    "output_failed": rt.fatal,
                 }
             },
         )
@@ -554,7 +634,14 @@ def run_worker(settings: Settings, cfg: StreamsConfig) -> None:
     if metrics_port is not None:
         start_http_server(metrics_port, addr="127.0.0.1")
     app, rt = build_app(settings, cfg)
-    rt.producer = make_producer(settings.kafka_bootstrap, client_id=f"{rt.app_id}-out", **{"linger.ms": cfg.linger_ms})
+    overrides: dict[str, Any] = {
+        "linger.ms": cfg.linger_ms,
+        "message.timeout.ms": int(cfg.output_timeout_s * 1000),
+        # Outputs are cut to max_output_bytes; the producer must not refuse what fits.
+        "message.max.bytes": max(4_000_000, cfg.max_output_bytes + 100_000),
+    }
+    rt.producer = make_producer(settings.kafka_bootstrap, client_id=f"{rt.app_id}-out", **overrides)
+    rt.on_fatal = _stop_self
     log.info(
         "streams worker starting",
         extra={
@@ -564,4 +651,23 @@ def run_worker(settings: Settings, cfg: StreamsConfig) -> None:
     from faust.worker import Worker
 
     worker = Worker(app, loglevel="WARNING", quiet=True, override_logging=False, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        if rt.fatal is not None:
+            sys.exit(EXIT_OUTPUT_FAILED)
+        raise
+
+
+def _stop_self(reason: str) -> None:
+    """Stop the worker the way SIGTERM does (the consumer leaves the group, so its partitions move
+    at once), and exit with EXIT_OUTPUT_FAILED; if that shutdown hangs (broker away), exit hard."""
+
+    def hard_exit() -> None:
+        time.sleep(HARD_EXIT_AFTER_S)
+        log.error("worker did not stop in time after a lost output; exiting", extra={"kv": {"reason": reason}})
+        logging.shutdown()
+        os._exit(EXIT_OUTPUT_FAILED)
+
+    threading.Thread(target=hard_exit, name="output-failed-exit", daemon=True).start()
+    os.kill(os.getpid(), signal.SIGTERM)

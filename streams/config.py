@@ -59,6 +59,18 @@ class StreamsConfig(BaseModel):
         default=50, ge=1, le=10_000, description="longest the broker may hold a fetch (latency; see README)"
     )
     linger_ms: int = Field(default=5, ge=0, le=1000, description="producer linger for outputs")
+    max_output_bytes: int = Field(
+        default=900_000,
+        ge=10_000,
+        le=100_000_000,
+        description="largest output message value; bigger outputs are cut (keep below the broker's message.max.bytes)",
+    )
+    output_timeout_s: float = Field(
+        default=120.0,
+        ge=1,
+        le=3600,
+        description="librdkafka retries an output this long; then the worker stops with exit status 3",
+    )
     batch_max_events: int = Field(default=5000, ge=1, le=100_000, description="raw records processed per take")
     # A take ends every batch_within_ms, and each produces a batch per output partition and wakes
     # the loop even when idle. 5 ms cost an idle worker 9 % of a core (50 ms: 3.6 %) and, at 40k
