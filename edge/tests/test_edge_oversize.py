@@ -115,3 +115,36 @@ def test_an_entry_kafka_refuses_as_too_large_stays_in_the_buffer_and_is_reported
         fw = Forwarder(buf, lambda: make_producer(kafka_bootstrap, "oversize-test-2"))
         assert fw.drain(30), "delivered once the producer accepts it"
         assert buf.depth().entries == 0
+
+
+class _Producer:
+    """Just enough of a confluent_kafka Producer to answer deliveries by hand."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, Any]] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes | None, headers: Any, on_delivery: Any) -> None:
+        self.sent.append((value, on_delivery))
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+
+def test_an_entry_the_broker_refuses_as_too_large_is_kept_and_not_retried_in_a_loop(tmp_path: Path) -> None:
+    """Before: a MSG_SIZE_TOO_LARGE delivery error rewound the forwarder to that entry, so it and
+    everything after it was re-sent every backoff, forever. Now it is kept, reported, and skipped."""
+    from confluent_kafka import KafkaError
+
+    prod = _Producer()
+    with Buffer(tmp_path / "b.db") as buf:
+        buf.append([Entry("t", b"k", f"v{i}".encode(), "src", count=1) for i in range(3)])
+        fw = Forwarder(buf, lambda: prod, backoff_min_s=0.0)  # type: ignore[arg-type,return-value]
+        assert fw.pump() == 3
+        for value, cb in prod.sent:
+            cb(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if value == b"v1" else None, None)
+        fw.commit_deletes()
+        for _ in range(3):
+            fw.pump()
+        assert len(prod.sent) == 3, "nothing re-sent"
+        assert [r.entry.value for r in buf.read(0, 10)] == [b"v1"], "the refused entry kept, the others deleted"
+        assert fw.stats.refused == 1 and not fw.healthy and "refused" in fw.stats.last_error

@@ -392,3 +392,59 @@ def test_agent_tick_survives_a_delivery_it_cannot_process_and_acknowledges_it_as
     assert any("cannot be encoded" in r and "surrogate" in r for r in dead), dead
     assert agent.sources[0].status.deadletters == 2
     assert agent.sources[0].status.readings_in == 2
+
+
+# --- OPC-UA ----------------------------------------------------------------------------------------
+
+
+def _opcua() -> tuple[Any, Any, Any]:
+    from asyncua import ua
+
+    from plantstream.edge.config import OpcuaSource
+    from plantstream.edge.opcua.source import OpcuaSourceRunner, _Item
+    from plantstream.edge.source import Inbox
+
+    cfg = OpcuaSource.model_validate(
+        {
+            "type": "opcua",
+            "id": "o",
+            "endpoint": "opc.tcp://127.0.0.1:1",
+            "tags": [{"tag": "level", "equipment": "acme/site/caster", "node_id": "ns=2;s=level", "unit": "mm"}],
+        }
+    )
+    inbox = Inbox()
+    src = OpcuaSourceRunner(cfg, inbox, Path("/nonexistent"))
+    return src, inbox, _Item(cfg.tags[0], ua.NodeId.from_string("ns=2;s=level"))
+
+
+def _dv(value: Any, src: Any, srv: Any) -> Any:
+    from asyncua import ua
+
+    return ua.DataValue(ua.Variant(value), SourceTimestamp=src, ServerTimestamp=srv)
+
+
+def test_opcua_source_and_server_timestamps_are_checked() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    runner, inbox, item = _opcua()
+    now = datetime.now(UTC)
+    ok = runner._sample(item, _dv(1.5, now, now))
+    assert ok is not None and ok[5] == 0 and ok[8] is None
+    # Before 1970 (but not OPC-UA's 1601 "no timestamp"): that value alone is dead-lettered.
+    assert runner._sample(item, _dv(2.5, datetime(1950, 1, 1, tzinfo=UTC), now)) is None
+    [dead] = inbox.drain()
+    assert dead.deadletter is not None and dead.samples is None
+    assert dead.deadletter.reason.startswith("tag 'level': ts_us: timestamp -631152000000000 us is before 1970")
+    assert dead.deadletter.origin == "o:ns=2;s=level"
+    # A server timestamp a day ahead of the receiving clock: kept, flagged bad.
+    s = runner._sample(item, _dv(3.5, now, now + timedelta(days=1)))
+    assert s is not None and s[5] == 2 and s[8] is not None and s[8].startswith("server_ts_us:")
+    # A source timestamp a month old: kept, flagged bad.
+    s = runner._sample(item, _dv(4.5, now - timedelta(days=30), None))
+    assert s is not None and s[5] == 2 and s[8] is not None and "before the receiving clock" in s[8]
+    # NaN from the server with a good status: flagged bad, not good.
+    s = runner._sample(item, _dv(math.nan, now, None))
+    assert s is not None and s[5] == 2 and s[8] == "value: not finite (nan)"
+    # 1601-01-01 is "no timestamp": the server's is taken.
+    s = runner._sample(item, _dv(5.5, datetime(1601, 1, 1, tzinfo=UTC), now))
+    assert s is not None and s[5] == 0 and abs(s[2] - now.timestamp() * 1e6) < 2
