@@ -20,7 +20,9 @@ class Problem(BaseModel):
     status: int
     title: str
     detail: str = ""
-    field: str | None = Field(default=None, description="the request field to fix (422 only)")
+    field: str | None = Field(
+        default=None, description="422 only: the request field to fix, or the server limit that was hit"
+    )
 
 
 class Me(BaseModel):

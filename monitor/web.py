@@ -543,8 +543,19 @@ ROUTES: tuple[Route, ...] = (
             Param("tag", "tag name", True),
             P_START,
             P_END,
-            Param("points", f"maximum number of buckets (1..{MAX_POINTS}, default 600)", schema="integer"),
+            Param(
+                "points",
+                f"maximum number of buckets, default 600, at most history_max_points ({MAX_POINTS} unless configured)",
+                schema="integer",
+            ),
             Param("good_only", "only good-quality readings", schema="boolean"),
+        ),
+        errors=(
+            (400, "bad parameter (named), including points above history_max_points"),
+            (401, "missing or unknown token"),
+            (404, "not found (or withheld from this tier)"),
+            (422, "a limit was hit: 'field' names it (history_max_range_s, api_statement_timeout_s)"),
+            (503, "database unavailable"),
         ),
     ),
     Route(
@@ -597,8 +608,13 @@ ROUTES: tuple[Route, ...] = (
         errors=(
             (400, "the body is not JSON"),
             (401, "missing or unknown token (anonymous callers cannot pull)"),
-            (422, "the request cannot be served; 'field' names what to fix"),
-            (429, "every pull slot of this monitor is taken; retry after Retry-After seconds"),
+            (403, "the caller's tier has no pull allowance (pull_max_cells)"),
+            (413, "the body is larger than the server accepts"),
+            (422, "the request cannot be served (including pull_max_rows, pull_max_cells); 'field' names what to fix"),
+            (
+                429,
+                "a pull slot limit (max_pulls_per_token or max_concurrent_pulls, named) is reached; retry after Retry-After seconds",
+            ),
             (503, "database unavailable"),
         ),
     ),
@@ -636,7 +652,16 @@ ROUTES: tuple[Route, ...] = (
         h_stream,
         "Live events (text/event-stream): hello, aggregates (LiveAggregates), deviation (LiveDeviation), lot (LiveLot)",
         None,
-        (Param("plants", "comma-separated plants (default all)"), Param("kinds", "comma-separated event kinds")),
+        (
+            Param("plants", "comma-separated plants (default all, at most 64)"),
+            Param("kinds", "comma-separated event kinds: aggregates, deviation, lot"),
+        ),
+        errors=(
+            (400, "bad parameter (named)"),
+            (401, "missing or unknown token"),
+            (429, "this token holds sse_max_per_token streams already; retry after Retry-After seconds"),
+            (503, "this monitor holds sse_max_clients streams already; retry after Retry-After seconds"),
+        ),
     ),
 )
 

@@ -283,3 +283,14 @@ def test_audit_names_the_token_never_the_token(pulling: Served, caplog: pytest.L
     text = caplog.text + json.dumps(kvs)
     for secret in (PUBLIC, MEMBER, "wrong-token-123"):
         assert secret not in text
+
+
+def test_example_config_states_the_default_bounds() -> None:
+    from plantstream.monitor.auth import load_config
+
+    example = load_config(Path(__file__).parents[1] / "monitor.example.yaml", env={})
+    default = MonitorConfig()
+    keys = [k for k in MonitorConfig.model_fields if k.startswith(("sse_", "history_", "pull_max", "max_pulls"))]
+    assert len(keys) == 7 and "pull_statement_timeout_s" not in keys
+    for key in [*keys, "pull_statement_timeout_s", "api_statement_timeout_s"]:
+        assert getattr(example, key) == getattr(default, key), key
