@@ -197,6 +197,8 @@ class MqttDecoder:
                 doc = json.loads(text)
             except ValueError as exc:
                 raise Malformed(f"payload is not JSON: {exc}") from None
+            except RecursionError:  # the standard parser recurses per nesting level
+                raise Malformed("payload is not JSON this decoder reads: nested too deeply") from None
         sub = route.sub
         if sub.readings_path is None:
             if route.error is not None:

@@ -374,6 +374,19 @@ class OpcuaSourceRunner(Source):  # type: ignore[misc]  # Source is Any to mypy:
             )
 
     def _sample(self, item: _Item, dv: ua.DataValue) -> Sample | None:
+        """The vetted sample of ``dv``; None when there is none (dead-lettered or node failing)."""
+        try:
+            return self._convert(item, dv)
+        except Exception as exc:
+            # A value this code cannot convert must not end the subscription: the server would
+            # send the same value again after the reconnect, and the source would crash-loop.
+            log.exception("opcua: value could not be converted; dead-lettered", extra={"kv": {"tag": item.cfg.tag}})
+            payload = repr(dv).encode("utf-8", "backslashreplace")[:65536]
+            dl = DeadLetter(payload, f"tag {item.cfg.tag!r}: internal error: {exc!r}", f"{self.id}:{item.cfg.node_id}")
+            self.inbox.put_nowait_in_loop(Delivery(self.id, Origin.OPCUA, None, dl))
+            return None
+
+    def _convert(self, item: _Item, dv: ua.DataValue) -> Sample | None:
         code = dv.StatusCode.value if dv.StatusCode is not None else 0
         quality = Quality.from_opcua_status(code)
         raw = dv.Value.Value if dv.Value is not None else None

@@ -150,6 +150,7 @@ def _mqtt(**sub: object) -> MqttDecoder:
         (b'{"ts_us": 1' + b"0" * 400 + b', "value": 1}', "ts_us: timestamp of 1329 bits is after year 9999"),
         (b'{"ts_us": 1760000000000000, "value": 1' + b"0" * 400 + b"}", "value: integer of 1329 bits"),
         (b'{"ts_us": 1760000000000000, "value": "' + b"x" * 200_000 + b'"}', "can never fit one Kafka message"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     ],
 )
 def test_mqtt_uncarriable_messages_are_malformed_naming_the_field(payload: bytes, why: str) -> None:
@@ -445,6 +446,11 @@ def test_opcua_source_and_server_timestamps_are_checked() -> None:
     # NaN from the server with a good status: flagged bad, not good.
     s = runner._sample(item, _dv(math.nan, now, None))
     assert s is not None and s[5] == 2 and s[8] == "value: not finite (nan)"
+    # A value the conversion itself cannot handle (here: a timestamp type no server sends) is
+    # dead-lettered; it does not raise into the subscription loop.
+    assert runner._sample(item, _dv(6.5, "yesterday", None)) is None
+    [dead] = inbox.drain()
+    assert dead.deadletter is not None and "internal error" in dead.deadletter.reason
     # 1601-01-01 is "no timestamp": the server's is taken.
     s = runner._sample(item, _dv(5.5, datetime(1601, 1, 1, tzinfo=UTC), now))
     assert s is not None and s[5] == 0 and abs(s[2] - now.timestamp() * 1e6) < 2
