@@ -148,3 +148,76 @@ def test_an_entry_the_broker_refuses_as_too_large_is_kept_and_not_retried_in_a_l
         assert len(prod.sent) == 3, "nothing re-sent"
         assert [r.entry.value for r in buf.read(0, 10)] == [b"v1"], "the refused entry kept, the others deleted"
         assert fw.stats.refused == 1 and not fw.healthy and "refused" in fw.stats.last_error
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_agent_reports_a_refused_entry_in_status_and_metrics_and_delivers_it_after_the_limit_is_raised(
+    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """A buffer written under a higher limit, an agent restarted with a lower one: the entry it can
+    no longer send is loud (status, /metrics, not healthy) and kept until a start that can."""
+    from plantstream.config import Settings
+    from plantstream.edge.agent import read_status
+    from plantstream.edge.testing import AgentThread, metric, scrape
+    from plantstream.producers.codec import ReadingBatch, encode_readings
+    from plantstream.producers.topics import Topics
+
+    topics = Topics(topic_prefix, 1)
+    big = ReadingBatch("steel", "acme/site", Origin.MQTT, "m1")
+    for i in range(40):
+        big.tag.append("t")
+        big.unit.append("")
+        big.ts_us.append(NOW + i)
+        big.value.append("x" * 1000)
+        big.quality.append(0)
+        big.status_code.append(None)
+        big.seq.append(i)
+        big.server_ts_us.append(None)
+        big.lot.append(None)
+        big.reason.append(None)
+    value = encode_readings(big)
+    assert len(value) > 40_000
+    with Buffer(tmp_path / "buffer.db", synchronous="normal") as buf:
+        buf.append([Entry(topics.raw, b"steel/acme/site", value, "m1", count=40)])
+
+    def cfg(producer: dict[str, Any]) -> EdgeConfig:
+        return EdgeConfig.model_validate(
+            {
+                "agent_id": "refused",
+                "plant": "steel",
+                "metrics_port": 0,
+                "sources": [
+                    {
+                        "type": "mqtt",
+                        "id": "m1",
+                        "url": "mqtt://127.0.0.1:1",  # no broker: only the buffered entry matters
+                        "subscriptions": [{"template": "x/{equipment+}/{tag}"}],
+                    }
+                ],
+                "kafka": {"partitions": 1, "producer": producer},
+                "buffer": {"path": str(tmp_path / "buffer.db"), "synchronous": "normal"},
+            }
+        )
+
+    settings = Settings.model_validate(
+        {"kafka_bootstrap": kafka_bootstrap, "topic_prefix": topic_prefix, "state_dir": tmp_path / "state"}
+    )
+    low = cfg({"message.max.bytes": 20_000})
+    with AgentThread(low, settings) as at:
+        a = at.agent
+        wait_until(lambda: a.forwarder is not None and a.forwarder.stats.refused == 1, 30, "the entry refused")
+        wait_until(
+            lambda: ((read_status(low, settings) or {}).get("kafka") or {}).get("refused_entries") == 1,
+            10,
+            "refused_entries in the status file",
+        )
+        assert a.metrics.port is not None
+        wait_until(lambda: metric(scrape(a.metrics.port or 0), "plantstream_edge_refused_entries") == 1, 10, "metric")
+        st = read_status(low, settings) or {}
+        assert st["kafka"]["healthy"] is False and "refused" in st["kafka"]["last_error"]
+        assert st["buffer"]["entries"] >= 1 and st["buffer"]["readings"] == 40, "kept in the buffer"
+    with AgentThread(cfg({}), settings) as at:
+        a = at.agent
+        wait_until(lambda: a.forwarder is not None and a.forwarder.stats.delivered_readings == 40, 30, "delivered")
+        assert a.forwarder is not None and a.forwarder.stats.refused == 0
