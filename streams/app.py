@@ -165,7 +165,12 @@ class Runtime:
                     )
                 continue
             try:
-                proc.restore(cp)
+                dropped = proc.restore(cp, now_us())
+                if dropped:
+                    log.warning(
+                        "checkpoint marks ahead of the clock window dropped (from a far-future reading)",
+                        extra={"kv": {"partition": p, "dropped": dropped}},
+                    )
             except (ValueError, TypeError, KeyError) as exc:
                 log.warning("checkpoint unusable", extra={"kv": {"partition": p, "error": str(exc)}})
                 continue

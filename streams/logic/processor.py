@@ -32,7 +32,7 @@ from plantstream.streams.logic.lots import LotTracker
 from plantstream.streams.logic.specs import Deviation, SpecChecker, SpecRegistry, deviation_id
 from plantstream.streams.logic.units import Converter, UnitError, compile_converter
 from plantstream.streams.logic.validate import BAD, RuleError, TagRule, Validator, compile_rule
-from plantstream.streams.logic.windows import ACCEPTED, LATE, SECOND_US, WindowEngine
+from plantstream.streams.logic.windows import ACCEPTED, LATE, MINUTE_US, SECOND_US, WindowEngine
 
 log = logging.getLogger(__name__)
 
@@ -392,11 +392,28 @@ class Processor:
             cp["lot_tags"] = self.lot_tags.checkpoint()
         return cp
 
-    def restore(self, cp: dict[str, Any]) -> None:
+    def restore(self, cp: dict[str, Any], now_us: int | None = None) -> int:
+        """Apply a checkpoint; with ``now_us`` and a clock window, a horizon or lot-tag time mark
+        ahead of the window (written before the window existed, by a year-9999 reading) is
+        dropped: restored, it would make every later reading a replay or ignored. Returns how
+        many were dropped."""
         if cp.get("version") != 1:
             raise ValueError(f"unknown checkpoint version {cp.get('version')!r}")
-        self.lot_tags.restore(cp.get("lot_tags", []))
-        self.windows.restore({(p, t): int(h) for p, t, h in cp.get("horizons", [])})
+        future = self.config.clock_future_s
+        limit = now_us + int(future * 1e6) if now_us is not None and future is not None else None
+        horizons = {(p, t): int(h) for p, t, h in cp.get("horizons", [])}
+        marks = cp.get("lot_tags", [])
+        dropped = 0
+        if limit is not None:
+            n = len(horizons)
+            horizons = {k: h for k, h in horizons.items() if h <= limit + MINUTE_US}
+            dropped = n - len(horizons)
+            kept = [m for m in marks if not (isinstance(m, list) and m and type(m[-1]) is int and m[-1] > limit)]
+            dropped += len(marks) - len(kept)
+            marks = kept
+        self.lot_tags.restore(marks)
+        self.windows.restore(horizons)
+        return dropped
 
 
 def _clock_reason(t: int, now_us: int, lo: int | None, hi: int | None) -> str:

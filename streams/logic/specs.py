@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -274,6 +275,14 @@ class SpecChecker:
                 self.errors += 1
                 log.warning(
                     "lab result unit unusable", extra={"kv": {"lot": ev.lot, "property": prop, "error": str(exc)}}
+                )
+                continue
+            if not math.isfinite(v):
+                # NaN compares as inside any limits: never let it pass as an in-spec result.
+                self.errors += 1
+                log.warning(
+                    "lab result not finite; not checked",
+                    extra={"kv": {"lot": ev.lot, "property": prop, "value": str(v)}},
                 )
                 continue
             if (lim.min is not None and v < lim.min) or (lim.max is not None and v > lim.max):

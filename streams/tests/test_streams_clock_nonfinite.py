@@ -139,3 +139,22 @@ def test_streams_no_window_statistic_is_ever_nonfinite(values: list[float]) -> N
     for a in aggs:
         stats = (a.mean, a.min, a.max, a.last, a.twa, a.stddev)
         assert all(s is None or math.isfinite(s) for s in stats)
+
+
+def test_streams_checkpoint_poisoned_by_a_far_future_reading_is_not_restored() -> None:
+    """A checkpoint written before the clock window existed holds a year-9999 horizon (and lot-tag
+    mark); restored as is, every later reading would be skipped as a replay, for good."""
+    poisoned = {
+        "version": 1,
+        "offset": 0,
+        "horizons": [["steel", "temp", Y9999 + 60_000_000], ["steel", "other", NOW - 60_000_000]],
+        "lot_tags": [["steel", "caster1.current_heat", Y9999]],
+    }
+    p = worker_processor(lot_tags=[{"plant": "steel", "tag": "caster1.current_heat", "lot_kind": "heat"}])
+    assert p.restore(poisoned, NOW) == 2
+    assert [h for _, t, h in p.checkpoint()["horizons"] if t == "other"] == [NOW - 60_000_000]
+    batch = [reading("temp", NOW - 5_000_000 + i * 250_000, 1.0, i + 1) for i in range(8)]
+    batch.append(reading("caster1.current_heat", NOW - 4_000_000, "H2", 100, ""))
+    out = run(p, [batch])
+    assert seconds(out.aggregates, "temp") == [NOW - 5_000_000], "aggregated, not skipped as replayed"
+    assert [e.lot for e in out.context] == ["H2"]

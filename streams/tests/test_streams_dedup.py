@@ -5,8 +5,11 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from plantstream.contract import Origin, Quality, Reading
 from plantstream.edge.buffer import Buffer
+from plantstream.producers.codec import encode_readings
 from plantstream.streams.logic.dedup import Deduplicator
+from plantstream.streams.logic.processor import Processor, ProcessorConfig, SharedContext
 
 
 def feed(d: Deduplicator, batches: list[list[int]]) -> list[int]:
@@ -147,3 +150,24 @@ def test_streams_dedup_keeps_readings_of_a_new_edge_buffer_epoch(tmp_path: Path)
         fresh = [new.reserve("edge1", 1) for _ in range(300)]
     assert d.filter("steel", "a/b", "edge1", fresh, [5_000 + i for i in range(300)]) is None
     assert d.stats.duplicates == 0
+
+
+def test_streams_processor_keeps_a_batch_resent_after_later_ones() -> None:
+    """Issue 15 item 2 through the processor: the forwarder's retry of a failed batch arrives
+    after later batches succeeded; its readings reach clean, a second copy does not."""
+    p = Processor(SharedContext(), ProcessorConfig(allowed_lateness_s=60.0))
+    t0 = 1_700_000_040_000_000
+
+    def raw(seqs: range) -> bytes:
+        return encode_readings(
+            [
+                Reading("steel", "a/b", "t", t0 + s * 1000, float(s), "", Quality.GOOD, Origin.MQTT, "e1", s)
+                for s in seqs
+            ]
+        )
+
+    first, failed, later = range(1, 6), range(6, 11), range(11, 16)
+    outs = [p.process_raw(raw(r), f"raw/0/{i}", i, 0) for i, r in enumerate([first, later, failed, failed, later])]
+    kept = [s for o in outs for b in o.clean for s in b.seq]
+    assert sorted(kept) == list(range(1, 16))
+    assert sum(o.duplicates for o in outs) == 10

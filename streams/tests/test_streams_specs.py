@@ -110,3 +110,12 @@ def test_streams_specs_lab_result_in_ppm_against_percent_limit() -> None:
 )
 def test_streams_specs_condition_evaluation(cond: str, attrs: dict[str, object], expected: bool | None) -> None:
     assert condition_holds(cond, attrs) is expected
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_streams_specs_nonfinite_lab_result_is_counted_not_passed_as_in_spec(value: float) -> None:
+    """Issue 15 item 8: NaN compares as inside any limits; it must not count as checked."""
+    sc = checker()
+    ev = ContextEvent(ContextKind.LAB_RESULT, "steel", CASTER, 5, "H1", results={"C": (value, "percent")})
+    assert sc.lab_result(ev) == []
+    assert sc.errors == 1
