@@ -13,6 +13,9 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+_STATUS_TEXT = {"not_built": "not built", "failed": "failed", "not_applicable": "n/a"}
+
+
 def markdown(metrics: list[Metric], meta: dict[str, Any], extra: list[str] | None = None) -> str:
     lines = [
         f"# plantstream bench ({meta.get('mode', '?')}) - {meta.get('started', '')}",
@@ -26,11 +29,16 @@ def markdown(metrics: list[Metric], meta: dict[str, Any], extra: list[str] | Non
         )
         + ". A virtual machine shared with other workloads: rates are noisy (compare runs, not single numbers).",
         "",
+        *(
+            [f"Database engine: {meta['database']['text']}.", ""]
+            if isinstance(meta.get("database"), dict) and meta["database"].get("text")
+            else []
+        ),
         "| metric | value | unit | limit | ratio | target | pass/miss | bounding stage / note |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for m in metrics:
-        value = "not built" if m.status == "not_built" else ("failed" if m.status == "failed" else fmt_num(m.value))
+        value = _STATUS_TEXT.get(m.status) or fmt_num(m.value)
         limit = f"{fmt_num(m.limit)} ({m.limit_name})" if m.limit else "-"
         ratio = f"{m.ratio:.2f}" if m.ratio is not None else "-"
         target = m.target.text(m.unit) if m.target else "-"

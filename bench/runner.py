@@ -29,6 +29,7 @@ from plantstream.bench.model import TARGETS, Metric, fmt_num
 from plantstream.bench.procs import cpu_share, cpu_times, self_peak_rss_mb
 from plantstream.bench.report import markdown, plots, write_json
 from plantstream.config import Settings
+from plantstream.sinks.timescaledb.bench_timescale import Engine, engine
 from plantstream.sinks.timescaledb.migrate import migrate
 from plantstream.testing.plugin import free_port
 
@@ -50,6 +51,12 @@ class Sizes:
     e2e: E2EConfig
     profile_s: float
     mqtt_per_message: int = 20  # readings per message in the MQTT edge stage (JSON arrays)
+    # TimescaleDB stages (issue 14): the compression day (float tags at 1 Hz, seconds) and the
+    # 30 days of minute aggregates the hourly history is served from.
+    ts_floats: int = 50
+    ts_seconds: int = 86_400
+    cagg_tags: int = 50
+    cagg_days: int = 30
 
 
 QUICK = Sizes(
@@ -73,6 +80,9 @@ QUICK = Sizes(
         drain_readings=50_000,
     ),
     profile_s=0.0,
+    ts_floats=10,
+    ts_seconds=3_600,
+    cagg_tags=10,
 )
 FULL = Sizes(
     pg_rows=500_000,
@@ -95,6 +105,7 @@ class Run:
     settings: Settings
     out: Path
     quick: bool
+    engine: Engine | None = None
     metrics: list[Metric] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     series: dict[str, Any] = field(default_factory=lambda: {"stage_rates": {}})
@@ -152,6 +163,8 @@ def run(settings: Settings, out: Path, quick: bool, sizes: Sizes | None = None) 
             " Logger readings are stamped when published; simulator readings at their sample time"
         ),
     }
+    r.engine = engine(settings.dsn)
+    meta["database"] = r.engine.to_json()
     logdir = out / "logs"
     prefix = f"psb{uuid.uuid4().hex[:8]}"
     e2e_db = fresh_database(settings.dsn, "e2e")
@@ -163,6 +176,8 @@ def run(settings: Settings, out: Path, quick: bool, sizes: Sizes | None = None) 
         # still poll each other (~13 % of a core here), which the stage measurements would pay.
         _limits(r, sz, prefix, logdir)
         _stages(r, sz, logdir)
+        _history(r)
+        _timescale(r, sz)
         e2e = EndToEnd(settings.model_copy(update={"db_dsn": SecretStr(e2e_dsn)}), out / "e2e", sz.e2e)
 
         def start_e2e() -> None:
@@ -305,7 +320,9 @@ def _stages(r: Run, sz: Sizes, logdir: Path) -> None:
         n = len(res["sink_rounds"])
         m = r.add(Metric("sink.readings_per_s", "stage", res["readings_per_s"], "readings/s", limit=lim,
                          limit_name=f"binary COPY into readings, alternated with the sink (median of {n})"))  # fmt: skip
-        m.note = (f"decode + tag registration + binary COPY straight into readings (staging + INSERT ON CONFLICT "
+        m.details = {"flavor": res.get("flavor")}
+        m.note = (f"{'hypertable' if res.get('flavor') == 'timescale' else 'partitioned table'}: "
+                  f"decode + tag registration + binary COPY straight into readings (staging + INSERT ON CONFLICT "
                   f"only after a key conflict), {res['rows_per_flush']} rows per transaction; rounds "
                   + ", ".join(f"{a / 1000:.0f}k vs {b / 1000:.0f}k" for a, b in zip(res["sink_rounds"], res["copy_rounds"], strict=True)))  # fmt: skip
         m.bound = ("sink: Python work per row (decode, tag and lot lookups, building the columns, encoding them for "
@@ -317,6 +334,10 @@ def _stages(r: Run, sz: Sizes, logdir: Path) -> None:
         with fresh_database(s.dsn, "ds") as dsn:
             migrate(dsn)
             res = stages.dataset(dsn, r.quick)
+            if res is not None and r.engine is not None and r.engine.timescale:
+                # Same data and request again, with the chunks compressed (the database is still there).
+                done = res
+                r.guard([(DS_COMPRESSED, "timescale", "cells/s")], lambda: _dataset_compressed(r, dsn, done))
         if res is None:
             r.add(Metric("dataset.cells_per_s", "stage", None, "cells/s", status="not_built",
                          note=f"plantstream.datasets provides no bench yet (expected: {stages.DATASET_API})"))  # fmt: skip
@@ -328,6 +349,96 @@ def _stages(r: Run, sz: Sizes, logdir: Path) -> None:
                      note=str(res.get("note", ""))))  # fmt: skip
 
     r.guard([("dataset.cells_per_s", "stage", "cells/s")], dataset)
+
+
+DS_COMPRESSED = "timescale.dataset_compressed_cells_per_s"
+TS_METRICS = [
+    ("timescale.compression_ratio", "timescale", "x"),
+    ("timescale.history_30d_cagg_ms", "timescale", "ms"),
+    (DS_COMPRESSED, "timescale", "cells/s"),
+]
+
+
+def _dataset_compressed(r: Run, dsn: str, uncompressed: dict[str, Any]) -> None:
+    from plantstream.datasets.bench import compressed
+
+    res = compressed(dsn, uncompressed, r.quick)
+    r.data["dataset_compressed"] = res
+    r.add(Metric(DS_COMPRESSED, "timescale", res["compressed_cells_per_s"], "cells/s",
+                 limit=res["uncompressed_cells_per_s"], limit_name="the same pull on uncompressed chunks",
+                 details={k: v for k, v in res.items() if k != "pull"},
+                 note=f"{res['compressed_chunks']} of {res['chunks']} chunks compressed as the policy does (older than"
+                      f" {res['compress_after']}, {res['compress_s']} s); same rows and cells:"
+                      f" {'yes' if res['same_rows_and_cells'] else 'NO'}; same Parquet bytes:"
+                      f" {'yes' if res['same_parquet_bytes'] else 'no'}"))  # fmt: skip
+
+
+def _history(r: Run) -> None:
+    """The monitor's "1 h of 50 tags at 1 s" from raw readings, on either engine."""
+
+    def go() -> None:
+        from plantstream.sinks.timescaledb import bench_history
+
+        with fresh_database(r.settings.dsn, "hist") as dsn:
+            res = bench_history.run(dsn, r.quick)
+        r.data["history_raw"] = res
+        cold, warm = res["history_many_cold"], res["history_many_warm"]
+        r.add(Metric("history.raw_1h_ms", "stage", cold["median_ms"], "ms",
+                     details={"flavor": res["flavor"], "rows": res["rows"], "cold": cold, "warm": warm},
+                     note=f"queries.history_many, 50 tags x 1 h at 1 s buckets = {res['points_per_query']:,} raw"
+                          f" points, one round trip; median of the first query of {res['hours_sampled']} random hours"
+                          f" of a {res['rows']:,}-reading table ({res['flavor']} flavor); warm repeats median"
+                          f" {warm['median_ms']} ms; server execution {res['split_warm']['server_execution']['median_ms']} ms",
+                     bound="history: server execution + transfer of 180k points"))  # fmt: skip
+
+    r.guard([("history.raw_1h_ms", "stage", "ms")], go)
+
+
+def _timescale(r: Run, sz: Sizes) -> None:
+    """Compression and the continuous-aggregate history (the compressed dataset pull runs in the
+    dataset stage); on plain PostgreSQL every TimescaleDB metric is reported not applicable."""
+    eng = r.engine
+    if eng is None or not eng.timescale:
+        why = f"not applicable: {eng.text if eng else 'engine unknown'}"
+        for name, group, unit in TS_METRICS:
+            r.add(Metric(name, group, None, unit, status="not_applicable", note=why))
+        return
+    from plantstream.sinks.timescaledb import bench_timescale as bt
+
+    def compression() -> None:
+        with fresh_database(r.settings.dsn, "tscomp") as dsn:
+            res = bt.compression(dsn, floats=sz.ts_floats, seconds=sz.ts_seconds)
+        r.data["compression"] = res
+        r.add(Metric("timescale.compression_ratio", "timescale", res["ratio"], "x",
+                     details={k: res[k] for k in ("before_bytes", "after_bytes", "before", "after", "chunk_stats_ratio",
+                                                  "compressed_chunks", "readings", "rows_after")},
+                     note=f"readings hypertable (hypertable_detailed_size, table + indexes + toast) with a demo-like"
+                          f" day: {res['floats']} float tags ({res['seconds']:,} s at 1 Hz, base + noise + wander, 2"
+                          f" decimals), {res['ints']} int, {res['bools']} bool = {res['readings']:,} readings:"
+                          f" {res['before_bytes'] / 2**20:.1f} MiB ({res['bytes_per_reading_before']} B/reading) ->"
+                          f" {res['after_bytes'] / 2**20:.2f} MiB ({res['bytes_per_reading_after']} B/reading) after"
+                          f" the compression policy's chunks (older than {res['policy']['compress_after']}) were"
+                          f" compressed in {res['compress_s']} s; chunk_compression_stats: {res['chunk_stats_ratio']}x",
+                     bound="compression: noisy float values (2 decimals) dominate the compressed bytes"))  # fmt: skip
+
+    def cagg() -> None:
+        with fresh_database(r.settings.dsn, "tscagg") as dsn:
+            res = bt.cagg_history(dsn, sz.cagg_tags, sz.cagg_days)
+        r.data["cagg_history"] = {k: v for k, v in res.items() if k != "plan"} | {"plan": res["plan"][:40]}
+        r.add(Metric("timescale.history_30d_cagg_ms", "timescale", res["median_ms"], "ms",
+                     details={k: res[k] for k in ("served_from", "tags_answered", "points", "expected_points",
+                                                  "counts_match", "cold_ms", "server_execution_ms", "minute_rows")},
+                     note=f"{res['tags']} tags x {res['days']} days at 1 h buckets ({res['points']:,} points, one round"
+                          f" trip) from aggregates_1h, served from: {res['served_from']}; cold {res['cold_ms']} ms,"
+                          f" server {res['server_execution_ms']} ms; the bench's query in history_many's shape"
+                          f" (queries.history_many itself reads readings only)",
+                     bound="history over aggregates: server execution + transfer"))  # fmt: skip
+
+    r.guard([("timescale.compression_ratio", "timescale", "x")], compression)
+    r.guard([("timescale.history_30d_cagg_ms", "timescale", "ms")], cagg)
+    if r.get(DS_COMPRESSED) is None:
+        r.add(Metric(DS_COMPRESSED, "timescale", None, "cells/s", status="failed",
+                     note="the dataset stage failed before its pull over compressed chunks"))  # fmt: skip
 
 
 def _edge_bound(kind: str, res: stages.EdgeResult, limit: float | None) -> str:

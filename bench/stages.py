@@ -279,11 +279,17 @@ def sink(dsn: str, rows: int, rounds: int = 3) -> dict[str, Any]:
     sink_rates: list[float] = []
     copy_rates: list[float] = []
     flushes = 0
+    import psycopg
+
+    from plantstream.sinks.timescaledb.queries import flavor
+
     for _ in range(rounds):
         copy_rates.append(float(pg_copy(dsn, rows, plain=False)["readings_rows_per_s"]))
         rate, flushes = sink_rate(dsn, rows=rows, rows_per_flush=per_flush)
         sink_rates.append(rate)
-    return {"readings_per_s": statistics.median(sink_rates), "copy_readings_rows_per_s": statistics.median(copy_rates),
+    with psycopg.connect(dsn) as conn:
+        fl = flavor(conn)  # timescale: both write into the readings hypertable
+    return {"flavor": fl, "readings_per_s": statistics.median(sink_rates), "copy_readings_rows_per_s": statistics.median(copy_rates),
             "sink_rounds": sink_rates, "copy_rounds": copy_rates, "rows": rows, "flushes": flushes,
             "rows_per_flush": per_flush}  # fmt: skip
 

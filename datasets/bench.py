@@ -82,10 +82,14 @@ def copy_rows(
 
 def load(dsn: str, tags: int, seconds: int, lot_s: int = 600, jobs: int = 2) -> dict[str, float]:
     """Migrate ``dsn`` and load ``tags`` x ``seconds`` readings; returns timings (s)."""
+    from plantstream.sinks.timescaledb.bench_timescale import pause_policies
     from plantstream.sinks.timescaledb.migrate import migrate
 
     migrate(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
+        # T0 lies beyond the retention and compression policies' horizons: they must not drop or
+        # compress the data while it is measured (TimescaleDB; nothing to pause on plain).
+        pause_policies(conn)
         conn.execute(
             "INSERT INTO equipment (plant, path, name, level) VALUES ('bench', 'bench', 'bench', 'enterprise')"
         )
@@ -237,12 +241,8 @@ def read_alone(dsn: str, seconds: int) -> tuple[int, float]:
     return rows, dt
 
 
-def measure(dsn: str, tags: int, seconds: int, jobs: int = 2, load_first: bool = True) -> dict[str, Any]:
-    """Load ``tags`` x ``seconds`` readings into ``dsn`` (unless already loaded), measure the read
-    ceiling (binary COPY out), then pull them in a child process (its peak RSS is the pull's)."""
-    timings: dict[str, float] = load(dsn, tags, seconds, jobs=jobs) if load_first else {}
-    copy_out = copy_out_rows_per_s(dsn)
-    read_rows, read_s = read_alone(dsn, seconds)
+def pull_in_child(dsn: str, seconds: int) -> tuple[dict[str, Any], float]:
+    """The bench's pull of [T0, T0 + seconds) in a child process: (its JSON line, wall seconds)."""
     with TemporaryDirectory() as tmp:
         t = time.perf_counter()
         proc = subprocess.run(
@@ -255,9 +255,19 @@ def measure(dsn: str, tags: int, seconds: int, jobs: int = 2, load_first: bool =
         wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise RuntimeError(f"dataset pull child failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1])), wall
+
+
+def measure(dsn: str, tags: int, seconds: int, jobs: int = 2, load_first: bool = True) -> dict[str, Any]:
+    """Load ``tags`` x ``seconds`` readings into ``dsn`` (unless already loaded), measure the read
+    ceiling (binary COPY out), then pull them in a child process (its peak RSS is the pull's)."""
+    timings: dict[str, float] = load(dsn, tags, seconds, jobs=jobs) if load_first else {}
+    copy_out = copy_out_rows_per_s(dsn)
+    read_rows, read_s = read_alone(dsn, seconds)
+    pulled, wall = pull_in_child(dsn, seconds)
     readings = tags * seconds
     result: dict[str, Any] = {"readings": readings, "tags": tags}
-    result.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+    result.update(pulled)
     if "copy_s" in timings:
         result["load_rows_per_s"] = round(readings / timings["copy_s"]) if timings["copy_s"] else None
     result.update(timings)
@@ -285,6 +295,41 @@ def run(dsn: str, quick: bool = False) -> dict[str, Any]:
     """The `plantstream bench` entry point: ``dsn`` is a fresh, migrated database."""
     tags, seconds = QUICK_SIZE if quick else FULL_SIZE
     return measure(dsn, tags, seconds)
+
+
+def compressed(dsn: str, uncompressed: dict[str, Any], quick: bool = False) -> dict[str, Any]:
+    """The same pull again after ``run`` on ``dsn`` (TimescaleDB), with the chunks compressed as
+    the compression policy does: cells/s on compressed chunks against ``uncompressed`` (run's
+    result on the same data, same request), and whether the output is the same."""
+    from plantstream.sinks.timescaledb.bench_timescale import compress_as_policy, require_timescale
+
+    _, seconds = QUICK_SIZE if quick else FULL_SIZE
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        require_timescale(conn)
+        t = time.perf_counter()
+        policy = compress_as_policy(conn, "readings")
+        compress_s = time.perf_counter() - t
+        conn.execute("VACUUM ANALYZE readings")
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE is_compressed), count(*) FROM timescaledb_information.chunks"
+            " WHERE hypertable_name = 'readings'"
+        ).fetchone()
+        assert row is not None
+    pulled, wall = pull_in_child(dsn, seconds)
+    before, after = float(uncompressed["cells_per_s"]), float(pulled["cells_per_s"])
+    return {
+        "compressed_cells_per_s": after,
+        "uncompressed_cells_per_s": before,
+        "ratio": round(after / before, 3) if before else None,
+        "compressed_chunks": int(row[0]),
+        "chunks": int(row[1]),
+        "compress_s": round(compress_s, 1),
+        "compress_after": policy["compress_after"],
+        "same_rows_and_cells": pulled["rows"] == uncompressed["rows"] and pulled["cells"] == uncompressed["cells"],
+        "same_parquet_bytes": pulled["parquet_bytes"] == uncompressed["parquet_bytes"],
+        "pull": pulled,
+        "child_wall_s": round(wall, 2),
+    }
 
 
 def _vm(key: str) -> float:

@@ -49,6 +49,10 @@ EXPECTED = [
     "e2e.plants.sustained_readings_per_s",
     "e2e.plants.latency_p50_s",
     "e2e.plants.latency_p99_s",
+    "history.raw_1h_ms",
+    "timescale.compression_ratio",
+    "timescale.history_30d_cagg_ms",
+    "timescale.dataset_compressed_cells_per_s",
 ]
 
 
@@ -71,9 +75,35 @@ def test_quick_bench_reports_every_metric(settings_env: dict[str, str], settings
     metrics = {m["name"]: m for m in doc["metrics"]}
     missing = [n for n in EXPECTED if n not in metrics]
     assert not missing, f"metrics missing from bench.json: {missing}"
+    # The engine is recorded; the TimescaleDB stages run on it or say why they do not apply.
+    eng = doc["meta"]["database"]
+    assert eng["name"] in ("timescaledb", "postgresql") and eng["text"] and eng["postgres"]
+    assert f"Database engine: {eng['text']}." in (out / "bench.md").read_text()
+    ts = [n for n in EXPECTED if n.startswith("timescale.")]
+    if eng["name"] == "postgresql":
+        assert eng["reason"]
+        for name in ts:
+            m = metrics[name]
+            assert m["status"] == "not_applicable" and m["value"] is None and m["pass"] is None, m
+            assert eng["reason"] in m["note"], m
+            assert f"| {name} | n/a |" in (out / "bench.md").read_text()
+    else:
+        comp = doc["data"]["compression"]
+        assert 0 < comp["after_bytes"] < comp["before_bytes"] and metrics["timescale.compression_ratio"]["value"] > 1
+        assert comp["compressed_chunks"] >= 1 and comp["rows_after"] == comp["readings"]
+        cagg = metrics["timescale.history_30d_cagg_ms"]["details"]
+        assert cagg["served_from"].startswith("aggregates_1h materialization") and cagg["counts_match"]
+        ds = doc["data"]["dataset_compressed"]
+        assert ds["compressed_chunks"] >= 1 and ds["same_rows_and_cells"]
+        assert metrics["timescale.dataset_compressed_cells_per_s"]["limit"] == doc["data"]["dataset"]["cells_per_s"]
+    hist = metrics["history.raw_1h_ms"]["details"]
+    assert hist["flavor"] == ("timescale" if eng["name"] == "timescaledb" else "plain")
+    assert doc["data"]["history_raw"]["points_per_query"] == 50 * 3600
     for name, m in metrics.items():
         if name == "dataset.cells_per_s" and m["status"] == "not_built":
             continue  # reported as "not built" until the datasets stage ships a bench
+        if name in ts and eng["name"] == "postgresql":
+            continue  # not applicable, checked above
         assert m["status"] == "ok", f"{name}: {m['status']} {m['note']}"
         assert m["value"] is not None and m["value"] > 0, f"{name} has no positive value: {m}"
     assert any(n.startswith("memory.") for n in metrics), "no peak-memory metrics"
