@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from plantstream.edge.batcher import BATCH_FIXED, READING_FIXED, Sample, reading_bytes, text_bytes
 from plantstream.edge.config import EdgeConfig
@@ -28,6 +28,7 @@ INT_MAX = (1 << 64) - 1
 # every downstream consumer can represent); the lower bound is the epoch (ts_us >= 0).
 TS_END_US = 253_402_300_800_000_000
 BAD = 2
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Uncarriable(ValueError):
@@ -88,7 +89,8 @@ def _int(n: int) -> str:
 
 
 def _iso(ts_us: int) -> str:
-    return datetime.fromtimestamp(ts_us / 1e6, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    # Integer arithmetic: ts_us / 1e6 rounds the last microsecond of 9999 up into year 10000.
+    return (_EPOCH + timedelta(microseconds=ts_us)).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def check_ts(field: str, ts: object) -> int:

@@ -93,6 +93,7 @@ def test_non_finite_values_are_kept_flagged_bad_with_the_reason(value: float) ->
         (NOW - 8 * DAY, None, r"ts_us: 2025-10-01T\S+ is 691200 s before the receiving clock \(window 604800 s past\)"),
         (NOW + 601_000_000, None, r"ts_us: \S+ is 601 s after the receiving clock \(window 600 s future\)"),
         (0, None, "ts_us: 1970-01-01T00:00:00Z"),
+        (253_402_300_799_999_999, None, "ts_us: 9999-12-31T23:59:59Z is"),
         (NOW, NOW + DAY, "server_ts_us: .* after the receiving clock"),
     ],
 )
