@@ -27,7 +27,7 @@ import yaml
 from click.testing import CliRunner
 
 from plantstream.cli import MOUNTS, cli
-from plantstream.config import Settings
+from plantstream.config import KafkaSecurity, Settings
 
 COMPOSE_DIR = Path(__file__).resolve().parent.parent / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
@@ -39,6 +39,10 @@ SCHEMA_FILE = "compose-spec.json"
 # Stages the brief allows to be missing for now; any other missing stage is a failure.
 NOT_BUILT_YET_OK = {"dataset", "monitor"}
 ONE_SHOT_CONDITION = "service_completed_successfully"
+KAFKA_NODES = ("kafka-1", "kafka-2", "kafka-3")
+ACLS = COMPOSE_DIR / "kafka" / "acls.sh"
+KAFKA_START = COMPOSE_DIR / "kafka" / "start.sh"
+SINGLE_BROKER = COMPOSE_DIR / "docker-compose.single-broker.yml"
 
 
 # ------------------------------------------------------------------ Compose interpolation
@@ -266,8 +270,8 @@ def test_compose_validates_against_compose_spec(compose: dict[str, Any]) -> None
 @pytest.mark.parametrize(
     "mutation",
     [
-        pytest.param(lambda c: c["services"]["kafka"].update(helthcheck={"test": ["CMD", "true"]}), id="unknown-key"),
-        pytest.param(lambda c: c["services"]["kafka"].update(ports="9094:9094"), id="ports-not-a-list"),
+        pytest.param(lambda c: c["services"]["kafka-1"].update(helthcheck={"test": ["CMD", "true"]}), id="unknown-key"),
+        pytest.param(lambda c: c["services"]["kafka-1"].update(ports="9094:9094"), id="ports-not-a-list"),
         pytest.param(
             lambda c: c["services"]["sink"]["depends_on"].update(migrate={"condition": 3}), id="bad-condition"
         ),
@@ -360,7 +364,7 @@ def test_brief_commands_are_present(services: dict[str, dict[str, Any]]) -> None
 def known_env_vars() -> set[str]:
     """Variables the code reads: Settings, click ``envvar=`` of every built command, and
     ``PLANTSTREAM_*`` names read in the plantstream sources (e.g. the log level)."""
-    known = set(Settings.ENV.values())
+    known = set(Settings.ENV.values()) | set(KafkaSecurity.ENV.values())
     ctx = click.Context(cli, info_name="plantstream")
     for cmd in walk_commands(cli, ctx):
         for param in cmd.params:
@@ -391,8 +395,10 @@ def test_services_get_the_connections_they_need(services: dict[str, dict[str, An
         env = environment(svc)
         used |= set(env)
         words = argv(svc)[1:2]
-        if words != ["sim"]:
-            assert env.get("PLANTSTREAM_KAFKA_BOOTSTRAP") == "kafka:9092", name
+        if argv(svc)[1:3] == ["db", "migrate"]:
+            assert not any(k.startswith("PLANTSTREAM_KAFKA_") for k in env), f"{name} needs no Kafka credentials"
+        else:
+            assert env.get("PLANTSTREAM_KAFKA_BOOTSTRAP") == "kafka-1:9092,kafka-2:9092,kafka-3:9092", name
         if words[0] in ("db", "sink", "monitor", "dataset"):
             dsn = env.get("PLANTSTREAM_DB_DSN", "")
             assert dsn.startswith("postgresql://") and "@timescaledb:5432/" in dsn, f"{name}: DSN {dsn!r}"
@@ -507,8 +513,13 @@ def test_only_documented_ports_are_published(services: dict[str, dict[str, Any]]
 
 def test_state_lives_in_named_volumes(services: dict[str, dict[str, Any]], compose: dict[str, Any]) -> None:
     declared = set(compose.get("volumes") or {})
-    kafka = services["kafka"]
-    assert named_volumes(kafka).get(environment(kafka)["KAFKA_LOG_DIRS"]), "Kafka log dir is not on a named volume"
+    kafka_volumes = set()
+    for node in KAFKA_NODES:
+        kafka = services[node]
+        vol = named_volumes(kafka).get(environment(kafka)["KAFKA_LOG_DIRS"])
+        assert vol, f"{node}: Kafka log dir is not on a named volume"
+        kafka_volumes.add(vol)
+    assert len(kafka_volumes) == len(KAFKA_NODES), "Kafka nodes must not share a log volume"
     assert named_volumes(services["timescaledb"]).get("/var/lib/postgresql/data"), "database not on a named volume"
     conf = (COMPOSE_DIR / "mosquitto" / "mosquitto.conf").read_text(encoding="utf-8")
     location = re.search(r"^persistence_location\s+(\S+)", conf, re.M)
@@ -746,3 +757,121 @@ def test_mosquitto_production_settings(services: dict[str, dict[str, Any]]) -> N
     assert bind_mounts(services["mosquitto"]).get("/mosquitto/config/mosquitto.conf") == COMPOSE_DIR / "mosquitto" / (
         "mosquitto.conf"
     )
+
+
+# ------------------------------------------------------------------ Kafka security
+
+
+def _listeners(env: Mapping[str, str]) -> dict[str, tuple[int, str]]:
+    """listener name -> (container port, security protocol)"""
+    protocols = dict(item.split(":", 1) for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    out: dict[str, tuple[int, str]] = {}
+    for item in env["KAFKA_LISTENERS"].split(","):
+        name, _, port = item.rpartition(":")
+        name = name.split("://")[0]
+        out[name] = (int(port), protocols[name])
+    return out
+
+
+def test_no_plaintext_listener_and_only_sasl_ssl_published(services: dict[str, dict[str, Any]]) -> None:
+    published = published_ports(services)
+    for node in KAFKA_NODES:
+        env = environment(services[node])
+        listeners = _listeners(env)
+        assert set(listeners) == {"INTERNAL", "CONTROLLER", "EXTERNAL"}, node
+        assert all(proto.startswith("SASL_") for _, proto in listeners.values()), f"{node}: {listeners}"
+        outside = {port for (svc, port) in published if svc == node}
+        assert outside == {listeners["EXTERNAL"][0]}, f"{node} publishes {outside}"
+        assert listeners["EXTERNAL"][1] == "SASL_SSL"
+        assert env["KAFKA_LISTENER_NAME_EXTERNAL_SSL_KEYSTORE_LOCATION"].startswith("/etc/kafka/certs/")
+        assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+        assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+        assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false" and env["KAFKA_SUPER_USERS"] == "User:admin"
+        assert "PLAINTEXT://" not in env["KAFKA_ADVERTISED_LISTENERS"]
+
+
+def test_three_nodes_replicate_three_ways(services: dict[str, dict[str, Any]]) -> None:
+    envs = [environment(services[n]) for n in KAFKA_NODES]
+    assert sorted(e["KAFKA_NODE_ID"] for e in envs) == ["1", "2", "3"]
+    assert {e["KAFKA_CONTROLLER_QUORUM_VOTERS"] for e in envs} == {"1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"}
+    for e in envs:
+        assert e["KAFKA_DEFAULT_REPLICATION_FACTOR"] == e["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "3"
+        assert e["KAFKA_MIN_INSYNC_REPLICAS"] == e["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == "2"
+    for name, svc in plantstream_services(services).items():
+        env = environment(svc)
+        if "PLANTSTREAM_KAFKA_BOOTSTRAP" in env:
+            k = Settings.from_env(env).kafka
+            assert (k.replication_factor, k.min_insync_replicas) == (3, 2), name
+
+
+def _acl_table() -> list[tuple[str, str, str, str, str]]:
+    text = ACLS.read_text(encoding="utf-8")
+    body = text.split("<<TABLE\n", 1)[1].split("\nTABLE\n", 1)[0]
+    rows = []
+    for line in body.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            principal, op, res, pattern, name = line.split()
+            rows.append((principal, op, res, pattern, name))
+    return rows
+
+
+def test_every_kafka_client_logs_in_as_its_own_user(
+    services: dict[str, dict[str, Any]], env_example: dict[str, str]
+) -> None:
+    scram_users = set(re.findall(r'scram ([a-z-]+) "\$SCRAM_', KAFKA_START.read_text(encoding="utf-8")))
+    acl_users = {row[0] for row in _acl_table()}
+    users: dict[str, str] = {}
+    for name, svc in plantstream_services(services).items():
+        env = environment(svc)
+        if "PLANTSTREAM_KAFKA_BOOTSTRAP" not in env:
+            continue
+        k = Settings.from_env(env).kafka
+        assert (k.security_protocol, k.sasl_mechanism) == ("SASL_PLAINTEXT", "SCRAM-SHA-512"), name
+        assert k.sasl_username in scram_users, f"{name}: user {k.sasl_username} has no SCRAM credential"
+        assert k.sasl_username == "admin" or k.sasl_username in acl_users, f"{name}: no ACLs for {k.sasl_username}"
+        users[name] = str(k.sasl_username)
+    assert users["topics"] == "admin"  # topic creation is the only admin client
+    assert {u for n, u in users.items() if n != "topics"}.isdisjoint({"admin"})
+    # Long-running services each have their own user (a simulator speaks as its plant's edge).
+    running = {n: u for n, u in users.items() if not n.startswith("sim-") and n != "topics"}
+    assert len(set(running.values())) == len(running), running
+    assert scram_users == {"admin", *running.values()}
+    for var in re.findall(r"\$\{(KAFKA_[A-Z_]+_PASSWORD)", COMPOSE_FILE.read_text(encoding="utf-8")):
+        assert env_example[var].startswith("change-me"), var
+
+
+def test_acls_give_each_service_only_what_it_needs() -> None:
+    grants: dict[str, set[tuple[str, str, str]]] = {}
+    for principal, op, res, pattern, name in _acl_table():
+        assert op in ("Read", "Write", "Describe", "IdempotentWrite", "All"), op
+        assert pattern in ("literal", "prefixed") and res in ("topic", "group", "cluster"), (res, pattern)
+        grants.setdefault(principal, set()).add((op, res, name))
+    P = "{P}"
+    writes = {u: {n for op, r, n in g if r == "topic" and op in ("Write", "All")} for u, g in grants.items()}
+    reads = {u: {n for op, r, n in g if r == "topic" and op in ("Read", "All")} for u, g in grants.items()}
+    for edge in ("edge-steel", "edge-chemical", "edge-fiber"):
+        assert writes[edge] == {f"{P}.readings.raw.v1", f"{P}.tags.v1", f"{P}.context.v1", f"{P}.deadletter.v1"}
+        assert reads[edge] == set(), f"{edge} reads nothing"
+    # Only edges may write tag metadata (grades), and nobody but streams writes processed topics.
+    assert {u for u, w in writes.items() if f"{P}.tags.v1" in w} == {"edge-steel", "edge-chemical", "edge-fiber"}
+    for topic in (f"{P}.readings.clean.v1", f"{P}.aggregates.v1", f"{P}.deviations.v1"):
+        assert {u for u, w in writes.items() if topic in w} == {"streams"}, topic
+    assert reads["streams"] >= {f"{P}.readings.raw.v1", f"{P}.tags.v1", f"{P}.context.v1"}
+    assert f"{P}.readings.raw.v1" not in writes["streams"]
+    assert writes["sink"] == {f"{P}.deadletter.v1"} and writes["monitor"] == set()
+    assert reads["monitor"] == {f"{P}.readings.clean.v1", f"{P}.aggregates.v1", f"{P}.deviations.v1"}
+    # "All" only on the worker's own Faust topics; no cluster right beyond idempotent produce.
+    assert {(u, n) for u, g in grants.items() for op, _r, n in g if op == "All"} == {("streams", f"{P}-streams")}
+    assert all(op == "IdempotentWrite" for g in grants.values() for op, r, _n in g if r == "cluster")
+    assert "admin" not in grants  # the super user needs no ACL
+
+
+def test_single_broker_override_turns_two_nodes_off(services: dict[str, dict[str, Any]]) -> None:
+    override = yaml.safe_load(SINGLE_BROKER.read_text(encoding="utf-8"))
+    assert set(override["services"]) == {"kafka-2", "kafka-3"}
+    assert all(svc == {"profiles": ["three-nodes"]} for svc in override["services"].values())
+    for name, svc in services.items():
+        deps = svc.get("depends_on") or {}
+        for node in ("kafka-2", "kafka-3"):
+            if node in deps:
+                assert deps[node].get("required") is False, f"{name} would not start without {node}"
