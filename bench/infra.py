@@ -14,6 +14,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from plantstream.contract import Origin
 from plantstream.producers.codec import ReadingBatch, decode_readings, encode_readings
+from plantstream.producers.kafka import librdkafka_conf
 
 
 def dsn_for(dsn: str, dbname: str) -> str:
@@ -91,7 +92,7 @@ class RawCounter:
     def _run(self) -> None:
         c = Consumer(
             {
-                "bootstrap.servers": self.bootstrap,
+                **librdkafka_conf(self.bootstrap),
                 "group.id": f"bench-count-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",

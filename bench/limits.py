@@ -27,7 +27,7 @@ from plantstream.bench import workers
 from plantstream.bench.infra import reading_batches
 from plantstream.bench.procs import Worker, python_module, spawn
 from plantstream.pipeline import wait_for
-from plantstream.producers.kafka import ensure_topics, make_producer
+from plantstream.producers.kafka import ensure_topics, librdkafka_conf, make_producer
 from plantstream.sinks.timescaledb.sink import READINGS_COLUMN_TYPES
 
 READINGS_TYPES = list(READINGS_COLUMN_TYPES.values())
@@ -100,7 +100,7 @@ def kafka(bootstrap: str, prefix: str, batches: int, per_batch: int = 500, parti
         raise RuntimeError(f"kafka limit: {left} messages not delivered within 60 s")
     c = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **librdkafka_conf(bootstrap),
             "group.id": f"bench-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",

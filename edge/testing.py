@@ -19,6 +19,7 @@ from plantstream.config import Settings
 from plantstream.edge.agent import Agent
 from plantstream.edge.config import EdgeConfig
 from plantstream.producers.codec import ReadingBatch, decode_readings
+from plantstream.producers.kafka import librdkafka_conf
 from plantstream.stack import tansu_binary, wait_port
 from plantstream.testing.plugin import free_port
 from plantstream.testing.proxy import TcpProxy
@@ -31,7 +32,7 @@ def read_topic(
     ``done(messages)`` or timeout; returns what was read either way."""
     c = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **librdkafka_conf(bootstrap),
             "group.id": f"t{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",

@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from plantstream.log import Throttle
 from plantstream.monitor.hub import Event, GradeBook, finite
 from plantstream.producers import codec
-from plantstream.producers.kafka import consume_ready
+from plantstream.producers.kafka import consume_ready, make_consumer
 from plantstream.producers.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -167,9 +167,9 @@ class KafkaFeed:
         return "live" if self.ready.is_set() else "starting" if not self.started.is_set() else "partial"
 
     def _consumer(self) -> Consumer:
-        return Consumer(
+        return make_consumer(
+            self.bootstrap,
             {
-                "bootstrap.servers": self.bootstrap,
                 # Required by the client, never used: assign() joins no group and nothing is committed.
                 "group.id": "plantstream-monitor",
                 "enable.auto.commit": False,
@@ -179,7 +179,7 @@ class KafkaFeed:
                 "fetch.wait.max.ms": 100,
                 "reconnect.backoff.max.ms": 5000,
                 "error_cb": self._on_error,
-            }
+            },
         )
 
     def _on_error(self, err: Any) -> None:

@@ -50,18 +50,24 @@ class KafkaSecurity(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    security_protocol: SecurityProtocol = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
-    sasl_mechanism: SaslMechanism | None = Field(None, description="SASL mechanism (with a SASL_* protocol)")
-    sasl_username: str | None = Field(None, max_length=256)
-    sasl_password: SecretStr | None = Field(None, description="masked in every log line and describe()")
-    oauth_token_endpoint: str | None = Field(None, description="OAUTHBEARER: OIDC token endpoint URL")
-    ssl_ca_location: Path | None = Field(None, description="CA bundle (PEM) that signed the brokers' certificates")
-    ssl_certificate_location: Path | None = Field(None, description="client certificate (PEM), for mutual TLS")
-    ssl_key_location: Path | None = Field(None, description="client key (PEM), for mutual TLS")
+    security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    sasl_mechanism: SaslMechanism | None = Field(default=None, description="SASL mechanism (with a SASL_* protocol)")
+    sasl_username: str | None = Field(default=None, max_length=256)
+    sasl_password: SecretStr | None = Field(default=None, description="masked in every log line and describe()")
+    oauth_token_endpoint: str | None = Field(default=None, description="OAUTHBEARER: OIDC token endpoint URL")
+    ssl_ca_location: Path | None = Field(
+        default=None, description="CA bundle (PEM) that signed the brokers' certificates"
+    )
+    ssl_certificate_location: Path | None = Field(default=None, description="client certificate (PEM), for mutual TLS")
+    ssl_key_location: Path | None = Field(default=None, description="client key (PEM), for mutual TLS")
     ssl_key_password: SecretStr | None = None
-    ssl_check_hostname: bool = Field(True, description="verify the broker's certificate names its host")
-    replication_factor: int = Field(1, ge=1, le=32, description="for the topics plantstream creates")
-    min_insync_replicas: int | None = Field(None, ge=1, le=32, description="topic min.insync.replicas (acks=all)")
+    ssl_check_hostname: bool = Field(default=True, description="verify the broker's certificate names its host")
+    replication_factor: int = Field(default=1, ge=1, le=32, description="for the topics plantstream creates")
+    min_insync_replicas: int | None = Field(
+        default=None, ge=1, le=32, description="topic min.insync.replicas (acks=all)"
+    )
 
     ENV: ClassVar[dict[str, str]] = {
         "security_protocol": "PLANTSTREAM_KAFKA_SECURITY_PROTOCOL",
@@ -113,11 +119,24 @@ class KafkaSecurity(BaseModel):
 
     def describe(self) -> str:
         """Safe to log: never the password."""
-        out = self.security_protocol
+        out: str = self.security_protocol
         if self.sasl_mechanism:
             out += f" {self.sasl_mechanism} as {self.sasl_username or '?'}"
         if self.ssl_ca_location:
             out += f" ca={self.ssl_ca_location}"
+        return out
+
+    def to_env(self) -> dict[str, str]:
+        """The ``PLANTSTREAM_KAFKA_*`` variables that give a child process these settings
+        (secrets included: for a subprocess environment, never for a log line)."""
+        out: dict[str, str] = {}
+        for field, var in self.ENV.items():
+            value = getattr(self, field)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            out[var] = str(value).lower() if isinstance(value, bool) else str(value)
         return out
 
     @classmethod

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plantstream.config import Settings
+from plantstream.config import KafkaSecurity, Settings
 from plantstream.stack import port_open
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,8 @@ class Pipeline:
     def env(self) -> dict[str, str]:
         s = self.settings
         return {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k not in KafkaSecurity.ENV.values()},
+            **s.kafka.to_env(),
             "PLANTSTREAM_DB_DSN": s.dsn,
             "PLANTSTREAM_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
             "PLANTSTREAM_MQTT_URL": s.mqtt,
@@ -114,7 +115,9 @@ class Pipeline:
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         ensure_contract_topics(
-            self.settings.kafka_bootstrap, Topics(self.settings.topic_prefix, self.settings.partitions)
+            self.settings.kafka_bootstrap,
+            Topics(self.settings.topic_prefix, self.settings.partitions),
+            security=self.settings.kafka,
         )
         out = subprocess.run(
             [sys.executable, "-m", "plantstream.cli", "--log-format", "text", "db", "migrate"],

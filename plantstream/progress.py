@@ -11,7 +11,7 @@ from plantstream.producers.kafka import make_consumer
 
 def consumer_lag(bootstrap: str, group: str, topics: Iterable[str], timeout: float = 5.0) -> int | None:
     """Messages not yet committed by ``group`` across ``topics``; None if the broker can't say."""
-    c = make_consumer(bootstrap, **{"group.id": group, "enable.auto.commit": False})
+    c = make_consumer(bootstrap, {"group.id": group, "enable.auto.commit": False})
     try:
         md = c.list_topics(timeout=timeout)
         parts = [TopicPartition(t, p) for t in topics if t in md.topics for p in md.topics[t].partitions]

@@ -78,6 +78,6 @@ def topics_create() -> None:
 
     s = Settings.from_env()
     t = Topics(s.topic_prefix, s.partitions)
-    ensure_contract_topics(s.kafka_bootstrap, t)
+    ensure_contract_topics(s.kafka_bootstrap, t, security=s.kafka)
     for name in t.all():
         click.echo(name)

@@ -49,7 +49,9 @@ def security_or_env(security: KafkaSecurity | None) -> KafkaSecurity:
     return security if security is not None else KafkaSecurity.from_env(os.environ)
 
 
-def librdkafka_conf(bootstrap: str, security: KafkaSecurity | None = None, **conf: Any) -> dict[str, Any]:
+def librdkafka_conf(
+    bootstrap: str, conf: Mapping[str, Any] | None = None, *, security: KafkaSecurity | None = None
+) -> dict[str, Any]:
     """A confluent-kafka (librdkafka) client configuration: ``conf`` plus the connection's security."""
     sec = security_or_env(security)
     out: dict[str, Any] = {"bootstrap.servers": bootstrap, "security.protocol": sec.security_protocol}
@@ -74,7 +76,7 @@ def librdkafka_conf(bootstrap: str, security: KafkaSecurity | None = None, **con
         if sec.ssl_key_password is not None:
             out["ssl.key.password"] = sec.ssl_key_password.get_secret_value()
         out["ssl.endpoint.identification.algorithm"] = "https" if sec.ssl_check_hostname else "none"
-    out.update(conf)
+    out.update(conf or {})
     return out
 
 
@@ -96,6 +98,29 @@ def aiokafka_kwargs(security: KafkaSecurity | None = None) -> dict[str, Any]:
     return out
 
 
+def faust_broker(bootstrap: str) -> list[str]:
+    """Faust's broker URLs: one ``kafka://host:port`` per bootstrap server (a comma-separated
+    bootstrap list in one URL is read by Faust as a single host)."""
+    return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
+
+
+def faust_credentials(security: KafkaSecurity | None = None) -> Any:
+    """The same connection security as a Faust ``broker_credentials`` value (None for PLAINTEXT)."""
+    from faust.auth import SASLCredentials, SSLCredentials
+
+    kw = aiokafka_kwargs(security)  # refuses what aiokafka cannot do, naming the variable
+    if "sasl_mechanism" in kw:
+        return SASLCredentials(
+            username=kw["sasl_plain_username"],
+            password=kw["sasl_plain_password"],
+            ssl_context=kw.get("ssl_context"),
+            mechanism=kw["sasl_mechanism"],
+        )
+    if "ssl_context" in kw:
+        return SSLCredentials(kw["ssl_context"])
+    return None
+
+
 def ssl_context(sec: KafkaSecurity) -> ssl.SSLContext:
     """A client TLS context verifying the brokers against ``ssl_ca_location`` (the system store
     when unset), with the client certificate for mutual TLS where one is configured."""
@@ -110,13 +135,13 @@ def ssl_context(sec: KafkaSecurity) -> ssl.SSLContext:
 def make_producer(
     bootstrap: str, client_id: str = "plantstream", security: KafkaSecurity | None = None, **overrides: Any
 ) -> Producer:
-    conf = librdkafka_conf(bootstrap, security, **{"client.id": client_id, **PRODUCER_DEFAULTS, **overrides})
+    conf = librdkafka_conf(bootstrap, {"client.id": client_id, **PRODUCER_DEFAULTS, **overrides}, security=security)
     conf["error_cb"] = _log_kafka_error
     return Producer(conf)
 
 
-def make_consumer(bootstrap: str, security: KafkaSecurity | None = None, **conf: Any) -> Consumer:
-    return Consumer(librdkafka_conf(bootstrap, security, **conf))
+def make_consumer(bootstrap: str, conf: Mapping[str, Any], *, security: KafkaSecurity | None = None) -> Consumer:
+    return Consumer(librdkafka_conf(bootstrap, conf, security=security))
 
 
 _last_error_log: dict[str, float] = {}
@@ -175,7 +200,7 @@ def ensure_topics(
     """Create missing topics (with the configured replication factor and min.insync.replicas);
     existing ones are left as they are."""
     sec = security_or_env(security)
-    admin = AdminClient(librdkafka_conf(bootstrap, sec))
+    admin = AdminClient(librdkafka_conf(bootstrap, security=sec))
     deadline = time.monotonic() + timeout
     wanted = set(topics)
     while True:

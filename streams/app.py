@@ -40,7 +40,13 @@ from plantstream.producers.codec import (
     encode_context,
     encode_deviation,
 )
-from plantstream.producers.kafka import ensure_contract_topics, make_producer
+from plantstream.producers.kafka import (
+    aiokafka_kwargs,
+    ensure_contract_topics,
+    faust_broker,
+    faust_credentials,
+    make_producer,
+)
 from plantstream.producers.topics import (
     DEADLETTER_ORIGIN_HEADER,
     DEADLETTER_REASON_HEADER,
@@ -388,6 +394,7 @@ async def _load_broadcast(rt: Runtime) -> None:
         auto_offset_reset="earliest",
         client_id=f"{rt.app_id}-broadcast",
         fetch_max_wait_ms=rt.cfg.fetch_wait_ms,
+        **aiokafka_kwargs(s.kafka),
     )
     while True:
         try:
@@ -461,7 +468,8 @@ def build_app(settings: Settings, cfg: StreamsConfig) -> tuple[faust.App, Runtim
     (settings.state_dir / "streams").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         app_id,
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker=faust_broker(settings.kafka_bootstrap),
+        broker_credentials=faust_credentials(settings.kafka),
         store="memory://",
         # Faust writes a small data dir even with the memory store; keep it with the other state,
         # never in whatever directory the worker was started from.
@@ -645,7 +653,9 @@ def run_worker(settings: Settings, cfg: StreamsConfig) -> None:
         # Outputs are cut to max_output_bytes; the producer must not refuse what fits.
         "message.max.bytes": max(4_000_000, cfg.max_output_bytes + 100_000),
     }
-    rt.producer = make_producer(settings.kafka_bootstrap, client_id=f"{rt.app_id}-out", **overrides)
+    rt.producer = make_producer(
+        settings.kafka_bootstrap, client_id=f"{rt.app_id}-out", security=settings.kafka, **overrides
+    )
     rt.on_fatal = _stop_self
     log.info(
         "streams worker starting",

@@ -23,8 +23,10 @@ import logging
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from plantstream.producers.kafka import aiokafka_kwargs, librdkafka_conf, make_consumer, security_or_env
 
 log = logging.getLogger("plantstream.streams")
 
@@ -39,14 +41,18 @@ def checkpoint_key(app_id: str, partition: int) -> str:
 
 def ensure_checkpoint_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 30.0) -> None:
     """Create the compacted checkpoint topic if missing (raises ConnectionError if unreachable)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    sec = security_or_env(None)
+    admin = AdminClient(librdkafka_conf(bootstrap, security=sec))
     try:
         existing = set(admin.list_topics(timeout=min(10.0, timeout)).topics)
     except KafkaException as exc:
         raise ConnectionError(f"Kafka at {bootstrap} is unreachable: {exc}") from None
     if topic in existing:
         return
-    new = NewTopic(topic, num_partitions=partitions, replication_factor=1, config={"cleanup.policy": "compact"})
+    config = {"cleanup.policy": "compact"}
+    if sec.min_insync_replicas is not None:
+        config["min.insync.replicas"] = str(sec.min_insync_replicas)
+    new = NewTopic(topic, num_partitions=partitions, replication_factor=sec.replication_factor, config=config)
     for name, fut in admin.create_topics([new]).items():
         try:
             fut.result(timeout=timeout)
@@ -58,7 +64,7 @@ def ensure_checkpoint_topic(bootstrap: str, topic: str, partitions: int, timeout
 
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: set[int]) -> dict[int, int]:
     """The group's committed offsets (partitions without a commit are absent). Blocking."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    c = make_consumer(bootstrap, {"group.id": group, "enable.auto.commit": False})
     try:
         from confluent_kafka import TopicPartition as CTP
 
@@ -86,7 +92,7 @@ async def read_checkpoints(
     if not partitions:
         return out
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50, **aiokafka_kwargs()
     )
     await consumer.start()
     try:

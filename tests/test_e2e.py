@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +90,41 @@ def count_readings(dsn: str) -> int:
         return int(row[0]) if row else 0
 
 
-def test_database_holds_exactly_what_the_simulators_emitted(settings: Settings, tmp_path: Path) -> None:
+@pytest.fixture(params=["plaintext", "tls"])
+def transport(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> Iterator[Settings]:
+    """The local broker as it is, or a private one reachable only through a real TLS terminator
+    (stunnel) with the CA configured: every client of the pipeline then speaks TLS."""
+    if request.param == "plaintext":
+        yield settings
+        return
+    from plantstream.config import KafkaSecurity
+    from plantstream.testing.tls import TlsKafka, make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    with TlsKafka(tmp_path / "tls-kafka", pki) as k:
+        yield settings.model_copy(
+            update={
+                "kafka_bootstrap": k.bootstrap,
+                "kafka": KafkaSecurity(security_protocol="SSL", ssl_ca_location=pki.ca),
+            }
+        )
+
+
+def monitor_feed_state(port: int) -> str:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            return str(json.load(resp)["kafka"])
+    except OSError:
+        return "down"
+
+
+def test_database_holds_exactly_what_the_simulators_emitted(transport: Settings, tmp_path: Path) -> None:
     from plantstream.streams.logic.units import compile_converter
 
+    settings = transport
+    monitor_port = free_port()
     pipe = Pipeline(
         settings,
         tmp_path / "run",
@@ -102,6 +135,7 @@ def test_database_holds_exactly_what_the_simulators_emitted(settings: Settings, 
         sim_ports={p: free_port() for p in PLANTS},
     )
     try:
+        pipe.start_monitor(monitor_port)  # its live feed reads the clean topics like any consumer
         # Samples only count once every edge source is subscribed; then the plants start emitting.
         pipe.run_ledgered(sim_duration=15.0)
         expected: dict[tuple[str, str, int], Any] = {}
@@ -120,6 +154,7 @@ def test_database_holds_exactly_what_the_simulators_emitted(settings: Settings, 
         wait_until(lambda: aggregate_rows(settings.dsn) > 0, 120, "closed 1 s windows in aggregates_1s", interval=1.0)
         agg_mismatch = aggregates_disagreeing_with_readings(settings.dsn)
         lots = lot_stamps(settings.dsn)
+        wait_until(lambda: monitor_feed_state(monitor_port) == "live", 60, "the monitor's live feed", interval=0.5)
     finally:
         pipe.stop()
 

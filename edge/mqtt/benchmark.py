@@ -139,7 +139,9 @@ def run(publishers: int, per_message: int, seconds: float, warmup: float, tags: 
     halt = threading.Event()
 
     def count() -> None:
-        c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "unused", "enable.auto.commit": False})
+        from plantstream.producers.kafka import librdkafka_conf
+
+        c = Consumer(librdkafka_conf(settings.kafka_bootstrap, {"group.id": "unused", "enable.auto.commit": False}))
         c.assign([TopicPartition(topics.raw, p, OFFSET_BEGINNING) for p in range(3)])
         while not halt.is_set():
             for m in c.consume(1000, timeout=0.2):

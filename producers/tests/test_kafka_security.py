@@ -34,7 +34,7 @@ def test_sasl_ssl_maps_to_both_client_libraries(tmp_path: Path) -> None:
     s = Settings.from_env(_env(tmp_path))
     sec = s.kafka
     assert (sec.replication_factor, sec.min_insync_replicas) == (3, 2)
-    conf = librdkafka_conf(s.kafka_bootstrap, sec, **{"group.id": "g"})
+    conf = librdkafka_conf(s.kafka_bootstrap, {"group.id": "g"}, security=sec)
     assert conf == {
         "bootstrap.servers": "kafka-1:9093,kafka-2:9093",
         "security.protocol": "SASL_SSL",
@@ -85,7 +85,7 @@ def test_mutual_tls_and_oauthbearer(tmp_path: Path) -> None:
         ssl_key_location=pki.key,
         ssl_check_hostname=False,
     )
-    conf = librdkafka_conf("h:9093", sec)
+    conf = librdkafka_conf("h:9093", security=sec)
     assert conf["ssl.certificate.location"] == str(pki.cert) and conf["ssl.key.location"] == str(pki.key)
     assert conf["ssl.endpoint.identification.algorithm"] == "none"
     assert aiokafka_kwargs(sec)["ssl_context"].check_hostname is False
@@ -98,7 +98,7 @@ def test_mutual_tls_and_oauthbearer(tmp_path: Path) -> None:
             "PLANTSTREAM_KAFKA_SASL_PASSWORD": SECRET,
         }
     )
-    conf = librdkafka_conf("h:9093", oauth)
+    conf = librdkafka_conf("h:9093", security=oauth)
     assert conf["sasl.oauthbearer.method"] == "oidc"
     assert conf["sasl.oauthbearer.client.id"] == "client-1" and conf["sasl.oauthbearer.client.secret"] == SECRET
     assert conf["sasl.oauthbearer.token.endpoint.url"] == "https://idp.example/token"

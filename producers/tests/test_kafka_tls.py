@@ -44,14 +44,14 @@ def test_every_client_speaks_tls_with_the_ca(tls_kafka: TlsKafka, pki: Pki) -> N
             topic,
             f"m{i}".encode(),
             key=b"k",
-            on_delivery=lambda err, msg: acked.append(msg.value()) if err is None else None,
+            on_delivery=lambda err, msg: acked.append(msg.value() or b"") if err is None else None,
         )
     assert producer.flush(30) == 0
     assert len(acked) == 50
     consumer = make_consumer(
         tls_kafka.bootstrap,
-        sec,
-        **{"group.id": f"g-{topic}", "auto.offset.reset": "earliest", "enable.auto.commit": False},
+        {"group.id": f"g-{topic}", "auto.offset.reset": "earliest", "enable.auto.commit": False},
+        security=sec,
     )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(2)])
     got: list[bytes] = []
@@ -59,7 +59,7 @@ def test_every_client_speaks_tls_with_the_ca(tls_kafka: TlsKafka, pki: Pki) -> N
     def more() -> bool:
         msg = consumer.poll(0.5)
         if msg is not None and msg.error() is None:
-            got.append(msg.value())
+            got.append(msg.value() or b"")
         return len(got) == 50
 
     wait_until(more, 60, "50 messages over TLS (librdkafka)", interval=0)

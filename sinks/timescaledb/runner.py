@@ -152,8 +152,7 @@ class SinkRunner:
         self._connect_db()
         consumer = make_consumer(
             self.settings.kafka_bootstrap,
-            self.settings.kafka,
-            **{
+            {
                 "group.id": self.group_id,
                 "client.id": f"{self.group_id}",
                 "enable.auto.commit": False,
@@ -171,6 +170,7 @@ class SinkRunner:
                 "heartbeat.interval.ms": max(1000, self.config.session_timeout_ms // 4),
                 "error_cb": self._kafka_error,
             },
+            security=self.settings.kafka,
         )
         self._consumer = consumer
         self._producer = make_producer(
