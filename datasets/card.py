@@ -5,6 +5,7 @@ Deterministic: no times of the pull, no requester; only facts of the request and
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -113,11 +114,15 @@ def render_card(
         )
     w("## Withheld tags\n")
     if plan.withheld:
-        w("These selected tags are not in this dataset because their data grade is above the requester's tier:\n")
-        w("| tag | grade | readable from tier |")
+        # Counts, never names: the card travels with the data to whoever holds the files, and a
+        # tier that may not read a tag must not learn that it exists (owners see the names in the
+        # pull record, `plantstream dataset show`).
+        counts = Counter(grade for _tag, grade in plan.withheld)
+        w("Selected tags left out of this dataset because their data grade is above the requester's tier:\n")
+        w("| grade | tags | readable from tier |")
         w("|---|---|---|")
-        for tag, grade in plan.withheld:
-            w(f"| `{tag}` | {grade} | {_lowest_tier(grade)} |")
+        for grade in sorted(counts, key=_GRADE_ORDER.index, reverse=True):
+            w(f"| {grade} | {counts[grade]} | {_lowest_tier(grade)} |")
         w("")
     else:
         w("None: every selected tag is included.\n")

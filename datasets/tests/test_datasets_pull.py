@@ -155,7 +155,9 @@ def test_public_pull_withholds_core_and_important(db: str, tmp_path: Path) -> No
     assert "mould.level" in names
     assert {w["tag"] for w in rec.withheld} == {"mould.recipe_setpoint", "mould.speed"}
     card = (tmp_path / "p" / "README.md").read_text()
-    assert "mould.recipe_setpoint" in card and "readable from tier" in card
+    # The card travels with the files: counts per grade, never the names of withheld tags.
+    assert "mould.recipe_setpoint" not in card and "mould.speed" not in card
+    assert "| core | 1 | owner |" in card and "| important | 1 | member |" in card
     assert rec.db_role == DB_ROLE[Tier.PUBLIC]
 
 
