@@ -88,6 +88,12 @@ class MonitorConfig(BaseModel):
         default=31 * 86400.0, gt=0, description="longest end - start a history request may span (422)"
     )
     history_max_points: int = Field(default=5000, ge=1, le=100_000, description="most buckets per history (400)")
+    api_max_inflight_per_token: int = Field(
+        default=6, ge=1, le=10_000, description="API requests one token may have in progress at once (429)"
+    )
+    db_pool_size: int = Field(
+        default=10, ge=1, le=200, description="database connections of the API; keep above api_max_inflight_per_token"
+    )
     api_statement_timeout_s: float = Field(
         default=15.0, gt=0, le=3600, description="statement_timeout of API queries; history over it: 422"
     )

@@ -67,6 +67,7 @@ K_METRICS = web.AppKey("metrics", Metrics)
 K_POOL: web.AppKey[ConnectionPool[Any]] = web.AppKey("pool", ConnectionPool)
 K_FEED = web.AppKey("feed", KafkaFeed)
 K_PULLS = web.AppKey("pulls", pulls.PullRunner)
+K_INFLIGHT: web.AppKey[dict[str, int]] = web.AppKey("inflight", dict)
 K_TIER = web.RequestKey("tier", Tier)
 K_WHO = web.RequestKey("who", Identity)
 audit = logging.getLogger("plantstream.monitor.audit")
@@ -759,6 +760,7 @@ async def middleware(
     status = 500
     api = request.path.startswith("/api/")
     who: Identity | None = None
+    counted: str | None = None  # the token key whose in-flight count this request holds
     outcome = "error"
     try:
         if api:
@@ -774,6 +776,21 @@ async def middleware(
                 return resp
             request[K_TIER] = who.tier
             request[K_WHO] = who
+            if route != "/api/stream":  # streams have their own caps
+                inflight = request.app[K_INFLIGHT]
+                limit = request.app[K_CONFIG].api_max_inflight_per_token
+                if inflight.get(who.key, 0) >= limit:
+                    status, outcome = 429, "refused"
+                    # One token must not hold every database connection while others wait.
+                    resp = _problem(
+                        429,
+                        "too many requests in progress for this token",
+                        f"a token may have at most {limit} API requests in progress (api_max_inflight_per_token)",
+                    )
+                    resp.headers["Retry-After"] = "1"
+                    return resp
+                inflight[who.key] = inflight.get(who.key, 0) + 1
+                counted = who.key
         try:
             if api:
                 _check_query(request)
@@ -791,11 +808,11 @@ async def middleware(
             resp = _problem(404, "not found", str(exc))
         except psycopg.errors.QueryCanceled:
             # statement_timeout: the request asked for more work than the monitor allows.
-            limit = request.app[K_CONFIG].api_statement_timeout_s
+            timeout_s = request.app[K_CONFIG].api_statement_timeout_s
             resp = _problem(
                 422,
                 "limit exceeded",
-                f"the query ran longer than {limit:g} s (api_statement_timeout_s): narrow the range or ask fewer points",
+                f"the query ran longer than {timeout_s:g} s (api_statement_timeout_s): narrow the range or ask fewer points",
                 "api_statement_timeout_s",
             )
         except (psycopg.OperationalError, PoolTimeout) as exc:
@@ -820,6 +837,12 @@ async def middleware(
         outcome = "ok" if status < 400 else "refused" if status < 500 else "error"
         return resp
     finally:
+        if counted is not None:
+            left = request.app[K_INFLIGHT][counted] - 1
+            if left:
+                request.app[K_INFLIGHT][counted] = left
+            else:
+                del request.app[K_INFLIGHT][counted]
         if route != "/api/stream":
             metrics.api_seconds.labels(route, f"{status // 100}xx").observe(time.perf_counter() - t0)
         if api:
@@ -864,6 +887,7 @@ def make_app(settings: Settings, cfg: MonitorConfig, kafka: bool = True) -> web.
     app[K_CONFIG] = cfg
     app[K_AUTH] = Authenticator(cfg)
     app[K_METRICS] = metrics
+    app[K_INFLIGHT] = {}
     app[K_HUB] = Hub(GradeBook(), cfg.client_queue, metrics)
     app[K_PULLS] = pulls.PullRunner(
         pulls.bounded_settings(settings, cfg.pull_statement_timeout_s),
@@ -895,7 +919,8 @@ async def _stop_pulls(app: web.Application) -> None:
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    pool = store.make_pool(app[K_SETTINGS].dsn, statement_timeout_s=app[K_CONFIG].api_statement_timeout_s)
+    cfg = app[K_CONFIG]
+    pool = store.make_pool(app[K_SETTINGS].dsn, cfg.db_pool_size, cfg.api_statement_timeout_s)
     pool.open(wait=False)
     app[K_POOL] = pool
     refresher = asyncio.create_task(_refresh_grades(app))

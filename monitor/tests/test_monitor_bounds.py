@@ -292,5 +292,45 @@ def test_example_config_states_the_default_bounds() -> None:
     default = MonitorConfig()
     keys = [k for k in MonitorConfig.model_fields if k.startswith(("sse_", "history_", "pull_max", "max_pulls"))]
     assert len(keys) == 7 and "pull_statement_timeout_s" not in keys
-    for key in [*keys, "pull_statement_timeout_s", "api_statement_timeout_s"]:
+    for key in [
+        *keys,
+        "pull_statement_timeout_s",
+        "api_statement_timeout_s",
+        "api_max_inflight_per_token",
+        "db_pool_size",
+    ]:
         assert getattr(example, key) == getattr(default, key), key
+
+
+def test_requests_in_progress_capped_per_token(pulling: Served, settings: Settings, tmp_path: Path) -> None:
+    """A token holding api_max_inflight_per_token requests gets 429 for one more; others are served.
+    The held request is a pull POST whose (stubbed) pull has not begun, so the POST waits
+    (``pulling`` loads the tags the POST's checks read)."""
+    import threading
+
+    from plantstream.datasets.models import PullRecord
+    from plantstream.monitor import pulls
+    from plantstream.monitor.web import K_PULLS
+
+    release = threading.Event()
+
+    def held(*_a: Any, **_kw: Any) -> PullRecord:
+        assert release.wait(30)
+        raise RuntimeError("stub: never a real pull")
+
+    app = make_app(settings, MonitorConfig(tokens=TOKENS, anonymous_tier="none", api_max_inflight_per_token=1), False)
+    app[K_PULLS] = pulls.PullRunner(settings, tmp_path / "ds", run=held)
+    with ServerThread(app) as s:
+        answer: list[Any] = []
+        poster = threading.Thread(target=lambda: answer.append(s.post("/api/dataset-pulls", _pull(), OWNER)))
+        poster.start()
+        try:
+            wait_until(lambda: app[K_PULLS].running == 1, 10, "the held pull POST")
+            status, problem = s.get("/api/me", OWNER)
+            assert status == 429 and "api_max_inflight_per_token" in problem["detail"]
+            assert s.get("/api/me", PUBLIC)[0] == 200  # another token is served meanwhile
+        finally:
+            release.set()
+            poster.join(30)
+        assert answer and answer[0][0] == 500 and "RuntimeError" in answer[0][1]["detail"]
+        assert s.get("/api/me", OWNER)[0] == 200  # the slot is given back
