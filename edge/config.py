@@ -51,7 +51,8 @@ class TagDefaults(_Strict):
 
     unit: str = ""
     datatype: Literal["float", "int", "bool", "str"] = "float"
-    grade: Grade = Grade.GENERAL
+    # Fail closed: unstated grades are core; a site lowers this on purpose, per file.
+    grade: Grade = Grade.CORE
 
 
 class TagBase(_Strict):

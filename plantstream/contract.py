@@ -149,7 +149,8 @@ class TagMeta:
     lo: float | None = None  # engineering range
     hi: float | None = None
     roc_limit: float | None = None  # max |d value / d t| per second, where configured
-    grade: Grade = Grade.GENERAL
+    # Fail closed: a tag whose grade was never stated is core (GB/T 43697-2024's strictest).
+    grade: Grade = Grade.CORE
     description: str = ""
     source_address: str = ""  # node id or topic, for operators
     spec_property: str = ""  # material-spec property this tag is checked against, if any

@@ -409,7 +409,7 @@ def decode_tag_meta(data: bytes) -> TagMeta:
         raise CodecError("tag metadata body must be a map")
     try:
         kw = {f: body[f] for f in _TAG_FIELDS if f in body}
-        kw["grade"] = Grade(kw.get("grade", "general"))
+        kw["grade"] = Grade(kw.get("grade", "core"))  # unstated: core (fail closed)
         return TagMeta(**kw)
     except (KeyError, ValueError, TypeError) as exc:
         raise CodecError(f"bad tag metadata: {exc!r}") from None
