@@ -57,16 +57,6 @@ CONTENT_TYPES = {
 }
 
 
-CARD = "README.md"  # the dataset card: it lists withheld tags by name (datasets/card.py)
-
-
-def card_withheld(rec: PullRecord, viewer: Tier, path: str) -> bool:
-    """Is ``path`` the card of a pull that left tags out, asked for by a tier below owner? Such a
-    card names tags the viewer may not know exist, so it is not served to them (fail closed until
-    the card itself gives counts only)."""
-    return path == CARD and bool(rec.withheld) and viewer is not Tier.OWNER
-
-
 class Busy(Exception):
     """Every pull slot of this monitor (or of this token) is taken; the message says which."""
 
@@ -309,9 +299,7 @@ def status_of_record(rec: PullRecord, root: Path, url_prefix: str, viewer: Tier 
                 sha256=f.sha256,
                 bytes=f.bytes,
                 rows=f.rows,
-                url=f"{url_prefix}/{rec.id}/files/{f.path}"
-                if held and not card_withheld(rec, viewer, f.path)
-                else None,
+                url=f"{url_prefix}/{rec.id}/files/{f.path}" if held else None,
             )
             for f in rec.files
         ],
@@ -330,11 +318,10 @@ def files_dir(rec: PullRecord, root: Path) -> Path | None:
     return loc if loc != base and loc.is_relative_to(base) and loc.is_dir() else None
 
 
-def file_of(rec: PullRecord, root: Path, rel: str, viewer: Tier = Tier.PUBLIC) -> tuple[Path, str, str] | None:
+def file_of(rec: PullRecord, root: Path, rel: str) -> tuple[Path, str, str] | None:
     """(absolute path, content type, sha256) of a file the record lists, inside the pull's
-    directory under ``root``; None for anything else (unlisted, traversal, outside the root, a
-    card naming tags withheld from ``viewer``)."""
-    if rec.status != "complete" or card_withheld(rec, viewer, rel):
+    directory under ``root``; None for anything else (unlisted, traversal, outside the root)."""
+    if rec.status != "complete":
         return None
     entry = next((f for f in rec.files if f.path == rel), None)
     loc = files_dir(rec, root)

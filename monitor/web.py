@@ -401,7 +401,7 @@ async def h_pull_status(request: web.Request) -> web.Response:
 async def h_pull_file(request: web.Request) -> web.StreamResponse:
     """A file of a finished pull, streamed; only files its record lists, only under datasets_dir."""
     rec = await _visible_record(request, _pull_id(request))
-    found = pulls.file_of(rec, request.app[K_PULLS].root, request.match_info["path"], _who(request).tier)
+    found = pulls.file_of(rec, request.app[K_PULLS].root, request.match_info["path"])
     if found is None:
         raise ApiError(404, "not found", "no such file in this pull (or the pull is not done)")
     path, ctype, sha = found

@@ -220,10 +220,10 @@ def test_withheld_answers_exactly_like_absent(hostile: tuple[Served, dict[str, A
     a = client.send("GET", f"/api/dataset-pulls/{pulls['owner']['id']}")
     b = client.send("GET", "/api/dataset-pulls/999999")
     assert a[0] == b[0] == 404 and a[2] == b[2]
-    # The public pull's card names what was withheld: not served to the public tier.
+    # The public pull's own card is served and counts what was withheld without naming it.
     card = client.send("GET", f"/api/dataset-pulls/{pulls['public']['id']}/files/README.md")
-    absent = client.send("GET", f"/api/dataset-pulls/{pulls['public']['id']}/files/NOPE.md")
-    assert card[0] == absent[0] == 404 and card[2] == absent[2]
+    assert card[0] == 200 and b"| core | 2 |" in card[2]
+    assert_clean("the public pull's card", card[2])
 
 
 def test_live_stream_filters_every_event(hostile: tuple[Served, dict[str, Any]]) -> None:
