@@ -208,6 +208,23 @@ def certs_list(pki_dir: Path | None) -> None:
 @click.option("--equipment-prefix", default="", help="ISA-95 levels above the server's object tree")
 @click.option("--username", default=None)
 @click.option("--password-env", default=None, help="environment variable holding the password (never a flag)")
+@click.option(
+    "--security-policy",
+    "policy",
+    type=click.Choice(["auto", "None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]),
+    default="auto",
+    show_default=True,
+    help="auto: the strongest endpoint the server offers for this identity",
+)
+@click.option(
+    "--security-mode",
+    "sec_mode",
+    type=click.Choice(["auto", "None", "Sign", "SignAndEncrypt"]),
+    default="auto",
+    show_default=True,
+)
+@click.option("--pki-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="default: the agent's")
+@click.option("--trust-all-servers", is_flag=True, help="accept any server certificate (commissioning only)")
 @click.option("--timeout", default=10.0, show_default=True, type=float)
 def browse_cmd(
     endpoint: str,
@@ -221,17 +238,26 @@ def browse_cmd(
     equipment_prefix: str,
     username: str | None,
     password_env: str | None,
+    policy: str,
+    sec_mode: str,
+    pki_dir: Path | None,
+    trust_all_servers: bool,
     timeout: float,
 ) -> None:
-    """Walk an OPC-UA server (security None) and write a tag config the agent accepts as is."""
+    """Walk an OPC-UA server (with the same security as the agent: auto by default) and write a
+    tag config the agent accepts as is, with the security it used."""
     import asyncio
     import os
     import re
 
     import yaml
+    from asyncua.ua.uaerrors import UaError
+    from pydantic import ValidationError
 
-    from plantstream.edge.config import dump_dict
+    from plantstream.config import Settings
+    from plantstream.edge.config import OpcuaSecurity, dump_dict
     from plantstream.edge.opcua.browse import browse, to_config
+    from plantstream.edge.opcua.secure import NoUsableEndpoint, secure
 
     if name_filter is not None:
         try:
@@ -239,23 +265,34 @@ def browse_cmd(
         except re.error as exc:
             raise click.BadParameter(f"not a regular expression: {exc}", param_hint="--name-filter") from None
     password = os.environ.get(password_env, "") if password_env else None
+    try:
+        sec = OpcuaSecurity.model_validate(
+            {"policy": policy, "mode": sec_mode, "pki_dir": pki_dir, "trust_all_servers": trust_all_servers}
+        )
+    except ValidationError as exc:
+        raise click.BadParameter(exc.errors()[0]["msg"], param_hint="--security-policy/--security-mode") from None
+    chosen: list[str] = []
 
     async def walk() -> Any:
         from asyncua.client.client import Client
 
         client = Client(endpoint, timeout=timeout)
-        if username:
-            client.set_user(username)
-            client.set_password(password or "")
+        choice = await secure(client, sec, username, password, Settings.from_env().state_dir, endpoint)
+        chosen.append(str(choice))
+        click.echo(f"plantstream: browsing {endpoint} with security {choice}", err=True)
         async with client:
             return await browse(client, depth, name_filter, node_classes)
 
     try:
         result = asyncio.run(walk())
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, NoUsableEndpoint, UaError) as exc:
         click.echo(f"plantstream: cannot browse {endpoint}: {exc}", err=True)
         sys.exit(1)
     extra: dict[str, Any] = {"username": username} if username else {}
+    if chosen and chosen[0] != "None":
+        # The generated file pins what worked, so the agent does not depend on the server's ranking.
+        pol, _, mod = chosen[0].partition("/")
+        extra["security"] = {"policy": pol, "mode": mod, **({"pki_dir": str(pki_dir)} if pki_dir else {})}
     try:
         cfg = to_config(result, endpoint, plant, agent_id, source_id, equipment_prefix, extra)
     except ValueError as exc:

@@ -112,10 +112,14 @@ SecurityPolicyName = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", 
 
 
 class OpcuaSecurity(_Strict):
-    """Secure channel. Certificates default to the PKI directory ``plantstream edge certs`` manages."""
+    """Secure channel. Certificates default to the PKI directory ``plantstream edge certs`` manages.
+    ``auto`` (the default) takes the strongest endpoint the server offers for the configured
+    identity and says which; None only when the server offers nothing else (edge/opcua/secure.py)."""
 
-    policy: SecurityPolicyName = "None"
-    mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
+    policy: Literal["auto"] | SecurityPolicyName = Field(
+        "auto", description="auto: the strongest the server offers; None only when asked for or the only one"
+    )
+    mode: Literal["auto", "None", "Sign", "SignAndEncrypt"] = "auto"
     pki_dir: Path | None = Field(None, description="default: $PLANTSTREAM_STATE_DIR/edge/pki")
     certificate: Path | None = Field(None, description="client certificate (DER/PEM); default <pki_dir>/own/cert.der")
     private_key: Path | None = Field(None, description="client key (PEM); default <pki_dir>/own/key.pem")
@@ -125,6 +129,8 @@ class OpcuaSecurity(_Strict):
 
     @model_validator(mode="after")
     def _pair(self) -> OpcuaSecurity:
+        if (self.policy == "auto") != (self.mode == "auto"):
+            raise ValueError("policy auto goes with mode auto (the server's strongest endpoint decides both)")
         if (self.policy == "None") != (self.mode == "None"):
             raise ValueError("policy None goes with mode None, and a security policy needs mode Sign or SignAndEncrypt")
         return self

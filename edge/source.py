@@ -123,6 +123,7 @@ class SourceStatus:
     deadletters: int = 0
     duplicates_dropped: int = 0  # redelivered copies of committed readings
     last_error: str = ""
+    security: str = ""  # what the secure channel is (OPC-UA: the policy/mode auto chose)
     last_reading_us: int | None = None
     failing: dict[str, str] = field(default_factory=dict)  # node/tag -> why
     events: dict[str, int] = field(default_factory=dict)  # protocol events (e.g. Sparkplug seq gaps)

@@ -31,7 +31,6 @@ from typing import Any
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subscription
-from asyncua.crypto import security_policies as sp
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaStatusCodeError
@@ -40,7 +39,7 @@ from plantstream.config import Settings
 from plantstream.contract import Origin, Quality, Value
 from plantstream.edge.batcher import Sample
 from plantstream.edge.config import OpcuaSource, OpcuaTag
-from plantstream.edge.opcua.pki import OWN_CERT, OWN_KEY, ServerTrust, application_uri, default_pki_dir, load_cert
+from plantstream.edge.opcua.secure import secure
 from plantstream.edge.source import DeadLetter, Delivery, Inbox, Source, now_us
 from plantstream.edge.vet import DEFAULT_LIMITS, Limits, Uncarriable, vet
 from plantstream.log import Throttle
@@ -79,13 +78,6 @@ def status_name(code: int) -> str:
         return str(ua.StatusCode(ua.UInt32(code)).name)
     except Exception:
         return f"0x{code:08X}"
-
-
-POLICIES: dict[str, type[sp.SecurityPolicy]] = {
-    "Basic256Sha256": sp.SecurityPolicyBasic256Sha256,
-    "Aes128_Sha256_RsaOaep": sp.SecurityPolicyAes128Sha256RsaOaep,
-    "Aes256_Sha256_RsaPss": sp.SecurityPolicyAes256Sha256RsaPss,
-}
 
 
 @dataclass(slots=True)
@@ -174,37 +166,17 @@ class OpcuaSourceRunner(Source):  # type: ignore[misc]  # Source is Any to mypy:
             backoff = min(backoff * 2, self.cfg.reconnect.max_s)
 
     async def _secure(self, client: Client) -> None:
-        """Identity and secure channel for a new client (before connect). Certificate problems
-        raise, so the connect loop reports them and retries with backoff."""
-        if self.cfg.username:
-            client.set_user(self.cfg.username)
-            client.set_password(self.cfg.password.get_secret_value() if self.cfg.password else "")
-        sec = self.cfg.security
-        if sec.policy == "None":
-            return
-        pki = sec.pki_dir or default_pki_dir(self.state_dir)
-        cert_path = sec.certificate or pki / OWN_CERT
-        key_path = sec.private_key or pki / OWN_KEY
-        if not cert_path.is_file() or not key_path.is_file():
-            raise FileNotFoundError(
-                f"client certificate {cert_path} or key {key_path} missing; run `plantstream edge certs create`"
-            )
-        uri = application_uri(load_cert(cert_path))
-        if uri:
-            client.application_uri = uri  # must equal the certificate's URI or servers refuse the session
-        if sec.trust_all_servers:
-            if self._throttle.should("trust_all") >= 0:
-                log.warning(
-                    "opcua: trust_all_servers is set; server certificates are not checked",
-                    extra={"kv": {"source": self.id}},
-                )
-        else:
-            validator = ServerTrust(pki)
-            await validator.load()
-            client.certificate_validator = validator
-        await client.set_security(
-            POLICIES[sec.policy], str(cert_path), str(key_path), mode=getattr(ua.MessageSecurityMode, sec.mode)
+        """Identity and secure channel for a new client (before connect; see secure.py).
+        Certificate problems raise, so the connect loop reports them and retries with backoff."""
+        choice = await secure(
+            client,
+            self.cfg.security,
+            self.cfg.username,
+            self.cfg.password.get_secret_value() if self.cfg.password else None,
+            self.state_dir,
+            self.id,
         )
+        self.status.security = str(choice)
 
     # --- subscription mode ------------------------------------------------------------------------
 

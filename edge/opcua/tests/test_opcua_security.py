@@ -223,3 +223,88 @@ def test_policies_and_modes_and_wrong_password(
     assert connected is connects
     if not connects:
         assert "BadUserAccessDenied" in error or "BadIdentityToken" in error, error
+
+
+@pytest.mark.parametrize("certs", [True, False])
+def test_security_auto_takes_the_strongest_endpoint_or_refuses_without_a_certificate(
+    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, certs: bool
+) -> None:
+    """The server offers six secure endpoints and no None: auto picks Aes256_Sha256_RsaPss with
+    SignAndEncrypt and says so; without a client certificate it refuses, never downgrades."""
+    pki = tmp_path / "pki"
+    scert, skey = _server_cert(tmp_path)
+    if certs:
+        create_client_certificate(pki)
+        (pki / "trusted").mkdir(exist_ok=True)
+        (pki / "trusted" / "server.der").write_bytes(scert.read_bytes())
+    port = free_port()
+    cfg = _cfg(port, pki, tmp_path, "auto", "auto")
+    settings = Settings.model_validate(
+        {"kafka_bootstrap": kafka_bootstrap, "topic_prefix": topic_prefix, "partitions": 2, "state_dir": tmp_path}
+    )
+
+    async def main() -> tuple[bool, str, str]:
+        server, _var = await _server(port, scert, skey)
+        agent = Agent(cfg, settings)
+        task = asyncio.create_task(agent.run(install_signals=False))
+        src = agent.sources[0]
+        try:
+            if certs:
+                await _until(lambda: src.status.connected, 20, "auto connected")
+            else:
+                await _until(lambda: src.status.last_error, 20, "refusal")
+            return src.status.connected, src.status.security, src.status.last_error
+        finally:
+            agent.request_stop()
+            await asyncio.wait_for(task, 20)
+            await server.stop()
+
+    connected, security, error = asyncio.run(main())
+    if certs:
+        assert connected and security == "Aes256_Sha256_RsaPss/SignAndEncrypt"
+    else:
+        assert not connected and security == ""
+        assert "needs the client certificate" in error and "plantstream edge certs create" in error, error
+
+
+def test_browse_a_server_that_refuses_security_none(tmp_path: Path) -> None:
+    """`edge browse` walks a secured server with the agent's security (auto), and the file it
+    writes pins what worked and passes `edge check`."""
+    pki = tmp_path / "pki"
+    create_client_certificate(pki)
+    scert, skey = _server_cert(tmp_path)
+    (pki / "trusted").mkdir(exist_ok=True)
+    (pki / "trusted" / "server.der").write_bytes(scert.read_bytes())
+    port = free_port()
+    out = tmp_path / "browsed.yaml"
+    env = {**os.environ, "PLANTSTREAM_LOG_FORMAT": "text", "OPCUA_PW": "s3cret"}
+
+    def browse(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "plantstream.cli", "edge", "browse", f"opc.tcp://127.0.0.1:{port}/sec/",
+             "--username", "operator", "--password-env", "OPCUA_PW", "--pki-dir", str(pki), *extra],
+            capture_output=True, text=True, timeout=60, env=env, check=False,
+        )  # fmt: skip
+
+    async def main() -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+        server, _var = await _server(port, scert, skey)
+        try:
+            ok = await asyncio.to_thread(browse, "--out", str(out))
+            plain = await asyncio.to_thread(browse, "--security-policy", "None", "--security-mode", "None")
+            return ok, plain
+        finally:
+            await server.stop()
+
+    ok, plain = asyncio.run(main())
+    assert ok.returncode == 0, ok.stderr
+    assert "with security Aes256_Sha256_RsaPss/SignAndEncrypt" in ok.stderr
+    text = out.read_text()
+    assert "press.force" in text and "policy: Aes256_Sha256_RsaPss" in text and "mode: SignAndEncrypt" in text
+    assert "s3cret" not in text + ok.stderr + ok.stdout
+    check = subprocess.run(
+        [sys.executable, "-m", "plantstream.cli", "edge", "check", "--config", str(out)],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stderr + check.stdout
+    # Asked for None explicitly, against a server that offers no None endpoint: refused, named.
+    assert plain.returncode == 1 and "cannot browse" in plain.stderr
