@@ -5,7 +5,6 @@ Deterministic: no times of the pull, no requester; only facts of the request and
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -117,7 +116,7 @@ def render_card(
         # Counts, never names: the card travels with the data to whoever holds the files, and a
         # tier that may not read a tag must not learn that it exists (owners see the names in the
         # pull record, `plantstream dataset show`).
-        counts = Counter(grade for _tag, grade in plan.withheld)
+        counts = dict(plan.withheld)
         w("Selected tags left out of this dataset because their data grade is above the requester's tier:\n")
         w("| grade | tags | readable from tier |")
         w("|---|---|---|")

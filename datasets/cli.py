@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -102,12 +101,8 @@ def pull_cmd(request_file: Path | None, requester: str | None, tier: str, out: P
         _fail("(option)", str(exc).splitlines()[0])
         return
     click.echo(f"\npull {rec.id}: {rec.status}, snapshot {rec.snapshot}, {rec.rows} rows -> {rec.location}", err=True)
-    if rec.withheld:
-        if tier == Tier.OWNER.value:
-            shown = ", ".join(w["tag"] for w in rec.withheld)
-        else:  # a lower tier learns how many, not which (fail closed, as everywhere)
-            counts = Counter(w["grade"] for w in rec.withheld)
-            shown = ", ".join(f"{n} {g}" for g, n in sorted(counts.items()))
+    if rec.withheld:  # how many, never which (a tier cannot see the names: migration 0008)
+        shown = ", ".join(f"{w['count']} {w['grade']}" for w in rec.withheld)
         click.echo(f"withheld (grade above tier {tier}): {shown}", err=True)
     click.echo(rec.location)
 

@@ -214,7 +214,7 @@ class PullRecord(BaseModel):
     files: list[FileEntry]
     rows: int | None
     cells: int | None
-    withheld: list[dict[str, str]]
+    withheld: list[dict[str, Any]]  # [{grade, count}]; records before migration 0008 hold {tag, grade}
     error: str | None
 
 

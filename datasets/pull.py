@@ -101,7 +101,7 @@ class LotInfo:
 @dataclass
 class Plan:
     tags: list[SourceTag]
-    withheld: list[tuple[str, str]]  # (tag, grade)
+    withheld: list[tuple[str, int]]  # (grade, how many tags): never names (migration 0008)
     lots: dict[int, LotInfo] = field(default_factory=dict)
     lot_rows: dict[int, int] = field(default_factory=dict)  # lot id -> readings in range
     allowed: set[int] | None = None  # rows of other lots (and rows without a lot) are left out
@@ -116,6 +116,8 @@ class Plan:
 
 def resolve(conn: psycopg.Connection[Any], req: PullRequest) -> Plan:
     """Check the request against the database (as the tier role) and plan the pull."""
+    # The catalog lists only what this tier may read: a withheld tag is, here too, indistinguishable
+    # from an absent one (migration 0008), so naming one gives the unknown-tag answer.
     catalog = conn.execute(
         "SELECT id, tag, equipment, grade FROM ds_tag_catalog WHERE plant = %s ORDER BY tag", (req.plant,)
     ).fetchall()
@@ -132,8 +134,16 @@ def resolve(conn: psycopg.Connection[Any], req: PullRequest) -> Plan:
         if unknown:
             raise RequestError("tags", f"unknown tag(s) {unknown} in plant {req.plant!r}" + _scope(req))
         selected = [by_name[t] for t in req.tags]
+        withheld: list[tuple[str, int]] = []  # a named selection withholds nothing it could name
     else:
         selected = list(catalog)
+        withheld = [
+            (str(g), int(n))
+            for g, n in conn.execute(
+                "SELECT grade, tags FROM ds_withheld_counts(%s, %s, ps_readable_grades())",
+                (req.plant, req.equipment or None),
+            ).fetchall()
+        ]
     names = {str(r[1]) for r in selected}
     bad_gaps = sorted(set(req.tag_gaps) - names)
     if bad_gaps:
@@ -143,12 +153,8 @@ def resolve(conn: psycopg.Connection[Any], req: PullRequest) -> Plan:
         ([int(r[0]) for r in selected],),
     ).fetchall()
     tags = [SourceTag(*r) for r in readable]
-    got = {t.tag for t in tags}
-    withheld = sorted((str(r[1]), str(r[3])) for r in selected if str(r[1]) not in got)
     if not tags:
-        raise RequestError(
-            "tags", f"none of the {len(selected)} selected tag(s) may be read at this tier (grades withheld)"
-        )
+        raise RequestError("tags", f"none of the {len(selected)} selected tag(s) may be read at this tier")
     for t in tags:
         g = req.gap_for(t.tag)
         if g.rule == "linear" and t.datatype != "float":
@@ -401,7 +407,7 @@ def pull(
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 tune_for_windows(conn)  # resolve's lot counts scan the range too
                 plan = resolve(conn, req)
-                withheld = [{"tag": t, "grade": g} for t, g in plan.withheld]
+                withheld = [{"grade": g, "count": n} for g, n in plan.withheld]
                 if on_resolved is not None:
                     on_resolved(plan)
                 if out is None and out_root is not None:

@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -267,16 +267,14 @@ def status_of_job(job: PullJob) -> M.DatasetPullStatus:
     )
 
 
-def withheld_for(withheld: list[dict[str, str]], viewer: Tier) -> list[M.WithheldGrade]:
-    """What was left out, per grade: counts for everyone, names for owners only (a lower tier
-    must not learn the names of tags it may not read; how many there are is not withheld)."""
-    by_grade: dict[str, list[str]] = {}
+def withheld_for(withheld: list[dict[str, Any]]) -> list[M.WithheldGrade]:
+    """What was left out, per grade: counts only. A pull's tier cannot see the names (migration
+    0008), so they are not recorded; records made before it held one entry per tag, counted here."""
+    counts: dict[str, int] = {}
     for w in withheld:
-        by_grade.setdefault(w.get("grade", "core"), []).append(w.get("tag", ""))
-    return [
-        M.WithheldGrade(grade=g, count=len(names), tags=sorted(names) if viewer is Tier.OWNER else None)
-        for g, names in sorted(by_grade.items())
-    ]
+        grade = str(w.get("grade", "core"))
+        counts[grade] = counts.get(grade, 0) + int(w.get("count", 1))
+    return [M.WithheldGrade(grade=g, count=n, tags=None) for g, n in sorted(counts.items())]
 
 
 def status_of_record(rec: PullRecord, root: Path, url_prefix: str, viewer: Tier = Tier.PUBLIC) -> M.DatasetPullStatus:
@@ -305,7 +303,7 @@ def status_of_record(rec: PullRecord, root: Path, url_prefix: str, viewer: Tier 
         ],
         rows=rec.rows,
         cells=rec.cells,
-        withheld=withheld_for(rec.withheld, viewer),
+        withheld=withheld_for(rec.withheld),
         error=rec.error,
     )
 

@@ -153,12 +153,26 @@ def test_public_pull_withholds_core_and_important(db: str, tmp_path: Path) -> No
     names = set(table(tmp_path / "p").column_names)
     assert "mould.recipe_setpoint" not in names and "mould.speed" not in names
     assert "mould.level" in names
-    assert {w["tag"] for w in rec.withheld} == {"mould.recipe_setpoint", "mould.speed"}
+    assert rec.withheld == [{"grade": "core", "count": 1}, {"grade": "important", "count": 1}]
     card = (tmp_path / "p" / "README.md").read_text()
     # The card travels with the files: counts per grade, never the names of withheld tags.
     assert "mould.recipe_setpoint" not in card and "mould.speed" not in card
     assert "| core | 1 | owner |" in card and "| important | 1 | member |" in card
     assert rec.db_role == DB_ROLE[Tier.PUBLIC]
+
+
+def test_a_withheld_tag_named_by_a_lower_tier_is_an_unknown_tag(db: str, tmp_path: Path) -> None:
+    """Indistinguishable from absent (migration 0008): the same answer, word for word."""
+    answers = {}
+    for tag in ("mould.speed", "mould.no_such_tag"):  # important (withheld from public), absent
+        with pytest.raises(RequestError) as err:
+            pull(db, request(tags=["mould.level", tag]), PUBLIC, out=tmp_path / tag)
+        answers[tag] = (err.value.field, err.value.message.replace(tag, "X"))
+    assert answers["mould.speed"] == answers["mould.no_such_tag"]
+    assert answers["mould.speed"][0] == "tags" and "unknown tag" in answers["mould.speed"][1]
+    # The owner names it and gets it.
+    rec = pull(db, request(tags=["mould.level", "mould.speed"]), OWNER, out=tmp_path / "owner")
+    assert rec.status == "complete" and rec.withheld == []
 
 
 @pytest.mark.parametrize(
