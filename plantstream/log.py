@@ -17,6 +17,21 @@ from typing import Any
 _SECRET = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)|((?:password|passwd|secret|token)\s*[=:]\s*)(\S+)", re.I)
 
 
+_SECRET_KEY = re.compile(r"pass(word|wd)?$|secret|token|credential|private_key|jaas", re.I)
+
+
+def redact_value(key: str, value: Any) -> Any:
+    """A structured field, masked: whole values under secret-looking keys, URLs and ``password=``
+    pairs inside strings, recursively through dicts and lists (a config dumped into a log line)."""
+    if isinstance(value, str):
+        return "***" if _SECRET_KEY.search(key) and value else redact(value)
+    if isinstance(value, dict):
+        return {k: redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_value(key, v) for v in value]
+    return value
+
+
 def redact(text: str) -> str:
     def sub(m: re.Match[str]) -> str:
         if m.group(1):
@@ -36,7 +51,7 @@ class JsonFormatter(logging.Formatter):
         }
         kv = getattr(record, "kv", None)
         if kv:
-            out.update({k: redact(v) if isinstance(v, str) else v for k, v in kv.items()})
+            out.update({k: redact_value(k, v) for k, v in kv.items()})
         if record.exc_info:
             out["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(out, default=str)
@@ -45,7 +60,7 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         kv = getattr(record, "kv", None) or {}
-        extra = " ".join(f"{k}={v}" for k, v in kv.items())
+        extra = " ".join(f"{k}={redact_value(k, v)}" for k, v in kv.items())
         line = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname[0]} {record.name}: {record.getMessage()}"
         if extra:
             line += " " + extra

@@ -77,3 +77,27 @@ def test_cli_exits_2_on_bad_environment() -> None:
     )
     assert out.returncode == 2, out.stderr
     assert "PLANTSTREAM_PARTITIONS" in out.stderr
+
+
+def test_log_lines_never_carry_a_credential() -> None:
+    """Both formats mask secrets in the message, in structured fields (by key and by content) and
+    inside nested values, e.g. a librdkafka config or an OPC-UA endpoint with user info."""
+    import logging
+
+    from plantstream.log import JsonFormatter, TextFormatter
+
+    kv = {
+        "endpoint": "opc.tcp://operator:pl4nt-pw@plc:4840/ua",
+        "sasl.password": "k4fka-pw",
+        "conf": {"sasl.username": "edge-steel", "sasl.password": "k4fka-pw", "bootstrap.servers": "k:9092"},
+        "dsns": ["postgresql://u:db-pw@h/db"],
+        "token": "tok-abc",
+        "count": 3,
+    }
+    rec = logging.LogRecord("t", logging.WARNING, __file__, 1, "connect mqtt://u:mq-pw@h:1883 failed", None, None)
+    rec.kv = kv
+    for fmt in (JsonFormatter(), TextFormatter()):
+        line = fmt.format(rec)
+        for secret in ("pl4nt-pw", "k4fka-pw", "db-pw", "mq-pw", "tok-abc"):
+            assert secret not in line, (type(fmt).__name__, line)
+        assert "edge-steel" in line and "k:9092" in line and "3" in line  # what is not secret stays
