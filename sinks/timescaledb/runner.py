@@ -59,6 +59,10 @@ NEWEST_SOURCE = Gauge(
 LAG = Gauge("plantstream_consumer_lag", "Records in assigned partitions not yet consumed", ["topic"])
 DEAD = Counter("plantstream_deadletters_total", "Records sent to the dead-letter topic", ["stage", "reason"])
 DB_ERRORS = Counter("plantstream_sink_db_unavailable_total", "Flushes that failed because the database was unreachable")
+VALUE_CONFLICTS = Counter(
+    "plantstream_sink_value_conflicts_total",
+    "Readings at a stored (tag, time) with another value or quality: first kept, the other in reading_conflicts",
+)
 
 
 class SinkConfig(BaseModel):
@@ -354,6 +358,7 @@ class SinkRunner:
         ROWS.labels("readings").inc(stats.readings)
         ROWS.labels("aggregates").inc(stats.aggregates)
         ROWS.labels("context").inc(stats.other)
+        VALUE_CONFLICTS.inc(stats.value_conflicts)
         BATCHES.inc()
         if dead and not self._publish_dead_letters(dead):
             return  # stopping before the broker took them: do not commit, they come back

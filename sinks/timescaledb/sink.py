@@ -266,6 +266,22 @@ FROM ps_stage_readings
 ON CONFLICT (tag_id, time) DO NOTHING
 """
 
+# Rows of the staging table whose key was already stored with another value or quality: kept in
+# reading_conflicts (migration 0009), never dropped silently. First value wins in readings.
+_RECORD_CONFLICTS = f"""
+INSERT INTO reading_conflicts (tag_id, time, incoming_seq, stored, incoming)
+SELECT s.tag_id, r.time, s.seq,
+       jsonb_build_object('value', COALESCE(to_jsonb(r.v_float), to_jsonb(r.v_int), to_jsonb(r.v_bool), to_jsonb(r.v_text)),
+                          'quality', r.quality, 'seq', r.seq),
+       jsonb_build_object('value', COALESCE(to_jsonb(s.v_float), to_jsonb(s.v_int), to_jsonb(s.v_bool), to_jsonb(s.v_text)),
+                          'quality', s.quality, 'seq', s.seq)
+FROM ps_stage_readings s
+JOIN readings r ON r.tag_id = s.tag_id AND r.time = {_TS.format("s.ts_us")}
+WHERE r.seq IS DISTINCT FROM s.seq
+  AND (r.v_float, r.v_int, r.v_bool, r.v_text, r.quality) IS DISTINCT FROM (s.v_float, s.v_int, s.v_bool, s.v_text, s.quality)
+ON CONFLICT (tag_id, time, incoming_seq) DO NOTHING
+"""
+
 _INSERT_AGGREGATES = f"""
 INSERT INTO {{table}} AS a (tag_id, start, count, bad_count, min, max, mean, last, stddev, twa, lot_id)
 SELECT DISTINCT ON (tag_id, start_us)
@@ -288,6 +304,7 @@ class FlushStats:
     other: int = 0
     dead_letters: int = 0
     seconds: float = 0.0
+    value_conflicts: int = 0  # readings kept aside in reading_conflicts (same key, other value)
 
 
 def canonical_meta(m: TagMeta) -> TagMeta:
@@ -319,6 +336,8 @@ class PostgresSink:
         self._fast_probe_in = 0
         self._fast_probe_backoff = 1
         self.direct_conflicts = 0  # direct COPYs undone by a key already present
+        self.value_conflicts = 0  # readings not stored because their key held another value (kept aside)
+        self._flush_conflicts = 0
         self.last = FlushStats()
 
     # -- Sink protocol --------------------------------------------------------------------------
@@ -365,6 +384,7 @@ class PostgresSink:
         units = [_Unit(r, 0, _rows(r)) for r in sorted(self._staged, key=lambda r: order[r.kind])]
         units = [u for u in units if u.hi > u.lo]
         dead: list[DeadLetter] = []
+        self._flush_conflicts = 0
         try:
             self._ensure_partitions(conn, units)
             self._reg.push()
@@ -379,7 +399,10 @@ class PostgresSink:
             self._reg.discard_pending()
             raise
         out = self._dead + dead
-        stats = FlushStats(dead_letters=len(out), seconds=time.perf_counter() - t0)
+        stats = FlushStats(
+            dead_letters=len(out), seconds=time.perf_counter() - t0, value_conflicts=self._flush_conflicts
+        )
+        self.value_conflicts += self._flush_conflicts
         for r in self._staged:
             if r.kind == "readings":
                 stats.readings += len(r.payload)
@@ -423,11 +446,13 @@ class PostgresSink:
 
     def _attempt(self, conn: psycopg.Connection[Any], units: list[_Unit], dead: list[DeadLetter]) -> None:
         self._reg.push()
+        conflicts_before = self._flush_conflicts
         try:
             with conn.transaction():  # a savepoint inside the flush transaction
                 self._write_units(conn, units)
         except RECORD_ERRORS as exc:
             self._reg.pop(keep=False)
+            self._flush_conflicts = conflicts_before  # rolled back with the savepoint
             if len(units) == 1:
                 parts = units[0].split()
                 if not parts:
@@ -674,6 +699,13 @@ class PostgresSink:
             0,  # bigint Unix microseconds in the staging table
         )
         cur.execute(_INSERT_READINGS)
+        cur.execute(_RECORD_CONFLICTS)
+        if cur.rowcount > 0:
+            self._flush_conflicts += cur.rowcount  # counted once the flush commits
+            log.warning(
+                "readings at an existing key with another value: first value kept, the new one recorded",
+                extra={"kv": {"rows": cur.rowcount, "table": "reading_conflicts"}},
+            )
         cur.execute("TRUNCATE ps_stage_readings")
 
     def _aggregates(self, cur: psycopg.Cursor[Any], units: list[_Unit]) -> None:
