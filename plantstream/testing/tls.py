@@ -51,6 +51,7 @@ def _ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         .add_extension(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
         )  # keyCertSign, cRLSign
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return key, cert
@@ -61,7 +62,8 @@ def _pem(cert: x509.Certificate) -> bytes:
 
 
 def make_pki(directory: Path) -> Pki:
-    """A CA, a server certificate for 127.0.0.1 and localhost signed by it, and an unrelated CA."""
+    """A CA, a server certificate for 127.0.0.1 and localhost signed by it, and an unrelated CA:
+    ``ca.pem``, ``server.pem``, ``server.key``, ``other-ca.pem`` in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = _ca("plantstream test CA")
     _, other = _ca("some other CA")
@@ -80,6 +82,7 @@ def make_pki(directory: Path) -> Pki:
             critical=False,
         )
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     pki = Pki(directory / "ca.pem", directory / "other-ca.pem", directory / "server.pem", directory / "server.key")

@@ -4,9 +4,7 @@ never connects. The shared broker is not touched."""
 
 from __future__ import annotations
 
-import datetime as dt
 import getpass
-import ipaddress
 import json
 import shutil
 import ssl
@@ -17,10 +15,6 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
 from plantstream.config import Settings
@@ -29,6 +23,7 @@ from plantstream.edge.testing import AgentThread, batches, read_topic
 from plantstream.producers.topics import Topics
 from plantstream.stack import port_open
 from plantstream.testing.plugin import free_port, wait_until
+from plantstream.testing.tls import make_pki
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
@@ -40,65 +35,12 @@ pytestmark = [
 ]
 
 
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _pem_key(k: ec.EllipticCurvePrivateKey) -> bytes:
-    return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-
-
-def _ca(tmp: Path, name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = _key()
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    (tmp / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return cert, key
-
-
-def _server_cert(tmp: Path, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey) -> None:
-    key = _key()
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    (tmp / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp / "server.key").write_bytes(_pem_key(key))
-
-
 @pytest.fixture
 def tls_broker(tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
     """(TLS port, CA file, a CA the broker does not use); user edge / s3cret-pw."""
     d = tmp_path / "broker"
     d.mkdir()
-    ca, ca_key = _ca(d, "ca")
-    _ca(d, "other-ca")
-    _server_cert(d, ca, ca_key)
+    pki = make_pki(d)
     subprocess.run([PASSWD, "-b", "-c", str(d / "passwd"), "edge", "s3cret-pw"], check=True, timeout=30)
     port = free_port()
     (d / "mosquitto.conf").write_text(
@@ -110,9 +52,9 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
                 "allow_anonymous false",
                 f"password_file {d / 'passwd'}",
                 f"listener {port} 127.0.0.1",
-                f"cafile {d / 'ca.pem'}",
-                f"certfile {d / 'server.pem'}",
-                f"keyfile {d / 'server.key'}",
+                f"cafile {pki.ca}",
+                f"certfile {pki.cert}",
+                f"keyfile {pki.key}",
                 "tls_version tlsv1.2",
                 "",
             ]
@@ -122,7 +64,7 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
     try:
         wait_until(lambda: port_open(port) or proc.poll() is not None, 15, "mosquitto TLS listener")
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        yield port, d / "ca.pem", d / "other-ca.pem"
+        yield port, pki.ca, pki.other_ca
     finally:
         proc.terminate()
         proc.wait(10)
