@@ -59,6 +59,13 @@ def _server_cert(tmp: Path) -> tuple[Path, Path]:
     return c, k
 
 
+def _client_trusting(pki: Path, server_cert: Path) -> None:
+    """A client certificate in ``pki`` and the server's certificate in its trust list."""
+    create_client_certificate(pki)
+    (pki / "trusted").mkdir(exist_ok=True)
+    (pki / "trusted" / "server.der").write_bytes(server_cert.read_bytes())
+
+
 async def _server(port: int, cert: Path, key: Path) -> tuple[Server, Any]:
     server = Server(user_manager=_Users())
     await server.init()
@@ -193,10 +200,8 @@ def test_policies_and_modes_and_wrong_password(
     tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, policy: str, mode: str, password: str, connects: bool
 ) -> None:
     pki = tmp_path / "pki"
-    create_client_certificate(pki)
     scert, skey = _server_cert(tmp_path)
-    (pki / "trusted").mkdir(exist_ok=True)
-    (pki / "trusted" / "server.der").write_bytes(scert.read_bytes())
+    _client_trusting(pki, scert)
     port = free_port()
     cfg = _cfg(port, pki, tmp_path, policy, mode, password)
     settings = Settings.model_validate(
@@ -234,9 +239,7 @@ def test_security_auto_takes_the_strongest_endpoint_or_refuses_without_a_certifi
     pki = tmp_path / "pki"
     scert, skey = _server_cert(tmp_path)
     if certs:
-        create_client_certificate(pki)
-        (pki / "trusted").mkdir(exist_ok=True)
-        (pki / "trusted" / "server.der").write_bytes(scert.read_bytes())
+        _client_trusting(pki, scert)
     port = free_port()
     cfg = _cfg(port, pki, tmp_path, "auto", "auto")
     settings = Settings.model_validate(
@@ -271,10 +274,8 @@ def test_browse_a_server_that_refuses_security_none(tmp_path: Path) -> None:
     """`edge browse` walks a secured server with the agent's security (auto), and the file it
     writes pins what worked and passes `edge check`."""
     pki = tmp_path / "pki"
-    create_client_certificate(pki)
     scert, skey = _server_cert(tmp_path)
-    (pki / "trusted").mkdir(exist_ok=True)
-    (pki / "trusted" / "server.der").write_bytes(scert.read_bytes())
+    _client_trusting(pki, scert)
     port = free_port()
     out = tmp_path / "browsed.yaml"
     env = {**os.environ, "PLANTSTREAM_LOG_FORMAT": "text", "OPCUA_PW": "s3cret"}
