@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _OPCUA_NULL = datetime(1601, 1, 1, tzinfo=UTC)
+_BAD_NO_COMMUNICATION = 0x80310000  # the StatusCode a gap marker carries
 # Read/monitor results that mean "this node is misconfigured", not "this sample is bad".
 _NODE_ERRORS = {
     StatusCodes.BadNodeIdUnknown,
@@ -156,6 +157,8 @@ class OpcuaSourceRunner(Source):  # type: ignore[misc]  # Source is Any to mypy:
                     )
             finally:
                 self.status.connected = False
+                if session_up and not self._stop.is_set():
+                    self._mark_gap()
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.wait_for(client.disconnect(), 2)
             attempts += 1
@@ -164,6 +167,32 @@ class OpcuaSourceRunner(Source):  # type: ignore[misc]  # Source is Any to mypy:
             if await self.sleep(backoff):
                 break
             backoff = min(backoff * 2, self.cfg.reconnect.max_s)
+
+    def _mark_gap(self) -> None:
+        """A lost session loses the values that changed until the next one is up (a new session
+        gets only current values). Say so in the data: one bad sample per tag at the moment of the
+        loss, so datasets and charts show a hole instead of carrying or interpolating across it.
+        (TransferSubscriptions/Republish and HistoryRead of the gap are not attempted.)"""
+        ts = now_us()
+        reason = "gap: OPC-UA session lost; values until the reconnect are unknown"
+        samples: list[Sample] = [
+            (
+                item.cfg.equipment,
+                item.cfg.tag,
+                ts,
+                math.nan,
+                item.cfg.unit if item.cfg.unit is not None else self.cfg.defaults.unit,
+                int(Quality.BAD),
+                _BAD_NO_COMMUNICATION,
+                None,
+                reason,
+            )
+            for item in self._items
+            if item.cfg.tag not in self.status.failing
+        ]
+        if samples:
+            self.status.events["gap_markers"] = self.status.events.get("gap_markers", 0) + len(samples)
+            self.inbox.put_nowait_in_loop(Delivery(self.id, Origin.OPCUA, samples))
 
     async def _secure(self, client: Client) -> None:
         """Identity and secure channel for a new client (before connect; see secure.py).
