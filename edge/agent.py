@@ -57,8 +57,10 @@ def build_source(
     inbox: Inbox,
     settings: Settings | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    buffer_path: Path | None = None,
 ) -> Source:
-    """The connector for ``cfg``. An MQTT source without a url takes PLANTSTREAM_MQTT_URL (``settings.mqtt``)."""
+    """The connector for ``cfg``. An MQTT source without a url takes PLANTSTREAM_MQTT_URL (``settings.mqtt``).
+    State a connector keeps across restarts (Sparkplug births) lives beside ``buffer_path``."""
     if isinstance(cfg, OpcuaSource):
         from plantstream.edge.opcua.source import OpcuaSourceRunner
 
@@ -73,7 +75,8 @@ def build_source(
     if isinstance(cfg, SparkplugSource):
         from plantstream.edge.sparkplug.source import SparkplugBSource
 
-        return SparkplugBSource(cfg, agent_id, inbox, limits)
+        births = buffer_path.with_name(f"{buffer_path.stem}.sparkplug-{cfg.id}.json") if buffer_path else None
+        return SparkplugBSource(cfg, agent_id, inbox, limits, births)
     from plantstream.edge.mqtt.source import MqttJsonSource
 
     return MqttJsonSource(cfg, agent_id, inbox, limits)
@@ -116,7 +119,7 @@ class Agent:
         self.metrics = EdgeMetrics(cfg.agent_id)
         self.limits = Limits.of(cfg)
         self.sources: list[Source] = [
-            build_source(s, cfg.agent_id, self.inbox, self.settings, self.limits) for s in cfg.sources
+            build_source(s, cfg.agent_id, self.inbox, self.settings, self.limits, self.buffer_path) for s in cfg.sources
         ]
         self._by_id = {s.id: s for s in self.sources}
         self._stop = asyncio.Event()

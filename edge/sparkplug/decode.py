@@ -179,6 +179,56 @@ class SparkplugDecoder:
         self.unsupported: dict[str, str] = {}  # tag -> why (reported once by the source)
         self._clock = clock
 
+    # --- persistence ---------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The births this decoder knows (aliases, names, online flags, bdSeq), as JSON-able data:
+        persisted beside the buffer so a restarted agent decodes the session backlog it finds
+        queued in the broker instead of dead-lettering it until the next birth."""
+
+        def scope(sc: _Scope) -> dict[str, Any]:
+            alias_of = {id(m): a for a, m in sc.by_alias.items()}  # every aliased metric is also by name
+            metrics = [
+                [alias_of.get(id(m)), m.name, m.datatype, m.equipment, m.tag, m.unit]
+                for _, m in sorted(sc.by_name.items())
+            ]
+            return {"online": sc.online, "metrics": metrics}
+
+        return {
+            "version": 1,
+            "nodes": [
+                {
+                    "group": g,
+                    "node": n,
+                    "bdseq": st.bdseq,
+                    "scope": scope(st.scope),
+                    "devices": {d: scope(sc) for d, sc in sorted(st.devices.items())},
+                }
+                for (g, n), st in sorted(self.nodes.items())
+            ],
+        }
+
+    def restore(self, data: dict[str, Any]) -> int:
+        """Births from :meth:`snapshot`; returns the nodes restored. The sequence is not restored
+        (the next message sets it), so a restart neither invents a gap nor requests a rebirth."""
+        if data.get("version") != 1:
+            raise ValueError(f"unknown Sparkplug state version {data.get('version')!r}")
+
+        def scope(d: dict[str, Any]) -> _Scope:
+            sc = _Scope(online=bool(d["online"]))
+            for alias, name, datatype, equipment, tag, unit in d["metrics"]:
+                info = MetricInfo(str(name), int(datatype), str(equipment), str(tag), str(unit))
+                sc.by_name[info.name] = info
+                if alias is not None:
+                    sc.by_alias[int(alias)] = info
+            return sc
+
+        for n in data["nodes"]:
+            st = _Node(scope=scope(n["scope"]), devices={str(k): scope(v) for k, v in n["devices"].items()})
+            st.bdseq = None if n["bdseq"] is None else int(n["bdseq"])
+            self.nodes[(str(n["group"]), str(n["node"]))] = st
+        return len(data["nodes"])
+
     # --- naming -------------------------------------------------------------------------------
 
     def _names(self, group: str, node: str, device: str | None, metric: str) -> tuple[str, str]:

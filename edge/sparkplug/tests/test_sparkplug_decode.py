@@ -230,3 +230,33 @@ def test_rebirth_request_is_a_boolean_node_control_metric() -> None:
     p = pb.Payload.FromString(rebirth_request(123))
     (m,) = p.metrics
     assert (m.name, m.datatype, m.boolean_value, p.timestamp) == (REBIRTH_METRIC, BOOLEAN, True, 123)
+
+
+def test_births_survive_a_restart_through_their_snapshot() -> None:
+    """What a restarted agent knows: aliases of node and device births, online flags, bdSeq; the
+    sequence starts afresh (no invented gap, no rebirth request)."""
+    import json
+
+    dec = _decoder()
+    dec.handle(_topic("NBIRTH"), _payload(0, BIRTH), RECEIVED_US)
+    dbirth = [{"name": "force", "alias": 100, "datatype": DOUBLE, "double_value": 1.0}]
+    dec.handle(_topic("DBIRTH", D), _payload(1, dbirth), RECEIVED_US)
+    data = [{"alias": 9, "double_value": 2.5}, {"alias": 11, "string_value": "x"}]
+    ddata = [{"alias": 100, "double_value": 7.25}]
+    want_n = dec.handle(_topic("NDATA"), _payload(2, data), RECEIVED_US)
+    want_d = dec.handle(_topic("DDATA", D), _payload(3, ddata), RECEIVED_US)
+
+    again = _decoder()
+    assert again.restore(json.loads(json.dumps(dec.snapshot()))) == 1
+    got_n = again.handle(_topic("NDATA"), _payload(17, data), RECEIVED_US)  # any seq: not a gap
+    got_d = again.handle(_topic("DDATA", D), _payload(18, ddata), RECEIVED_US)
+    assert got_n.samples == want_n.samples and got_d.samples == want_d.samples
+    assert not got_n.deadletters and got_n.rebirth is None and got_d.rebirth is None
+    # A node that died stays dead across the restart: its data still needs a new birth.
+    dec.handle(_topic("NDEATH"), _payload(None, [{"name": "bdSeq", "datatype": UINT64, "long_value": 7}]), RECEIVED_US)
+    dead = _decoder()
+    dead.restore(dec.snapshot())
+    out = dead.handle(_topic("NDATA"), _payload(4, data), RECEIVED_US)
+    assert out.samples == [] and out.rebirth == (G, N) and "no NBIRTH" in out.deadletters[0]
+    with pytest.raises(ValueError, match="unknown Sparkplug state version"):
+        _decoder().restore({"version": 99, "nodes": []})
