@@ -1,6 +1,9 @@
 """``plantstream bench [--quick] [--out DIR]``: measure this machine's limits, every stage and the whole pipeline.
 
-``plantstream bench --soak [--soak-minutes 10]``: the edge agent's memory soak alone (see soak.py)."""
+``plantstream bench --soak [--soak-minutes 10]``: the edge agent's memory soak alone (see soak.py).
+
+``plantstream bench --fuzz [--fuzz-inputs 1000000]``: hostile inputs into every outward decoder (fuzz.py);
+exit 1 when any crashed."""
 
 from __future__ import annotations
 
@@ -34,7 +37,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 )
 @click.option("--soak", is_flag=True, help="run only the edge memory soak (Kafka up, then down; bounded buffer)")
 @click.option("--soak-minutes", type=click.FloatRange(1.0, 24 * 60), default=10.0, show_default=True)
-def bench(quick: bool, out: Path | None, mqtt_per_message: int, soak: bool, soak_minutes: float) -> None:
+@click.option("--fuzz", "fuzz_only", is_flag=True, help="run only the decoder fuzzing (no services needed)")
+@click.option("--fuzz-inputs", type=click.IntRange(1000, 100_000_000), default=1_000_000, show_default=True)
+def bench(
+    quick: bool,
+    out: Path | None,
+    mqtt_per_message: int,
+    soak: bool,
+    soak_minutes: float,
+    fuzz_only: bool,
+    fuzz_inputs: int,
+) -> None:
     """Benchmark: machine limits (PostgreSQL COPY, Kafka, MQTT, OPC-UA), each stage alone, end to end at
     stepped rates until lag grows without bound, and peak memory per process.
 
@@ -46,8 +59,15 @@ def bench(quick: bool, out: Path | None, mqtt_per_message: int, soak: bool, soak
     first half with Kafka reachable, second half unreachable so the buffer fills to its cap and drops
     oldest; writes soak.md, soak.json and soak.png (exit 0 whatever the verdict).
     """
-    settings = Settings.from_env()
     out = out or RESULTS / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if fuzz_only:
+        from plantstream.bench import fuzz as fuzz_mod
+
+        report = fuzz_mod.run_and_report(out, fuzz_inputs, progress=lambda line: click.echo(line, err=True))
+        click.echo((out / "fuzz.md").read_text())
+        click.echo(f"results in {out}")
+        sys.exit(1 if report.crashes else 0)
+    settings = Settings.from_env()
     if soak:
         from plantstream.bench import soak as soak_mod
 

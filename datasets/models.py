@@ -99,7 +99,10 @@ class PullRequest(BaseModel):
     @classmethod
     def _utc(cls, v: datetime) -> datetime:
         # A naive time is taken as UTC (documented); everything is stored and written in UTC.
-        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+        try:
+            return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00+14:00: before year 1 in UTC
+            raise ValueError("out of range in UTC") from None
 
     @field_validator("interval")
     @classmethod

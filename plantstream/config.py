@@ -261,12 +261,18 @@ def load_yaml(path: str | Path, model: type[M]) -> M:
         mark = exc.problem_mark
         where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
         raise ConfigError(f"{where}: invalid YAML: {exc.problem}") from None
+    except yaml.YAMLError as exc:  # e.g. ReaderError: a control character the YAML spec forbids
+        raise ConfigError(f"{p}: invalid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: invalid YAML: nested too deeply") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}:1: the top level must be a mapping of keys, not {type(data).__name__}")
     try:
         return model.model_validate(data, context={"config_path": str(p)})
+    except RecursionError:
+        raise ConfigError(f"{p}: nested too deeply to be a configuration") from None
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

@@ -113,6 +113,8 @@ def metric_value(datatype: int, m: Any) -> Value | None:
     if datatype in _TEXT:
         if kind != "string_value":
             raise Malformed(f"{DATATYPE_NAMES[datatype]} metric carries {kind or 'no value'}")
+        if not isinstance(m.string_value, str):  # proto2 strings with invalid UTF-8 come back as bytes
+            raise Malformed(f"{DATATYPE_NAMES[datatype]} value is not UTF-8")
         return str(m.string_value)
     return None
 
@@ -249,7 +251,12 @@ class SparkplugDecoder:
     def _unit(self, m: Any, tag: str) -> str:
         if m.HasField("properties"):
             for k, v in zip(m.properties.keys, m.properties.values, strict=False):
-                if k in ("engUnit", "EngUnit", "engineeringUnits") and v.WhichOneof("value") == "string_value":
+                # A unit that is not UTF-8 (proto2 gives bytes) is ignored: the configured one applies.
+                if (
+                    k in ("engUnit", "EngUnit", "engineeringUnits")
+                    and v.WhichOneof("value") == "string_value"
+                    and isinstance(v.string_value, str)
+                ):
                     return str(v.string_value)
         listed = self.tags.get(tag)
         if listed is not None and listed.unit is not None:
@@ -376,6 +383,11 @@ class SparkplugDecoder:
     ) -> None:
         for m in msg.metrics:
             name = m.name
+            if not isinstance(name, str):  # proto2 strings with invalid UTF-8 come back as bytes
+                out.deadletters.append(
+                    f"birth of {group}/{node}{'/' + device if device else ''}: a metric name is not UTF-8"
+                )
+                continue
             if not name:
                 out.deadletters.append(
                     f"birth of {group}/{node}{'/' + device if device else ''} has a metric without a name"
@@ -405,7 +417,9 @@ class SparkplugDecoder:
             else:
                 info = scope.by_name.get(m.name)
                 if info is None:
-                    if m.name == "bdSeq" or m.name.startswith(("Node Control/", "Device Control/")):
+                    if isinstance(m.name, str) and (
+                        m.name == "bdSeq" or m.name.startswith(("Node Control/", "Device Control/"))
+                    ):
                         continue
                     out.deadletters.append(f"unknown metric {m.name!r} for {where} (not in its birth)")
                     continue

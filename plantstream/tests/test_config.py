@@ -101,3 +101,20 @@ def test_log_lines_never_carry_a_credential() -> None:
         for secret in ("pl4nt-pw", "k4fka-pw", "db-pw", "mq-pw", "tok-abc"):
             assert secret not in line, (type(fmt).__name__, line)
         assert "edge-steel" in line and "k:9092" in line and "3" in line  # what is not secret stays
+
+
+def test_yaml_the_parser_refuses_is_a_config_error(tmp_path: Path) -> None:
+    """Found by the fuzzer: a control character (ReaderError) and deep nesting (RecursionError)
+    escaped load_yaml as other exceptions instead of the exit-2 message naming the file."""
+    from plantstream.config import ConfigError, load_yaml
+    from plantstream.edge.config import EdgeConfig
+
+    for name, text, why in (
+        ("nul.yaml", b"agent_id: a\x00b\n", "invalid YAML"),
+        ("deep.yaml", b"x: " + b"[" * 20000 + b"]" * 20000 + b"\n", "nested too deeply"),
+    ):
+        path = tmp_path / name
+        path.write_bytes(text)
+        with pytest.raises(ConfigError, match=why) as err:
+            load_yaml(path, EdgeConfig)
+        assert str(err.value).startswith(str(path))

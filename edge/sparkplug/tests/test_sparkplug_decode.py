@@ -260,3 +260,25 @@ def test_births_survive_a_restart_through_their_snapshot() -> None:
     assert out.samples == [] and out.rebirth == (G, N) and "no NBIRTH" in out.deadletters[0]
     with pytest.raises(ValueError, match="unknown Sparkplug state version"):
         _decoder().restore({"version": 99, "nodes": []})
+
+
+def test_names_and_strings_that_are_not_utf8_are_rejected_not_crashed() -> None:
+    """protobuf gives a proto2 string with invalid UTF-8 back as bytes; found by the fuzzer
+    (TypeError in the birth's name check)."""
+    dec = _decoder()
+    bad_name = bytearray(_payload(0, [{"name": "zzzz", "alias": 1, "datatype": DOUBLE, "double_value": 1.0}]))
+    i = bad_name.index(b"zzzz")
+    bad_name[i : i + 4] = b"\xffzzz"
+    out = dec.handle(_topic("NBIRTH"), bytes(bad_name), RECEIVED_US)
+    assert out.samples == [] and out.deadletters == [f"birth of {G}/{N}: a metric name is not UTF-8"]
+    ok = dec.handle(
+        _topic("NBIRTH"),
+        _payload(0, [{"name": "s", "alias": 2, "datatype": STRING, "string_value": "yy"}]),
+        RECEIVED_US,
+    )
+    assert _values(ok.samples) == {"gw1.s": "yy"}
+    bad_value = bytearray(_payload(1, [{"alias": 2, "string_value": "yy"}]))
+    j = bad_value.index(b"yy")
+    bad_value[j : j + 2] = b"\xc3("
+    out = dec.handle(_topic("NDATA"), bytes(bad_value), RECEIVED_US)
+    assert out.samples == [] and out.deadletters == ["metric 's': String value is not UTF-8"]
