@@ -239,10 +239,10 @@ def test_births_survive_a_restart_through_their_snapshot() -> None:
 
     dec = _decoder()
     dec.handle(_topic("NBIRTH"), _payload(0, BIRTH), RECEIVED_US)
-    dbirth = [{"name": "force", "alias": 100, "datatype": DOUBLE, "double_value": 1.0}]
+    dbirth: list[dict[str, Any]] = [{"name": "force", "alias": 100, "datatype": DOUBLE, "double_value": 1.0}]
     dec.handle(_topic("DBIRTH", D), _payload(1, dbirth), RECEIVED_US)
-    data = [{"alias": 9, "double_value": 2.5}, {"alias": 11, "string_value": "x"}]
-    ddata = [{"alias": 100, "double_value": 7.25}]
+    data: list[dict[str, Any]] = [{"alias": 9, "double_value": 2.5}, {"alias": 11, "string_value": "x"}]
+    ddata: list[dict[str, Any]] = [{"alias": 100, "double_value": 7.25}]
     want_n = dec.handle(_topic("NDATA"), _payload(2, data), RECEIVED_US)
     want_d = dec.handle(_topic("DDATA", D), _payload(3, ddata), RECEIVED_US)
 
