@@ -404,7 +404,7 @@ def fuzz(total: int, seed: int = 20261201, progress: Callable[[str], None] | Non
             ("sparkplug", sparkplug_target(), 0.25),
             ("wire_codec", codec_target(), 0.25),
             ("config_yaml", config_target(Path(tmp)), 0.005),  # YAML + pydantic: ~100 inputs/s
-            ("monitor_time_params", time_param_target(), 0.13),
+            ("monitor_time_params", time_param_target(), 0.145),
             ("pull_request", pull_request_target(), 0.10),
         ]
         results: list[TargetResult] = []

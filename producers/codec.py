@@ -362,20 +362,25 @@ def decode_context(data: bytes) -> ContextEvent:
     if not isinstance(body, dict):
         raise CodecError("context body must be a map")
     try:
+        text = {k: body.get(k, "") for k in ("plant", "equipment", "lot", "lot_kind", "material", "relation")}
+        for k in ("plant", "equipment", "lot"):
+            if k not in body:
+                raise KeyError(k)
+        bad = [k for k, v in text.items() if not isinstance(v, str)]
+        results, parents, attrs = body.get("results", {}), body.get("parents", ()), body.get("attrs", {})
+        if bad or not isinstance(results, dict) or not isinstance(parents, list | tuple) or not isinstance(attrs, dict):
+            raise TypeError(f"field types: {bad or [k for k in ('results', 'parents', 'attrs') if k in body]}")
+        if not all(isinstance(x, str) for x in parents) or not all(isinstance(k, str) for k in results):
+            raise TypeError("parents and result names must be strings")
         return ContextEvent(
             kind=ContextKind(body["kind"]),
-            plant=body["plant"],
-            equipment=body["equipment"],
             ts_us=int(body["ts_us"]),
-            lot=body["lot"],
-            lot_kind=body.get("lot_kind", ""),
-            material=body.get("material", ""),
-            parents=tuple(body.get("parents", ())),
-            relation=body.get("relation", ""),
-            results={k: (float(v[0]), str(v[1])) for k, v in body.get("results", {}).items()},
-            attrs=body.get("attrs", {}),
+            parents=tuple(parents),
+            results={k: (float(v[0]), str(v[1])) for k, v in results.items()},
+            attrs=attrs,
+            **text,
         )
-    except (KeyError, ValueError, TypeError, IndexError) as exc:
+    except (KeyError, ValueError, TypeError, IndexError, OverflowError) as exc:
         raise CodecError(f"bad context event: {exc!r}") from None
 
 

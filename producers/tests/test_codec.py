@@ -128,3 +128,25 @@ def test_kinds_are_not_interchangeable() -> None:
     with pytest.raises(CodecError, match="where 1 \\(READINGS\\)"):
         decode_readings(encode_aggregates([]))
     assert codec.peek_kind(encode_tag_meta(TagMeta("p", "t", "e", "m"))) is codec.Kind.TAG_META
+
+
+def test_context_fields_of_the_wrong_type_are_a_codec_error() -> None:
+    """Found by the fuzzer: a context message whose ``results`` was not a map raised
+    AttributeError out of the decoder; wrong-typed names passed through to later stages."""
+    from plantstream.contract import ContextEvent, ContextKind
+    from plantstream.producers.codec import CodecError, context_to_dict, decode_context
+
+    good = context_to_dict(
+        ContextEvent(ContextKind.LAB_RESULT, "steel", "acme/site/lab", 1, "H1", results={"C": (0.1, "%")})
+    )
+    assert decode_context(codec._pack(codec.Kind.CONTEXT, good)).results == {"C": (0.1, "%")}
+    for change in (
+        {"results": 5},
+        {"results": ["C"]},
+        {"plant": 7},
+        {"parents": "H0"},
+        {"parents": [1]},
+        {"attrs": []},
+    ):
+        with pytest.raises(CodecError, match="bad context event"):
+            decode_context(codec._pack(codec.Kind.CONTEXT, {**good, **change}))
