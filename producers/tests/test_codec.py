@@ -140,13 +140,14 @@ def test_context_fields_of_the_wrong_type_are_a_codec_error() -> None:
         ContextEvent(ContextKind.LAB_RESULT, "steel", "acme/site/lab", 1, "H1", results={"C": (0.1, "%")})
     )
     assert decode_context(codec._pack(codec.Kind.CONTEXT, good)).results == {"C": (0.1, "%")}
-    for change in (
+    changes: list[dict[str, object]] = [
         {"results": 5},
         {"results": ["C"]},
         {"plant": 7},
         {"parents": "H0"},
         {"parents": [1]},
         {"attrs": []},
-    ):
+    ]
+    for change in changes:
         with pytest.raises(CodecError, match="bad context event"):
             decode_context(codec._pack(codec.Kind.CONTEXT, {**good, **change}))
