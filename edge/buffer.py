@@ -92,6 +92,32 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+# SQLite primary result codes that mean the storage, not the statement, failed (extended codes
+# carry the primary one in the low byte): SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN.
+_STORAGE_CODES = frozenset({10, 13, 14})
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """True for a disk full / disk I/O failure (the condition clears when space returns)."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return (code & 0xFF) in _STORAGE_CODES
+    msg = str(exc).lower()
+    return "disk is full" in msg or "disk i/o" in msg
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open: on SQLITE_FULL / IOERR SQLite may already have
+    rolled it back itself, and a failing ROLLBACK must not hide the original error."""
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.debug("rollback failed", extra={"kv": {"error": str(exc)}})
+
+
 class Buffer:
     """Single-writer durable queue. Not thread-safe: use it from one thread (the agent loop)."""
 
@@ -128,6 +154,9 @@ class Buffer:
             k: int(v) for k, v in self._db.execute("SELECT name, value FROM counters").fetchall()
         }
         self.recent_window = recent_window
+        # Writes that failed (append/delete/expire/cap, by operation) in this process: the agent
+        # reports them; nothing was committed by a failed write.
+        self.write_failures: dict[str, int] = {}
         self._recent: dict[str, tuple[set[int], collections.deque[int]]] = {}
         if not readonly:
             rows = self._db.execute("SELECT source, key FROM recent ORDER BY id DESC LIMIT ?", (recent_window * 8,))
@@ -215,7 +244,7 @@ class Buffer:
                 db.executemany("INSERT INTO recent (source, key) VALUES (?, ?)", recent)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         self._dirty_seq.clear()
         for source, key in recent:
@@ -225,7 +254,16 @@ class Buffer:
             self._readings += r[2]
         self._entries += len(rows)
         if self._bytes > self.max_bytes:
-            self._drop_oldest_over_cap()
+            # Committed already: a failure here must not raise, or the caller would take the
+            # append as failed and commit the same entries again. The next append retries it.
+            try:
+                self._drop_oldest_over_cap()
+            except sqlite3.Error as exc:
+                self.write_failures["cap"] = self.write_failures.get("cap", 0) + 1
+                if self._drop_log.should("cap_failed") >= 0:
+                    log.warning(
+                        "buffer over max_bytes but dropping failed; retried later", extra={"kv": {"error": str(exc)}}
+                    )
 
     def _drop_oldest_over_cap(self) -> None:
         excess = self._bytes - self.max_bytes
@@ -266,7 +304,7 @@ class Buffer:
             )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         self._bytes -= size
         self._readings -= readings
@@ -330,7 +368,7 @@ class Buffer:
                 size += s
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         self._bytes -= size
         self._readings -= readings

@@ -10,6 +10,7 @@ append order (duplicates are possible, loss is not: delivery is at-least-once).
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,6 +80,9 @@ class Forwarder:
         self._throttle = Throttle(30.0)
         self._on_delivered = on_delivered
         self.stats = ForwardStats()
+        self.delete_failures = 0
+        self._delete_retry_at = 0.0
+        self.last_delete_error = ""
 
     @property
     def inflight(self) -> int:
@@ -217,11 +221,29 @@ class Forwarder:
         now = time.monotonic()
         if not force and len(self._done) < 2000 and now - self._last_delete < self.delete_interval_s:
             return 0
+        if not force and now < self._delete_retry_at:
+            return 0  # the last delete failed (disk full): retry once a second, not every round
         self._last_delete = now
         done, self._done = self._done, []
         if self._retry_from is None and self._backoff != self._backoff_min:
             self._backoff = self._backoff_min
-        return int(self.buffer.delete(done))
+        try:
+            return int(self.buffer.delete(done))
+        except sqlite3.Error as exc:
+            # A delete needs disk space too (WAL). Kafka has these entries and the cursor is past
+            # them, so keeping their ids and deleting later re-sends nothing; losing the ids would
+            # re-send them after the next start.
+            self._done = done + self._done
+            self._delete_retry_at = now + 1.0
+            self.delete_failures += 1
+            self.last_delete_error = str(exc)
+            n = self._throttle.should("delete")
+            if n >= 0:
+                log.error(
+                    "buffer delete failed; delivered entries are kept and deleted later",
+                    extra={"kv": {"error": str(exc), "entries": len(done), "suppressed": n}},
+                )
+            return 0
 
     def drain(self, timeout_s: float) -> bool:
         """Forward until the buffer is empty or timeout; True if everything was delivered."""
