@@ -30,7 +30,7 @@ from typing import Any, cast
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka import KafkaError, KafkaException, Message
-from prometheus_client import Counter, Gauge, start_http_server
+from prometheus_client import GC_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Gauge, start_http_server
 
 from plantstream.config import Settings
 from plantstream.contract import ContextKind, now_us
@@ -69,35 +69,63 @@ from plantstream.streams.logic.processor import DeadLetter, Output, Processor, S
 
 log = logging.getLogger("plantstream.streams")
 
-READINGS_IN = Counter("plantstream_streams_readings_in_total", "Readings consumed from the raw topic")
-READINGS_OUT = Counter("plantstream_streams_readings_out_total", "Readings produced to the clean topic")
-DUPLICATES = Counter("plantstream_streams_duplicates_total", "Replayed readings dropped by dedup")
-AGGREGATES = Counter("plantstream_streams_aggregates_total", "Closed windows produced", ["window"])
-DEVIATIONS = Counter("plantstream_streams_deviations_total", "Deviation records produced", ["kind"])
-LOT_TAG_EVENTS = Counter(
-    "plantstream_streams_lot_tag_events_total", "Lot start/end events derived from lot tags", ["kind"]
+# The worker's own registry: the sink shares metric names with it (plantstream_consumer_lag,
+# plantstream_deadletters_total) with other labels, and both load into one test process.
+REGISTRY = CollectorRegistry()
+REGISTRY.register(PROCESS_COLLECTOR)  # process_cpu_seconds_total etc., as on the default registry
+REGISTRY.register(GC_COLLECTOR)
+READINGS_IN = Counter(
+    "plantstream_streams_readings_in_total", "Readings consumed from the raw topic", registry=REGISTRY
 )
-LATE = Counter("plantstream_streams_late_total", "Readings too late for their window")
+READINGS_OUT = Counter(
+    "plantstream_streams_readings_out_total", "Readings produced to the clean topic", registry=REGISTRY
+)
+DUPLICATES = Counter("plantstream_streams_duplicates_total", "Replayed readings dropped by dedup", registry=REGISTRY)
+AGGREGATES = Counter("plantstream_streams_aggregates_total", "Closed windows produced", ["window"], registry=REGISTRY)
+DEVIATIONS = Counter("plantstream_streams_deviations_total", "Deviation records produced", ["kind"], registry=REGISTRY)
+LOT_TAG_EVENTS = Counter(
+    "plantstream_streams_lot_tag_events_total",
+    "Lot start/end events derived from lot tags",
+    ["kind"],
+    registry=REGISTRY,
+)
+LATE = Counter("plantstream_streams_late_total", "Readings too late for their window", registry=REGISTRY)
 CLOCK_REJECTED = Counter(
     "plantstream_streams_clock_rejected_total",
     "Readings whose source time is outside the receiving clock window (kept, flagged BAD, not windowed)",
+    registry=REGISTRY,
 )
-DEADLETTERS = Counter("plantstream_deadletters_total", "Records sent to the dead-letter topic", ["stage", "topic"])
-LAG = Gauge("plantstream_consumer_lag", "Records behind the partition high-water mark", ["topic", "partition"])
-OPEN_WINDOWS = Gauge("plantstream_streams_open_windows", "Open windows over all partitions")
+DEADLETTERS = Counter(
+    "plantstream_deadletters_total", "Records sent to the dead-letter topic", ["stage", "topic"], registry=REGISTRY
+)
+LAG = Gauge(
+    "plantstream_consumer_lag",
+    "Records behind the partition high-water mark",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+OPEN_WINDOWS = Gauge("plantstream_streams_open_windows", "Open windows over all partitions", registry=REGISTRY)
 DELIVERY_FAILURES = Counter(
     "plantstream_streams_delivery_failures_total",
     "Outputs the broker did not accept (after librdkafka's retries)",
     ["topic"],
+    registry=REGISTRY,
 )
 OUTPUT_FAILED = Gauge(
-    "plantstream_streams_output_failed", "1 once an output was not delivered: the worker is stopping (exit status 3)"
+    "plantstream_streams_output_failed",
+    "1 once an output was not delivered: the worker is stopping (exit status 3)",
+    registry=REGISTRY,
 )
 OUTPUT_SPLITS = Counter(
-    "plantstream_streams_output_splits_total", "Extra messages from cutting outputs to max_output_bytes", ["topic"]
+    "plantstream_streams_output_splits_total",
+    "Extra messages from cutting outputs to max_output_bytes",
+    ["topic"],
+    registry=REGISTRY,
 )
 OVERSIZE = Counter(
-    "plantstream_streams_oversize_total", "Single readings/aggregates larger than max_output_bytes (dead-lettered)"
+    "plantstream_streams_oversize_total",
+    "Single readings/aggregates larger than max_output_bytes (dead-lettered)",
+    registry=REGISTRY,
 )
 
 EXIT_OUTPUT_FAILED = 3  # exit status after an undeliverable output (the group rebalances)
@@ -645,7 +673,7 @@ def run_worker(settings: Settings, cfg: StreamsConfig) -> None:
             log.warning("broker unreachable; retrying", extra={"kv": {"error": str(exc)}})
             time.sleep(5.0)
     if metrics_port is not None:
-        start_http_server(metrics_port, addr="127.0.0.1")
+        start_http_server(metrics_port, addr="127.0.0.1", registry=REGISTRY)
     app, rt = build_app(settings, cfg)
     overrides: dict[str, Any] = {
         "linger.ms": cfg.linger_ms,

@@ -11,6 +11,7 @@ import numpy as np
 import psycopg
 import pytest
 
+from plantstream.datasets.bench import T0
 from plantstream.sinks.timescaledb import bench_timescale as bt
 from plantstream.sinks.timescaledb.migrate import migrate
 from plantstream.sinks.timescaledb.queries import flavor
@@ -48,7 +49,7 @@ def test_demo_day_loads_every_kind_time_major(fresh_db: str) -> None:
         n, nf, ni, nb, tags, distinct_f, t_min, t_max = row
         assert (n, nf, ni, nb, tags) == (6300, 3600, 1800, 900, 7)
         assert distinct_f > 400  # noisy at 2 decimals like the simulators, not a constant or a short cycle
-        assert t_min == bt.T0 and t_max == bt.T0 + timedelta(seconds=899)
+        assert t_min == T0 and t_max == T0 + timedelta(seconds=899)
 
 
 def test_hourly_history_matches_the_minute_rows(fresh_db: str) -> None:
@@ -58,7 +59,7 @@ def test_hourly_history_matches_the_minute_rows(fresh_db: str) -> None:
     loaded = bt.load_minute_aggregates(fresh_db, tags=3, days=2)
     assert loaded["minute_rows"] == 3 * 2 * 24 * 60
     names = ["tag0001", "tag0002", "tag0003", "nosuchtag"]
-    start, end = bt.T0 - timedelta(days=2), bt.T0
+    start, end = T0 - timedelta(days=2), T0
     with psycopg.connect(fresh_db) as conn:
         res = bt.history_from_hourly(conn, "bench", names, start, end)
         s = res["tag0002"]
