@@ -211,8 +211,10 @@ def _limits(r: Run, sz: Sizes, prefix: str, logdir: Path) -> None:
         r.data["pg_copy"] = res
         r.add(Metric("limit.pg_copy_plain", "limit", res["plain_rows_per_s"], "rows/s",
                      note=f"binary COPY, {res['rows']:.0f} rows, plain table without index"))  # fmt: skip
+        shape = ("hypertable, primary key" if r.engine is not None and r.engine.timescale
+                 else "partitioned, primary key, BRIN")  # fmt: skip
         r.add(Metric("limit.pg_copy_readings", "limit", res["readings_rows_per_s"], "rows/s",
-                     note="binary COPY into readings (partitioned, primary key, BRIN), fresh database"))  # fmt: skip
+                     note=f"binary COPY into readings ({shape}), fresh database"))  # fmt: skip
 
     r.guard([("limit.pg_copy_plain", "limit", "rows/s"), ("limit.pg_copy_readings", "limit", "rows/s")], pg)
 

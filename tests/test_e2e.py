@@ -34,18 +34,27 @@ def load_ledger(path: Path) -> dict[tuple[str, str, int], Any]:
     return out
 
 
-def db_readings(dsn: str) -> dict[tuple[str, str, int], Any]:
+BAD_NO_COMMUNICATION = 0x80310000  # an OPC-UA gap marker's status code (edge/opcua/source.py)
+
+
+def db_readings(dsn: str, gaps: dict[tuple[str, str, int], Any] | None = None) -> dict[tuple[str, str, int], Any]:
+    """Every reading by (plant, tag, µs); OPC-UA gap markers (bad, BadNoCommunication) go to ``gaps``:
+    the edge writes one per tag when a session is lost, which it is when a simulator stops."""
     sql = """
         SELECT t.plant, t.tag, (extract(epoch FROM r.time) * 1000000)::bigint AS ts_us,
-               r.v_float, r.v_int, r.v_bool, r.v_text, t.unit
+               r.v_float, r.v_int, r.v_bool, r.v_text, r.quality, r.status_code
         FROM readings r JOIN tags t ON t.id = r.tag_id
     """
     out: dict[tuple[str, str, int], Any] = {}
     with psycopg.connect(dsn) as conn:
-        for plant, tag, ts_us, vf, vi, vb, vt, _unit in conn.execute(sql):
+        for plant, tag, ts_us, vf, vi, vb, vt, quality, code in conn.execute(sql):
             key = (plant, tag, int(ts_us))
             assert key not in out, f"duplicate row for {key}"
-            out[key] = next(v for v in (vf, vi, vb, vt) if v is not None)
+            value = next(v for v in (vf, vi, vb, vt) if v is not None)
+            if gaps is not None and code == BAD_NO_COMMUNICATION and quality == 2:
+                gaps[key] = value
+            else:
+                out[key] = value
     return out
 
 
@@ -86,7 +95,10 @@ def lot_stamps(dsn: str) -> list[tuple[str, str, int]]:
 
 def count_readings(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT count(*) FROM readings").fetchone()
+        # Gap markers are not what the simulators emitted; counting them could end the wait early.
+        row = conn.execute(
+            "SELECT count(*) FROM readings WHERE status_code IS DISTINCT FROM %s", (BAD_NO_COMMUNICATION,)
+        ).fetchone()
         return int(row[0]) if row else 0
 
 
@@ -150,7 +162,8 @@ def test_database_holds_exactly_what_the_simulators_emitted(transport: Settings,
             interval=1.0,
         )
         pipe.check_alive(allow_exited=[p.name for p in pipe.procs if p.name.startswith("sim-")])
-        got = db_readings(settings.dsn)
+        gaps: dict[tuple[str, str, int], Any] = {}
+        got = db_readings(settings.dsn, gaps)
         wait_until(lambda: aggregate_rows(settings.dsn) > 0, 120, "closed 1 s windows in aggregates_1s", interval=1.0)
         agg_mismatch = aggregates_disagreeing_with_readings(settings.dsn)
         lots = lot_stamps(settings.dsn)
@@ -162,6 +175,13 @@ def test_database_holds_exactly_what_the_simulators_emitted(transport: Settings,
         f"missing {len(set(expected) - set(got))}, unexpected {len(set(got) - set(expected))}: "
         f"{sorted(set(expected) ^ set(got))[:5]}"
     )
+    # Gap markers: only where a simulator's session ended (after its last sample), at most one per
+    # tag and session, NaN, never a value.
+    last_us = {plant: max(ts for p, _, ts in expected if p == plant) for plant in PLANTS}
+    assert all(isinstance(v, float) and math.isnan(v) for v in gaps.values()), "a gap marker carries a value"
+    assert all(ts > last_us[plant] for plant, _, ts in gaps), "a gap marker inside a simulator's run"
+    per_tag = [(plant, tag) for plant, tag, _ in gaps]
+    assert len(per_tag) == len(set(per_tag)), "more than one gap marker for a tag in one session loss"
     units = pipe.ledger_units()
     mismatches = []
     for key, want in expected.items():
