@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING
 from plantstream.access import Tier
 from plantstream.contract import Grade
 from plantstream.datasets.logic.durations import format_duration_us
-from plantstream.datasets.models import FileEntry, PullRequest
-from plantstream.datasets.output import Column
+from plantstream.datasets.models import PullRequest
 
 if TYPE_CHECKING:
-    from plantstream.datasets.pull import Plan
+    from plantstream.datasets.pull import Plan, TableOut
 
 _GRADE_ORDER = [Grade.GENERAL.value, Grade.IMPORTANT.value, Grade.CORE.value]
 
@@ -36,13 +35,10 @@ def _lowest_tier(grade: str) -> str:
 def render_card(
     req: PullRequest,
     plan: Plan,
-    cols: Sequence[Column],
-    files: Sequence[FileEntry],
+    outs: Sequence[TableOut],
     snapshot: str,
     watermark: str,
     rows: int,
-    dropped_no_lot: int,
-    split_rows: dict[str, int],
 ) -> str:
     grades = {t.grade for t in plan.tags}
     data_grade = max(grades, key=_GRADE_ORDER.index) if grades else "general"
@@ -53,9 +49,13 @@ def render_card(
     w(
         f"Sensor readings of plant **{req.plant}**"
         + (f", equipment subtree `{req.equipment}`" if req.equipment else "")
-        + f", {len(plan.tags)} tag(s) aligned into one wide table: one row per grid time, one column per tag"
+        + f", {len(plan.tags)} tag(s) aligned into "
+        + ("one wide table per line" if len(outs) > 1 else "one wide table")
+        + ": one row per grid time, one column per tag"
         + (", with lot id, spec limits, lot test results and in-spec labels" if req.labels else ", with the lot id")
-        + f". {rows} rows.\n"
+        + f". {rows} rows"
+        + (f" in {len(outs)} tables, one per line (see Tables)" if len(outs) > 1 else "")
+        + ".\n"
     )
     w(f"- Time range: `{_iso(req.start.isoformat())}` (inclusive) to `{_iso(req.end.isoformat())}` (exclusive), UTC")
     w(f"- Snapshot: `{snapshot}`; data watermark (SHA-256 of the source readings): `{watermark}`")
@@ -69,8 +69,15 @@ def render_card(
         "value is its LAST reading in the bucket (readings of bad quality are left out; good and uncertain "
         "are used). Empty buckets follow the tag's gap rule: `none` (null), `locf` (last value carried "
         "forward while the reading is at most `max_gap` old), `linear` (interpolated in time between the "
-        "readings around the gap when they are at most `max_gap` apart). A row's lot is the lot stamped on "
-        "the latest reading in the bucket, carried over empty buckets within the largest max gap.\n"
+        "readings around the gap when they are at most `max_gap` apart). "
+        + (
+            "A row's lot is the lot stamped on the latest reading in the bucket, carried over empty buckets "
+            "within the largest max gap (no process segments are recorded for this plant).\n"
+            if plan.tables[0].lots is None
+            else "A row's lot is the lot running at the row time on the table's line (the equipment its "
+            "process segments ran on; a lot ends at its end or when the next lot starts there). A tag "
+            "belongs to its equipment's nearest line.\n"
+        )
     )
     w("| tag | equipment | unit | type | grade | gap rule | max gap |")
     w("|---|---|---|---|---|---|---|")
@@ -79,29 +86,54 @@ def render_card(
         gap = format_duration_us(req.max_gap_us(g)) if g.rule != "none" else "-"
         w(f"| `{t.tag}` | `{t.equipment}` | {t.unit or '-'} | {t.datatype} | {t.grade} | {g.rule} | {gap} |")
     w("")
+    if len(outs) > 1:
+        w("## Tables\n")
+        w(
+            "Lines run different lots at the same time, so one `lot` column cannot hold them: each line "
+            "is its own table (`data/line=<table>/split=<split>/`), with the tags on that line.\n"
+        )
+        w("| table | line | tags | rows |")
+        w("|---|---|---|---|")
+        for o in outs:
+            w(f"| `{o.table.name}` | {f'`{o.table.line}`' if o.table.line else '-'} | {len(o.table.tags)} | {o.rows} |")
+        w("")
+    if plan.left_out:
+        shown = ", ".join(f"`{t}`" for t in plan.left_out[:30]) + (" ..." if len(plan.left_out) > 30 else "")
+        w(f"{len(plan.left_out)} selected tag(s) are on none of the selected lots' lines and are left out: {shown}.\n")
     w("## Lots and splits\n")
     if plan.split_of:
         assert req.split is not None
         w(
             f"Split **by lot** (no lot is in two splits), seed {req.split.seed}, proportions of lots "
-            f"train {req.split.train:g} / validation {req.split.validation:g} / test {req.split.test:g}.\n"
+            f"train {req.split.train:g} / validation {req.split.validation:g} / test {req.split.test:g}"
+            + (", made per table" if len(outs) > 1 else "")
+            + ".\n"
         )
-        w("| split | lots | rows |")
-        w("|---|---|---|")
-        for s in ("train", "validation", "test"):
-            lots = sorted(plan.lots[i].lot for i, sp in plan.split_of.items() if sp == s)
-            w(
-                f"| {s} | {len(lots)}: {', '.join(lots[:20])}{' ...' if len(lots) > 20 else ''} | {split_rows.get(s, 0)} |"
-            )
+        w(("| table " if len(outs) > 1 else "") + "| split | lots | rows |")
+        w(("|---" if len(outs) > 1 else "") + "|---|---|---|")
+        for o in outs:
+            for s in ("train", "validation", "test"):
+                lots = sorted(plan.lots[i].lot for i, sp in (o.table.split_of or {}).items() if sp == s)
+                head = f"| `{o.table.name}` " if len(outs) > 1 else ""
+                w(
+                    f"{head}| {s} | {len(lots)}: {', '.join(lots[:20])}{' ...' if len(lots) > 20 else ''} "
+                    f"| {o.split_rows.get(s, 0)} |"
+                )
         w("")
     elif plan.allowed is not None:
         lots = sorted(plan.lots[i].lot for i in plan.allowed)
         w(f"Rows of {len(lots)} selected lot(s): {', '.join(lots[:50])}{' ...' if len(lots) > 50 else ''}.\n")
     else:
         w("No lot selection: every grid row of the range is included (the `lot` column may be null).\n")
+    dropped_no_lot = sum(o.dropped_no_lot for o in outs)
     if dropped_no_lot:
         w(
             f"{dropped_no_lot} grid row(s) were left out because their lot is not among the selected lots (or unknown).\n"
+        )
+    if plan.parents:
+        w(
+            "`lot_parents` names each lot's parent lots from the genealogy (a slab's heat, a spool's "
+            "precursor): join it to the parent line's table to get the parent's process rows.\n"
         )
     if req.labels:
         w("## Labels\n")
@@ -128,7 +160,7 @@ def render_card(
     w("## Files\n")
     w("| file | rows | bytes | sha256 |")
     w("|---|---|---|---|")
-    for f in files:
+    for f in (f for o in outs for f in o.files):
         w(f"| `{f.path}` | {f.rows if f.rows is not None else '-'} | {f.bytes} | `{f.sha256}` |")
     w("")
     w(
@@ -138,5 +170,4 @@ def render_card(
     w(
         "```python\nimport pyarrow.dataset as ds\ntable = ds.dataset('data', format='parquet', partitioning='hive').to_table()\n```\n"
     )
-    del cols
     return "\n".join(out) + "\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,94 +157,108 @@ def croissant(
     description: str,
     license: str,
     version: str,
-    columns: Sequence[Column],
-    files: Sequence[tuple[str, str, str]],  # (split, relative path, sha256)
+    tables: Sequence[tuple[str, Sequence[Column], Sequence[tuple[str, str, str]]]],  # (table, columns, files)
     url: str,
     cite_as: str,
 ) -> dict[str, Any]:
-    """A Croissant 1.0 JSON-LD document for the Parquet files (one RecordSet, split by a cr:Split set)."""
+    """A Croissant 1.0 JSON-LD document for the Parquet files: one RecordSet per table (``rows``
+    for a pull with one table, ``rows-<table>`` otherwise), split by a cr:Split set. ``files``
+    are (split, relative path, sha256)."""
     distribution: list[dict[str, Any]] = []
-    for split, rel, sha in files:
+    record_sets: list[dict[str, Any]] = []
+    splits_present: list[str] = []
+    for table, columns, files in tables:
+        key = _ident(table)
+        sfx = f"-{key}" if table else ""
+        for split, rel, sha in files:
+            if split not in splits_present:
+                splits_present.append(split)
+            distribution.append(
+                {
+                    "@type": "cr:FileObject",
+                    "@id": f"parquet{sfx}-{split}",
+                    "name": f"parquet{sfx}-{split}",
+                    "description": f"rows of the {split} split" + (f" of table {table}" if table else ""),
+                    "contentUrl": rel,
+                    "encodingFormat": "application/x-parquet",
+                    "sha256": sha,
+                }
+            )
+        fileset = f"parquet-files{sfx}"
         distribution.append(
             {
-                "@type": "cr:FileObject",
-                "@id": f"parquet-{split}",
-                "name": f"parquet-{split}",
-                "description": f"rows of the {split} split",
-                "contentUrl": rel,
+                "@type": "cr:FileSet",
+                "@id": fileset,
+                "name": fileset,
+                "description": "all Parquet files"
+                + (f" of table {table}" if table else "")
+                + ", hive-partitioned by split",
                 "encodingFormat": "application/x-parquet",
-                "sha256": sha,
+                "includes": f"data/line={table}/*/*.parquet" if table else "data/*/*.parquet",
             }
         )
-    distribution.append(
-        {
-            "@type": "cr:FileSet",
-            "@id": "parquet-files",
-            "name": "parquet-files",
-            "description": "all Parquet files, hive-partitioned by split",
-            "encodingFormat": "application/x-parquet",
-            "includes": "data/*/*.parquet",
-        }
-    )
-    splits_present = [s for s, _, _ in files]
+        rs = f"rows{sfx}"
+        fields: list[dict[str, Any]] = []
+        for c in columns:
+            desc = (
+                c.description + (f" [unit: {c.unit}]" if c.unit else "") + (f" [grade: {c.grade}]" if c.grade else "")
+            )
+            fid = f"{rs}/{c.name}"
+            dtype = "sc:Date" if pa.types.is_timestamp(c.type) else _DATATYPE.get(c.type, "sc:Text")
+            f: dict[str, Any] = {
+                "@type": "cr:Field",
+                "@id": fid,
+                "name": fid,
+                "description": desc,
+                "dataType": dtype,
+                "source": {"fileSet": {"@id": fileset}, "extract": {"column": c.name}},
+            }
+            if c.unit:
+                f["sc:unitText"] = c.unit
+            fields.append(f)
+        fields.append(
+            {
+                "@type": "cr:Field",
+                "@id": f"{rs}/split",
+                "name": f"{rs}/split",
+                "description": "the split of the row (from the file path)",
+                "dataType": "sc:Text",
+                "source": {
+                    "fileSet": {"@id": fileset},
+                    "extract": {"fileProperty": "fullpath"},
+                    "transform": {"regex": "^(?:.*split=)?([a-z]+)(?:/[^/]*)?$"},
+                },
+                "references": {"field": {"@id": "splits/name"}},
+            }
+        )
+        record_sets.append(
+            {
+                "@type": "cr:RecordSet",
+                "@id": rs,
+                "name": rs,
+                "description": "one row per grid time"
+                + (f": table {table} (one line's tags and lots)" if table else ""),
+                "field": fields,
+            }
+        )
     split_urls = {"train": "cr:TrainSplit", "validation": "cr:ValidationSplit", "test": "cr:TestSplit"}
-    record_sets: list[dict[str, Any]] = [
-        {
-            "@type": "cr:RecordSet",
-            "@id": "splits",
-            "name": "splits",
-            "description": "the splits of this dataset (by lot: no lot is in two splits)",
-            "dataType": "cr:Split",
-            "key": {"@id": "splits/name"},
-            "field": [
-                {"@type": "cr:Field", "@id": "splits/name", "name": "splits/name", "dataType": "sc:Text"},
-                {"@type": "cr:Field", "@id": "splits/url", "name": "splits/url", "dataType": "sc:URL"},
-            ],
-            "data": [
-                {"splits/name": s, "splits/url": split_urls.get(s, f"cr:{s.capitalize()}Split")} for s in splits_present
-            ],
-        }
-    ]
-    fields: list[dict[str, Any]] = []
-    for c in columns:
-        desc = c.description + (f" [unit: {c.unit}]" if c.unit else "") + (f" [grade: {c.grade}]" if c.grade else "")
-        fid = f"rows/{c.name}"
-        dtype = "sc:Date" if pa.types.is_timestamp(c.type) else _DATATYPE.get(c.type, "sc:Text")
-        f: dict[str, Any] = {
-            "@type": "cr:Field",
-            "@id": fid,
-            "name": fid,
-            "description": desc,
-            "dataType": dtype,
-            "source": {"fileSet": {"@id": "parquet-files"}, "extract": {"column": c.name}},
-        }
-        if c.unit:
-            f["sc:unitText"] = c.unit
-        fields.append(f)
-    fields.append(
-        {
-            "@type": "cr:Field",
-            "@id": "rows/split",
-            "name": "rows/split",
-            "description": "the split of the row (from the file path)",
-            "dataType": "sc:Text",
-            "source": {
-                "fileSet": {"@id": "parquet-files"},
-                "extract": {"fileProperty": "fullpath"},
-                "transform": {"regex": "^(?:.*split=)?([a-z]+)(?:/[^/]*)?$"},
-            },
-            "references": {"field": {"@id": "splits/name"}},
-        }
-    )
-    record_sets.append(
-        {
-            "@type": "cr:RecordSet",
-            "@id": "rows",
-            "name": "rows",
-            "description": "one row per grid time",
-            "field": fields,
-        }
-    )
+    order = {"train": 0, "validation": 1, "test": 2}
+    splits_present.sort(key=lambda s: order.get(s, 3))
+    splits: dict[str, Any] = {
+        "@type": "cr:RecordSet",
+        "@id": "splits",
+        "name": "splits",
+        "description": "the splits of this dataset (by lot: no lot is in two splits)",
+        "dataType": "cr:Split",
+        "key": {"@id": "splits/name"},
+        "field": [
+            {"@type": "cr:Field", "@id": "splits/name", "name": "splits/name", "dataType": "sc:Text"},
+            {"@type": "cr:Field", "@id": "splits/url", "name": "splits/url", "dataType": "sc:URL"},
+        ],
+        "data": [
+            {"splits/name": s, "splits/url": split_urls.get(s, f"cr:{s.capitalize()}Split")} for s in splits_present
+        ],
+    }
     return {
         "@context": _CONTEXT,
         "@type": "sc:Dataset",
@@ -255,8 +270,13 @@ def croissant(
         "url": url,
         "version": version,
         "distribution": distribution,
-        "recordSet": record_sets,
+        "recordSet": [splits, *record_sets],
     }
+
+
+def _ident(table: str) -> str:
+    """A table name as an id part (line paths use '.', kept; anything else becomes '_')."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", table)
 
 
 def dumps_json(doc: dict[str, Any]) -> str:

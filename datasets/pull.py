@@ -48,8 +48,9 @@ from plantstream.datasets.card import render_card
 from plantstream.datasets.logic.durations import format_duration_us
 from plantstream.datasets.logic.labels import Limit, governing_limits, in_spec
 from plantstream.datasets.logic.resample import Resampler, Rows, TagPlan
+from plantstream.datasets.logic.segments import LineLots, line_of
 from plantstream.datasets.logic.split import SplitError, assign_splits
-from plantstream.datasets.models import FileEntry, PullRecord, PullRequest, Requester, RequestError
+from plantstream.datasets.models import FileEntry, PullRecord, PullRequest, Requester, RequestError, _us
 from plantstream.datasets.source import (
     SOURCE_TAGS_SQL,
     RawWindow,
@@ -99,16 +100,37 @@ class LotInfo:
 
 
 @dataclass
+class Table:
+    """One wide table of a pull: the tags of one line, with that line's lots in the ``lot`` column.
+
+    ``name`` is '' when the pull has one table (files ``data/split=<s>/``), else the line's
+    equipment path with '.' for '/' (files ``data/line=<name>/split=<s>/``), or ``unscoped`` for
+    tags on no lot's equipment (their ``lot`` is null). ``lots`` None: no process segments are
+    recorded for the plant, the lot comes from the readings' lot stamp (the pre-0010 rule)."""
+
+    name: str
+    line: str | None
+    tags: list[SourceTag]
+    lots: LineLots | None
+    allowed: set[int] | None = None  # rows of other lots (and rows without a lot) are left out
+    split_of: dict[int, str] | None = None
+
+
+@dataclass
 class Plan:
     tags: list[SourceTag]
     withheld: list[tuple[str, int]]  # (grade, how many tags): never names (migration 0008)
     lots: dict[int, LotInfo] = field(default_factory=dict)
-    lot_rows: dict[int, int] = field(default_factory=dict)  # lot id -> readings in range
-    allowed: set[int] | None = None  # rows of other lots (and rows without a lot) are left out
-    split_of: dict[int, str] | None = None
+    lot_rows: dict[int, int] = field(default_factory=dict)  # lot id -> readings in range (no-segment rule)
+    allowed: set[int] | None = None  # union over the tables
+    split_of: dict[int, str] | None = None  # union over the tables
     properties: list[tuple[str, str]] = field(default_factory=list)  # (property, unit)
     results: dict[int, dict[str, float]] = field(default_factory=dict)
     limits: dict[str, dict[str, Limit]] = field(default_factory=dict)  # spec id -> property -> limit
+    tables: list[Table] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # selected tags on none of the selected lots' lines
+    parents: dict[int, list[str]] = field(default_factory=dict)  # lot id -> parent lots (genealogy)
+    segments_digest: bytes = b""
 
 
 # --- resolve: everything that can be wrong is found here, before any file exists -------------------
@@ -177,9 +199,53 @@ def resolve(conn: psycopg.Connection[Any], req: PullRequest) -> Plan:
         ).fetchall()
     }
     plan = Plan(tags, withheld, lots=lots)
+    _plan_tables(conn, req, plan)
     if req.needs_lots:
         _plan_lots(conn, req, plan, ids)
+    _name_tables(plan)
     return plan
+
+
+_SEGMENTS_SQL = """SELECT lot_id, equipment, start_time, least(end_time, next_start) FROM (
+        SELECT lot_id, equipment, start_time, end_time,
+               lead(start_time) OVER (PARTITION BY equipment ORDER BY start_time, lot_id) AS next_start
+        FROM ds_process_segments WHERE plant = %(plant)s) s
+    WHERE start_time < %(hi)s AND coalesce(least(end_time, next_start), 'infinity') > %(lo)s
+    ORDER BY equipment, start_time, lot_id"""
+
+
+def _plan_tables(conn: psycopg.Connection[Any], req: PullRequest, plan: Plan) -> None:
+    """One table per line (see ``Table``): a wide table's ``lot`` column never mixes lines."""
+    per_line: dict[str, list[tuple[int, int, int | None]]] = {}
+    for lot_id, eq, start, end in conn.execute(
+        _SEGMENTS_SQL, {"plant": req.plant, "lo": req.start, "hi": req.end}
+    ).fetchall():
+        if int(lot_id) in plan.lots:
+            per_line.setdefault(str(eq), []).append((int(lot_id), _us(start), None if end is None else _us(end)))
+    if not per_line:
+        plan.tables = [Table("", None, list(plan.tags), None)]
+        return
+    lines = {line: LineLots.build(line, segs) for line, segs in per_line.items()}
+    digest = hashlib.sha256()
+    for line in sorted(lines):
+        digest.update(lines[line].digest())
+    plan.segments_digest = digest.digest()
+    groups: dict[str | None, list[SourceTag]] = {}
+    for t in plan.tags:
+        groups.setdefault(line_of(t.equipment, lines), []).append(t)
+    empty = LineLots.build("", [])
+    plan.tables = [
+        Table(line or "", line, tags, lines[line] if line is not None else empty)
+        for line, tags in sorted(groups.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))
+    ]
+
+
+def _name_tables(plan: Plan) -> None:
+    if len(plan.tables) == 1:
+        plan.tables[0].name = ""
+        return
+    for t in plan.tables:
+        t.name = t.line.replace("/", ".") if t.line is not None else "unscoped"
 
 
 def _plan_lots(conn: psycopg.Connection[Any], req: PullRequest, plan: Plan, ids: list[int]) -> None:
@@ -192,33 +258,65 @@ def _plan_lots(conn: psycopg.Connection[Any], req: PullRequest, plan: Plan, ids:
         raise RequestError("spec", f"no lot of plant {req.plant!r} has material spec {req.spec!r}")
     if req.material_grade and not any(li.material_grade == req.material_grade for li in lots.values()):
         raise RequestError("material_grade", f"no lot of plant {req.plant!r} has material grade {req.material_grade!r}")
-    counts = conn.execute(
-        "SELECT lot_id, count(*) FROM ds_readings WHERE tag_id = ANY(%(ids)s) AND time >= %(lo)s AND time < %(hi)s "
-        "AND lot_id IS NOT NULL GROUP BY lot_id ORDER BY lot_id",
-        {"ids": ids, "lo": req.start, "hi": req.end},
-    ).fetchall()
-    plan.lot_rows = {int(r[0]): int(r[1]) for r in counts if int(r[0]) in lots}
-    candidates = set(plan.lot_rows)
-    if req.lots:
-        candidates &= {by_name[lot].id for lot in req.lots}
-    if req.spec:
-        candidates = {i for i in candidates if lots[i].spec_id == req.spec}
-    if req.material_grade:
-        candidates = {i for i in candidates if lots[i].material_grade == req.material_grade}
+
+    def select(candidates: set[int]) -> set[int]:
+        if req.lots:
+            candidates &= {by_name[lot].id for lot in req.lots}
+        if req.spec:
+            candidates = {i for i in candidates if lots[i].spec_id == req.spec}
+        if req.material_grade:
+            candidates = {i for i in candidates if lots[i].material_grade == req.material_grade}
+        return candidates
+
     filtered = bool(req.lots or req.spec or req.material_grade or req.split)
+    segmented = plan.tables[0].lots is not None
+    if segmented:
+        # A lot's rows are the grid rows of its line while it runs there (its process segments);
+        # which lot the readings were stamped with does not decide it.
+        in_range = {t.name: t.lots.overlapping(req.start_us, req.end_us) if t.lots else set() for t in plan.tables}
+    else:
+        counts = conn.execute(
+            "SELECT lot_id, count(*) FROM ds_readings WHERE tag_id = ANY(%(ids)s) AND time >= %(lo)s "
+            "AND time < %(hi)s AND lot_id IS NOT NULL GROUP BY lot_id ORDER BY lot_id",
+            {"ids": ids, "lo": req.start, "hi": req.end},
+        ).fetchall()
+        plan.lot_rows = {int(r[0]): int(r[1]) for r in counts if int(r[0]) in lots}
+        in_range = {plan.tables[0].name: set(plan.lot_rows)}
+    every = set().union(*in_range.values())
     if filtered:
-        if not candidates:
+        kept: list[Table] = []
+        for t in plan.tables:
+            cand = select(set(in_range[t.name]))
+            if cand:
+                t.allowed = cand
+                kept.append(t)
+            else:
+                plan.left_out += [x.tag for x in t.tags]
+        if not kept:
             what = "lots" if req.lots else "spec" if req.spec else "material_grade" if req.material_grade else "split"
             raise RequestError(what, "no readings of the selected lots in the time range")
-        plan.allowed = candidates
+        plan.tables = kept
+        plan.allowed = set().union(*(t.allowed or set() for t in kept))
+        plan.tags = [x for t in kept for x in t.tags]
     if req.split is not None:
-        try:
-            names = assign_splits([lots[i].lot for i in candidates], req.split.proportions, req.split.seed)
-        except SplitError as exc:
-            raise RequestError(exc.field, str(exc)) from None
-        plan.split_of = {by_name[name].id: s for name, s in names.items()}
+        plan.split_of = {}
+        for t in plan.tables:
+            assert t.allowed is not None
+            try:
+                names = assign_splits([lots[i].lot for i in t.allowed], req.split.proportions, req.split.seed)
+            except SplitError as exc:
+                where = f" (line {t.line})" if len(plan.tables) > 1 and t.line else ""
+                raise RequestError(exc.field, str(exc) + where) from None
+            t.split_of = {by_name[name].id: s for name, s in names.items()}
+            plan.split_of.update(t.split_of)
+    wanted = sorted(plan.allowed if plan.allowed is not None else every)
+    for parent, child in conn.execute(
+        "SELECT p.lot, g.child_id FROM ds_lot_genealogy g JOIN ds_lots p ON p.id = g.parent_id "
+        "WHERE g.child_id = ANY(%s) ORDER BY g.child_id, p.lot",
+        (wanted,),
+    ).fetchall():
+        plan.parents.setdefault(int(child), []).append(str(parent))
     if req.labels:
-        wanted = sorted(candidates if filtered else set(plan.lot_rows))
         for lot_id, prop, value, _unit in conn.execute(
             "SELECT lot_id, property, value, unit FROM ds_lot_test_results WHERE lot_id = ANY(%s) "
             "ORDER BY lot_id, property, time",
@@ -246,16 +344,21 @@ def _plan_lots(conn: psycopg.Connection[Any], req: PullRequest, plan: Plan, ids:
 # --- columns ---------------------------------------------------------------------------------------
 
 
-def columns_of(req: PullRequest, plan: Plan) -> list[output.Column]:
+def columns_of(req: PullRequest, plan: Plan, table: Table | None = None) -> list[output.Column]:
+    table = table or plan.tables[0]
+    if table.lots is None:
+        lot_desc = "lot on the equipment at this time (from the readings' lot stamp)"
+    elif table.line is None:
+        lot_desc = "always null: these tags are on no lot's equipment"
+    else:
+        lot_desc = f"lot running on {table.line} at the row time (its process segments)"
     cols = [
         output.Column(
             "time", pa.timestamp("us", tz="UTC"), description="grid time (UTC), start of the bucket", nullable=False
         ),
-        output.Column(
-            "lot", pa.string(), description="lot on the equipment at this time (from the readings' lot stamp)"
-        ),
+        output.Column("lot", pa.string(), description=lot_desc),
     ]
-    for t in plan.tags:
+    for t in table.tags:
         g = req.gap_for(t.tag)
         desc = (t.description or t.tag) + f"; equipment {t.equipment}; gap rule {g.rule}"
         if g.rule != "none":
@@ -282,6 +385,12 @@ def columns_of(req: PullRequest, plan: Plan) -> list[output.Column]:
                 )
             )
         cols.append(output.Column("in_spec", pa.bool_(), description="label: every measured property within spec"))
+    if plan.parents:
+        cols.append(
+            output.Column(
+                "lot_parents", pa.string(), description="the lot's parent lots (genealogy), ';'-separated, sorted"
+            )
+        )
     return cols
 
 
@@ -349,6 +458,9 @@ def _lot_table(req: PullRequest, plan: Plan) -> _LotTable:
                 pa.bool_(),
             )
         )
+    if plan.parents:
+        par = np.array([";".join(plan.parents.get(int(i), [])) for i in ids], dtype=object)
+        cols.append((par, np.array([int(i) in plan.parents for i in ids], np.bool_), pa.string()))
     return _LotTable(ids, {int(i): j for j, i in enumerate(ids)}, names, cols)
 
 
@@ -461,34 +573,53 @@ def _produce(
     cancel: threading.Event | None = None,
     helpers: Sequence[psycopg.Connection[Any]] = (),
 ) -> _Result:
-    cols = columns_of(req, plan)
-    schema = output.schema_of(cols)
     base = out.parent if out is not None else Path.cwd()
     tmp = base / f".dataset-partial-{uuid.uuid4().hex[:12]}"
     tmp.mkdir(parents=True)
     try:
-        res = _stream(conn, req, plan, cols, schema, tmp, progress, cancel, helpers)
+        stats = Progress()
+        t0 = time.perf_counter()
+        outs = [_stream(conn, req, plan, t, tmp, stats, t0, progress, cancel, helpers) for t in plan.tables]
+        stats.seconds = time.perf_counter() - t0
+        if progress is not None:
+            progress(stats)
+        rows = sum(o.rows for o in outs)
+        if rows == 0:
+            raise RequestError("start", "the selection leaves no rows (no readings of the selected lots on the grid)")
+        watermark = _watermark(plan, outs)
+        log.info(
+            "dataset streamed",
+            extra={
+                "kv": {
+                    "rows": stats.rows,
+                    "cells": stats.cells,
+                    "readings": stats.readings,
+                    "seconds": round(stats.seconds, 3),
+                    "cells_per_s": round(stats.cells_per_s),
+                }
+            },
+        )
         snapshot = hashlib.sha256(
-            "\n".join([output.FORMAT_VERSION, req.canonical_json(), json.dumps(plan.withheld), res.watermark]).encode()
+            "\n".join([output.FORMAT_VERSION, req.canonical_json(), json.dumps(plan.withheld), watermark]).encode()
         ).hexdigest()[:24]
-        files = res.files
-        rel_files = [(f.path.split("/")[1].removeprefix("split="), f.path, f.sha256) for f in files]
+        files = [f for o in outs for f in o.files]
         name = req.name or f"{req.plant}-{snapshot[:12]}"
         doc = output.croissant(
             name=name,
             description=f"plantstream dataset {snapshot}: plant {req.plant}, {len(plan.tags)} tags on a "
-            f"{req.interval} grid, {_iso(req.start)} to {_iso(req.end)}. See README.md (dataset card).",
+            f"{req.interval} grid, {_iso(req.start)} to {_iso(req.end)}"
+            + (f", one table per line ({len(outs)})" if len(outs) > 1 else "")
+            + ". See README.md (dataset card).",
             license=req.license,
             version="1.0.0",
-            columns=cols,
-            files=rel_files,
+            tables=[
+                (o.table.name, o.cols, [(o.split_of_file[f.path], f.path, f.sha256) for f in o.files]) for o in outs
+            ],
             url=f"urn:plantstream:dataset:{snapshot}",
             cite_as=f"plantstream dataset {name}, snapshot {snapshot}, plant {req.plant}",
         )
         (tmp / "croissant.json").write_text(output.dumps_json(doc), encoding="utf-8")
-        card = render_card(
-            req, plan, cols, files, snapshot, res.watermark, res.rows, res.dropped_no_lot, res.split_rows
-        )
+        card = render_card(req, plan, outs, snapshot, watermark, rows)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         for extra in ("croissant.json", "README.md"):
             p = tmp / extra
@@ -497,18 +628,33 @@ def _produce(
         if target.exists():
             raise RequestError("out", f"{target} already exists; choose a new directory")
         os.replace(tmp, target)
-        return _Result(snapshot, res.watermark, target.resolve(), files, res.rows, res.cells)
+        return _Result(snapshot, watermark, target.resolve(), files, rows, stats.cells)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def _watermark(plan: Plan, outs: Sequence[TableOut]) -> str:
+    """The readings' watermark of the only table as before; with segments or several tables, a
+    SHA-256 over each table's readings watermark and the segments the row lots come from."""
+    if len(outs) == 1 and not plan.segments_digest:
+        return outs[0].watermark
+    h = hashlib.sha256(plan.segments_digest)
+    for o in outs:
+        h.update(f"{o.table.name}\t{o.watermark}\n".encode())
+    return h.hexdigest()
+
+
 @dataclass
-class _Streamed:
+class TableOut:
+    """What one table of a pull produced (for the Croissant document and the card)."""
+
+    table: Table
+    cols: list[output.Column]
     watermark: str
     files: list[FileEntry]
+    split_of_file: dict[str, str]  # file path -> split name
     rows: int
-    cells: int
     dropped_no_lot: int
     split_rows: dict[str, int]
 
@@ -517,37 +663,43 @@ def _stream(
     conn: psycopg.Connection[Any],
     req: PullRequest,
     plan: Plan,
-    cols: list[output.Column],
-    schema: pa.Schema,
+    table: Table,
     tmp: Path,
+    stats: Progress,
+    t0: float,
     progress: ProgressFn | None,
     cancel: threading.Event | None = None,
     helpers: Sequence[psycopg.Connection[Any]] = (),
-) -> _Streamed:
+) -> TableOut:
+    cols = columns_of(req, plan, table)
+    schema = output.schema_of(cols)
     plans = []
-    for t in plan.tags:
+    for t in table.tags:
         g = req.gap_for(t.tag)
         plans.append(TagPlan(t.tag, t.datatype, g.rule, req.max_gap_us(g) if g.rule != "none" else 0))  # type: ignore[arg-type]
     lot_gap = max([req.max_gap_us(req.gap)] + [p.max_gap_us for p in plans])
     rs = Resampler(req.start_us, req.interval_us, req.n_rows, plans, lot_max_gap_us=lot_gap)
-    reader = WindowReader(conn, plan.tags, helpers=helpers)
+    reader = WindowReader(conn, table.tags, helpers=helpers)
     lots = _lot_table(req, plan)
     writers: dict[str, output.SplitWriter] = {}
-    allowed = np.array(sorted(plan.allowed), np.int64) if plan.allowed is not None else None
+    allowed = np.array(sorted(table.allowed), np.int64) if table.allowed is not None else None
     split_names = ("train", "validation", "test")
-    split_ids = np.array(sorted(plan.split_of), np.int64) if plan.split_of else np.empty(0, np.int64)
+    split_ids = np.array(sorted(table.split_of), np.int64) if table.split_of else np.empty(0, np.int64)
     split_idx = (
-        np.array([split_names.index(plan.split_of[int(i)]) for i in split_ids], np.int8) if plan.split_of else None
+        np.array([split_names.index(table.split_of[int(i)]) for i in split_ids], np.int8) if table.split_of else None
     )
-    stats = Progress()
+    folder = tmp / "data" / (f"line={table.name}" if table.name else "")
     dropped = 0
-    t0 = time.perf_counter()
-    last_report = t0
+    read_before = stats.readings
+    last_report = time.perf_counter()
 
     def emit(rows: Rows) -> None:
         nonlocal dropped
         if not len(rows):
             return
+        if table.lots is not None:
+            # The row's lot is the lot running on this table's line at the row time.
+            rows.lot = table.lots.lot_at(req.start_us + rows.k * req.interval_us)
         if allowed is not None:
             keep = np.isin(rows.lot, allowed)
             dropped += int((~keep).sum())
@@ -566,21 +718,21 @@ def _stream(
             batch = _batch(req, part, lots, schema)
             w = writers.get(name)
             if w is None:
-                w = writers[name] = output.SplitWriter(tmp / "data" / f"split={name}" / "part-00000.parquet", schema)
+                w = writers[name] = output.SplitWriter(folder / f"split={name}" / "part-00000.parquet", schema)
             w.write(batch)
             stats.rows += batch.num_rows
-            stats.cells += batch.num_rows * len(plan.tags)
+            stats.cells += batch.num_rows * len(table.tags)
 
     # The database builds the next window while this thread decodes, resamples and writes the
     # current one (the reader thread only waits on the socket, GIL released), so the server
     # never idles on Python work; the queue bounds memory to ~3 windows.
     try:
-        for k, hi, raw in _prefetch(reader, rs, len(plan.tags)):
+        for k, hi, raw in _prefetch(reader, rs, len(table.tags)):
             if cancel is not None and cancel.is_set():
                 raise PullCancelled("the pull was cancelled")
             emit(rs.feed(k, hi, reader.decode(raw)))
             now = time.perf_counter()
-            stats.readings, stats.seconds = reader.rows_read, now - t0
+            stats.readings, stats.seconds = read_before + reader.rows_read, now - t0
             if progress is not None and now - last_report >= 1.0:
                 last_report = now
                 progress(stats)
@@ -589,32 +741,18 @@ def _stream(
         reader.close()
     for w in writers.values():
         w.close()
-    stats.readings, stats.seconds = reader.rows_read, time.perf_counter() - t0
-    if progress is not None:
-        progress(stats)
-    if stats.rows == 0:
-        raise RequestError("start", "the selection leaves no rows (no readings of the selected lots on the grid)")
+    stats.readings = read_before + reader.rows_read
     files = []
     order = {"train": 0, "validation": 1, "test": 2, "all": 3}
     split_rows = {}
+    split_of_file = {}
     for name in sorted(writers, key=lambda s: order[s]):
         w = writers[name]
         rel = w.path.relative_to(tmp).as_posix()
         files.append(FileEntry(path=rel, sha256=output.sha256_file(w.path), bytes=w.path.stat().st_size, rows=w.rows))
         split_rows[name] = w.rows
-    log.info(
-        "dataset streamed",
-        extra={
-            "kv": {
-                "rows": stats.rows,
-                "cells": stats.cells,
-                "readings": stats.readings,
-                "seconds": round(stats.seconds, 3),
-                "cells_per_s": round(stats.cells_per_s),
-            }
-        },
-    )
-    return _Streamed(reader.watermark, files, stats.rows, stats.cells, dropped, split_rows)
+        split_of_file[rel] = name
+    return TableOut(table, cols, reader.watermark, files, split_of_file, sum(split_rows.values()), dropped, split_rows)
 
 
 def _windows(reader: WindowReader, rs: Resampler, n_tags: int) -> Iterator[tuple[int, int, RawWindow]]:
