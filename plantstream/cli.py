@@ -39,14 +39,11 @@ class LazyGroup(click.Group):
 
     @staticmethod
     def _load(name: str) -> click.Command | None:
+        # Stages load on first use (start-up stays fast); an ImportError is a broken stage and
+        # propagates: hiding it would hide the command too.
         for n, mod, attr in MOUNTS:
             if n == name:
-                try:
-                    cmd = getattr(importlib.import_module(mod), attr)
-                except (ImportError, AttributeError) as exc:
-                    if isinstance(exc, ModuleNotFoundError) and exc.name and not exc.name.startswith("plantstream"):
-                        raise
-                    return None
+                cmd = getattr(importlib.import_module(mod), attr)
                 assert isinstance(cmd, click.Command)
                 return cmd
         return None

@@ -26,7 +26,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from plantstream.cli import MOUNTS, cli
+from plantstream.cli import cli
 from plantstream.config import KafkaSecurity, Settings
 
 COMPOSE_DIR = Path(__file__).resolve().parent.parent / "compose"
@@ -37,7 +37,6 @@ README = COMPOSE_DIR / "README.md"
 SCHEMA_DIST = "check-jsonschema"
 SCHEMA_FILE = "compose-spec.json"
 # Stages the brief allows to be missing for now; any other missing stage is a failure.
-NOT_BUILT_YET_OK = {"dataset", "monitor"}
 ONE_SHOT_CONDITION = "service_completed_successfully"
 KAFKA_NODES = ("kafka-1", "kafka-2", "kafka-3")
 ACLS = COMPOSE_DIR / "kafka" / "acls.sh"
@@ -226,15 +225,10 @@ def walk_commands(group: click.Command, ctx: click.Context, path: tuple[str, ...
                 yield from walk_commands(sub, ctx, (*path, name))
 
 
-class StageMissing(Exception):
-    pass
-
-
 def resolve(args: list[str]) -> tuple[list[str], click.Command, list[str]]:
     """Walk the click tree along ``args``: (command path, leaf command, remaining args).
 
-    StageMissing when the first word is a mounted stage whose module is not built; AssertionError
-    for any other unknown word."""
+    AssertionError for an unknown word."""
     ctx = click.Context(cli, info_name="plantstream")
     cmd: click.Command = cli
     path: list[str] = []
@@ -243,9 +237,6 @@ def resolve(args: list[str]) -> tuple[list[str], click.Command, list[str]]:
         word = rest.pop(0)
         sub = cmd.get_command(ctx, word)
         if sub is None:
-            if not path and any(name == word for name, _, _ in MOUNTS):
-                module = next(mod for name, mod, _ in MOUNTS if name == word)
-                raise StageMissing(f"`plantstream {word}` is mounted from {module}, which does not exist yet")
             known = ", ".join(cmd.list_commands(ctx))
             raise AssertionError(f"`plantstream {' '.join([*path, word])}` is not a command (known here: {known})")
         cmd = sub
@@ -324,12 +315,7 @@ def test_service_command_is_a_real_cli_command(service: str, services: dict[str,
     svc = services[service]
     args = argv(svc)
     assert args[:1] == ["plantstream"], f"{service}: command must start with the plantstream console script: {args}"
-    try:
-        path, leaf, rest = resolve(args[1:])
-    except StageMissing as exc:
-        if args[1] in NOT_BUILT_YET_OK:
-            pytest.xfail(f"stage not built yet: {exc}")
-        pytest.fail(f"compose service {service!r} runs `{' '.join(args)}`, but {exc}")
+    path, leaf, rest = resolve(args[1:])
     # Parse the remaining arguments exactly as click would (option names, types, choices, paths),
     # with container paths of bind-mounted files replaced by the files in compose/.
     mounts = bind_mounts(svc)
@@ -586,8 +572,7 @@ def test_edge_config_exists_and_passes_edge_check(service: str, services: dict[s
     assert PurePosixPath(container_path).parent != PurePosixPath(environment(svc)["PLANTSTREAM_STATE_DIR"])
     ctx = click.Context(cli, info_name="plantstream")
     edge = cli.get_command(ctx, "edge")
-    if not isinstance(edge, click.Group) or edge.get_command(ctx, "check") is None:
-        pytest.skip("`plantstream edge check` not built yet")
+    assert isinstance(edge, click.Group) and edge.get_command(ctx, "check") is not None, "no `plantstream edge check`"
     result = CliRunner().invoke(cli, ["--log-format", "text", "edge", "check", "--config", str(host)])
     assert result.exit_code == 0, f"plantstream edge check --config {host}:\n{result.output}"
 
@@ -597,7 +582,8 @@ def test_edge_config_fits_the_container(service: str, services: dict[str, dict[s
     """The agent config is valid for the edge stage's model and wired to this deployment: metrics
     where Prometheus and the healthcheck look, buffer on the volume, Kafka from the environment,
     OPC-UA endpoints of the `sim` profile on the port the simulator serves."""
-    edge_config = pytest.importorskip("plantstream.edge.config", reason="edge stage config not built yet")
+    from plantstream.edge import config as edge_config
+
     svc = services[service]
     env = environment(svc)
     args = argv(svc)
@@ -693,11 +679,10 @@ SHARED_METRICS = {
 }
 
 
-def _stage_sources(stage: str) -> str | None:
-    """Source text of a built stage (its cli module exists), tests excluded; None if not built."""
+def _stage_sources(stage: str) -> str:
+    """Source text of a stage, tests excluded."""
     root = Path(__file__).resolve().parent.parent / stage
-    if not (root / "cli.py").exists():
-        return None
+    assert (root / "cli.py").exists(), f"{stage}/cli.py missing"
     return "\n".join(
         p.read_text(encoding="utf-8", errors="replace") for p in root.rglob("*.py") if "tests" not in p.parts
     )
@@ -711,7 +696,7 @@ def _defines(source: str, metric: str) -> bool:
 
 def test_built_stages_export_the_contract_metrics(readme: str) -> None:
     """The dashboard is only as good as the names the stages export: each built stage declares the
-    contract metrics of its prefix (and the shared ones). Stages not built yet are not checked."""
+    contract metrics of its prefix (and the shared ones)."""
     contract = contract_metrics(readme)
     missing: dict[str, list[str]] = {}
     checked = 0
@@ -719,13 +704,10 @@ def test_built_stages_export_the_contract_metrics(readme: str) -> None:
         stages = SHARED_METRICS.get(metric) or tuple(s for p, s in STAGE_OF_PREFIX.items() if metric.startswith(p))
         for stage in stages:
             source = _stage_sources(stage)
-            if source is None:
-                continue
             checked += 1
             if not _defines(source, metric):
                 missing.setdefault(stage, []).append(metric)
-    if checked == 0:
-        pytest.skip("no stage exporting metrics is built yet")
+    assert checked > 0, "no stage checked"
     assert not missing, "stages do not export the metrics contract of compose/README.md: " + "; ".join(
         f"{stage}: {', '.join(names)}" for stage, names in sorted(missing.items())
     )
