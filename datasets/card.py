@@ -5,6 +5,7 @@ Deterministic: no times of the pull, no requester; only facts of the request and
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,56 @@ def _lowest_tier(grade: str) -> str:
     return Tier.OWNER.value
 
 
+# SPDX ids the Hugging Face Hub spells differently (it takes most in lower case).
+_HF_LICENSE = {"CC0-1.0": "cc0-1.0", "CC-BY-4.0": "cc-by-4.0", "CC-BY-SA-4.0": "cc-by-sa-4.0", "MIT": "mit"}
+_HF_SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
+_HF_SIZES_BIG = ((10**7, "1M<n<10M"), (10**8, "10M<n<100M"), (10**9, "100M<n<1B"))
+
+
+def size_category(rows: int) -> str:
+    for bound, name in _HF_SIZES + _HF_SIZES_BIG:
+        if rows < bound:
+            return name
+    return "1B<n<10B"
+
+
+def hf_split(split: str) -> str:
+    """A pull without a split has one file set, 'all'; the Hub calls a dataset's only split 'train'
+    ('all' is reserved by the ``datasets`` package for the union of splits)."""
+    return "train" if split == "all" else split
+
+
+def front_matter(req: PullRequest, plan: Plan, outs: Sequence[TableOut], rows: int) -> list[str]:
+    """The card's YAML header: Hugging Face dataset metadata, so ``datasets.load_dataset(<folder>)``
+    reads the splits (one config per table; the first is the default). Values are JSON strings,
+    which YAML reads as the same strings; nothing depends on the time of the pull."""
+    q = json.dumps
+    lic = _HF_LICENSE.get(req.license, req.license.lower())
+    kinds = sorted({plan.lots[i].kind for i in (plan.allowed or set()) if plan.lots[i].kind})
+    tags = ["plantstream", "industrial", "manufacturing", "sensor-data", "time-series", req.plant, *kinds]
+    tasks = ["time-series-forecasting"] + (["tabular-classification", "tabular-regression"] if req.labels else [])
+    y = ["---", f"license: {q(lic)}"]
+    if lic not in _HF_LICENSE.values():
+        y.append(f"license_name: {q(req.license)}")
+    y.append(f"pretty_name: {q(req.name or f'plantstream {req.plant} sensor data')}")
+    y.append("language:\n- en")
+    y.append("tags:\n" + "\n".join(f"- {q(t)}" for t in dict.fromkeys(tags)))
+    y.append("task_categories:\n" + "\n".join(f"- {t}" for t in tasks))
+    y.append(f"size_categories:\n- {size_category(rows)}")
+    y.append("configs:")
+    for i, o in enumerate(outs):
+        y.append(f"- config_name: {q(o.table.name or 'default')}")
+        if i == 0:
+            y.append("  default: true")
+        y.append("  data_files:")
+        for f in o.files:
+            folder = f.path.rsplit("/", 1)[0]
+            y.append(f"  - split: {hf_split(o.split_of_file[f.path])}")
+            y.append(f"    path: {q(folder + '/*.parquet')}")
+    y.append("---\n")
+    return y
+
+
 def render_card(
     req: PullRequest,
     plan: Plan,
@@ -42,7 +93,7 @@ def render_card(
 ) -> str:
     grades = {t.grade for t in plan.tags}
     data_grade = max(grades, key=_GRADE_ORDER.index) if grades else "general"
-    out: list[str] = []
+    out: list[str] = front_matter(req, plan, outs, rows)
     w = out.append
     w(f"# {req.name or f'{req.plant} dataset'} ({snapshot})\n")
     w("## What\n")

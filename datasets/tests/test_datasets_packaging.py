@@ -1,0 +1,80 @@
+"""Standard packaging of a pull (issue 16): the folder is a Hugging Face dataset (the card's YAML
+front matter, read by the ``datasets`` package itself), and croissant.json is Croissant 1.0 with
+the RAI properties, validated by ``mlcroissant``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from plantstream.access import Tier
+from plantstream.datasets import testing
+from plantstream.datasets.models import Requester, validate_request
+from plantstream.datasets.pull import pull
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+T0 = datetime.fromtimestamp(testing.T0_US / 1e6, UTC)
+OWNER = Requester(name="hana", tier=Tier.OWNER)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def hf_datasets() -> ModuleType:
+    """The Hugging Face ``datasets`` package, not this repository's ``datasets/`` folder, which
+    pytest (run from the checkout, test modules already collected) may hold under that name."""
+    mine = sys.modules.get("datasets")
+    if mine is not None and not hasattr(mine, "load_dataset"):
+        for name in [m for m in sys.modules if m == "datasets" or m.startswith("datasets.")]:
+            del sys.modules[name]
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
+    try:
+        mod = importlib.import_module("datasets")
+    finally:
+        sys.path[:] = saved
+    assert hasattr(mod, "load_dataset"), mod
+    return mod
+
+
+def steel(db: str, tmp_path: Path, **kw: Any) -> Any:
+    testing.load(db, 600, lot_s=60)
+    base: dict[str, Any] = {"plant": testing.PLANT, "start": T0, "end": T0 + timedelta(seconds=600), "interval": "5s"}
+    return pull(db, validate_request({**base, **kw}), OWNER, out=tmp_path / "ds")
+
+
+def test_the_folder_loads_as_a_hugging_face_dataset_with_its_splits(fresh_db: str, tmp_path: Path) -> None:
+    hf = hf_datasets()
+    split = {"train": 0.6, "validation": 0.2, "test": 0.2, "seed": 3}
+    rec = steel(fresh_db, tmp_path, labels=True, split=split)
+    card = (tmp_path / "ds" / "README.md").read_text()
+    assert card.startswith('---\nlicense: "cc-by-4.0"\n')
+    got = hf.load_dataset(str(tmp_path / "ds"), cache_dir=str(tmp_path / "hf"))
+    rows = {f.path.split("/")[1].removeprefix("split="): f.rows for f in rec.files if f.rows is not None}
+    assert sorted(got) == ["test", "train", "validation"]
+    assert {s: got[s].num_rows for s in got} == rows and sum(rows.values()) == 120
+    feats = got["train"].features
+    assert feats["time"] == hf.Value("timestamp[us, tz=UTC]")
+    assert feats["mould.level"] == hf.Value("float64") and feats["mould.strands"] == hf.Value("int64")
+    assert feats["mould.running"] == hf.Value("bool") and feats["in_spec"] == hf.Value("bool")
+    assert feats["lot"] == hf.Value("string")
+    assert "split" not in feats  # the folder name is the split, not a column
+    lots = {s: set(got[s]["lot"]) for s in got}
+    assert not (lots["train"] & lots["test"]) and not (lots["train"] & lots["validation"])
+
+
+def test_one_config_per_line_and_an_unsplit_pull_is_train(fresh_db: str, tmp_path: Path) -> None:
+    hf = hf_datasets()
+    testing.write(fresh_db, testing.fiber_records(720))
+    req = validate_request({"plant": testing.FIBER, "start": T0, "end": T0 + timedelta(seconds=720), "interval": "10s"})
+    pull(fresh_db, req, OWNER, out=tmp_path / "f")
+    poy = hf.load_dataset(str(tmp_path / "f"), "acme.nantong.spinning.poy1", cache_dir=str(tmp_path / "hf"))
+    assert list(poy) == ["train"] and poy["train"].num_rows == 72
+    assert {x[:1] for x in poy["train"]["lot"]} == {"D"} and "cf1.speed" not in poy["train"].features
+    default = hf.load_dataset(str(tmp_path / "f"), cache_dir=str(tmp_path / "hf2"))  # the first config
+    assert "cf1.speed" in default["train"].features and "poy1.speed" not in default["train"].features
