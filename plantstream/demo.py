@@ -6,11 +6,13 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from types import FrameType
 
 import click
 
 from plantstream.config import Settings
+from plantstream.contract import now_us
 from plantstream.pipeline import Pipeline
 from plantstream.producers.topics import Topics
 from plantstream.progress import consumer_lag, db_counts, ledger_lines
@@ -26,6 +28,32 @@ DEMO_FAULTS = {
 }
 
 
+def newest_reading_us(dsn: str, plants: Sequence[str]) -> int | None:
+    """Source time of the newest reading of ``plants`` in the database (None: none, or no schema yet)."""
+    import psycopg
+
+    # Per tag on the (tag_id, time) key: an index probe each, not a scan of every reading.
+    sql = """SELECT (extract(epoch FROM max(x.m)) * 1000000)::bigint FROM tags t
+             CROSS JOIN LATERAL (SELECT max(r.time) AS m FROM readings r WHERE r.tag_id = t.id) x
+             WHERE t.plant = ANY(%s)"""
+    try:
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            row = conn.execute(sql, (list(plants),)).fetchone()
+    except psycopg.Error:
+        return None
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def demo_backfill_s(speed: float, duration_s: float, now: int, newest_us: int | None) -> float:
+    """Sim seconds of history the demo's plants fast-forward through, ending now when the demo ends:
+    ``(speed - 1) * duration``, but not back into the readings an earlier run left in the database
+    (their tags' windows are closed there, so overlapping readings would all count as late)."""
+    full = max(0.0, (speed - 1.0) * duration_s)
+    if newest_us is None:
+        return full
+    return max(0.0, min(full, (now - newest_us) / 1e6 - 1.0))
+
+
 @click.command()
 @click.option(
     "--duration", type=float, default=300.0, show_default=True, help="Seconds to run before stopping everything."
@@ -36,7 +64,8 @@ DEMO_FAULTS = {
     type=float,
     default=20.0,
     show_default=True,
-    help="Plant seconds per wall-clock second (a heat takes 40 plant minutes).",
+    help="Plant seconds per wall-clock second while the plants fast-forward history that ends now "
+    "(a heat takes 40 plant minutes).",
 )
 @click.option("--rate", type=float, default=4.0, show_default=True, help="Samples per second per tag.")
 @click.option("--monitor-port", type=int, default=8765, show_default=True)
@@ -52,9 +81,25 @@ def demo(duration: float, seed: int, speed: float, rate: float | None, monitor_p
     env = stack.env()
     settings = Settings.from_env({**env, "PLANTSTREAM_TOPIC_PREFIX": "plantstream"})
     run_dir = stack.state / "demo" / time.strftime("%Y%m%d-%H%M%S")
+    names = tuple(plants.split(","))
+    wall_us, newest = now_us(), newest_reading_us(settings.dsn, names)
+    backfill = demo_backfill_s(speed, duration, wall_us, newest)
+    if newest is not None and newest > wall_us:
+        click.echo(
+            f"demo: the database holds readings up to {(newest - wall_us) / 60e6:.0f} min in the future (written by an "
+            "older simulator); new readings before then count as late"
+        )
+    elif backfill < max(0.0, (speed - 1.0) * duration):
+        click.echo(
+            f"demo: an earlier run's readings end {(wall_us - (newest or wall_us)) / 60e6:.1f} min ago; "
+            f"fast-forwarding only {backfill / 60:.1f} min of history, then real time"
+        )
+    elif backfill > 0:
+        click.echo(f"demo: the plants fast-forward {backfill / 60:.0f} min of history at {speed:g}x, up to now")
     pipe = Pipeline(
-        settings, run_dir, plants=tuple(plants.split(",")), seed=seed, speed=speed, rate=rate, faults=DEMO_FAULTS
-    )
+        settings, run_dir, plants=names, seed=seed, speed=speed, rate=rate, faults=DEMO_FAULTS,
+        sim_args={p: ["--backfill", repr(backfill)] for p in names},
+    )  # fmt: skip
 
     stopping = False
 
@@ -70,7 +115,8 @@ def demo(duration: float, seed: int, speed: float, rate: float | None, monitor_p
     with_monitor = LazyGroup._load("monitor") is not None
     click.echo(f"demo: logs and ledgers in {run_dir}")
     try:
-        pipe.start_all(monitor_port=monitor_port if with_monitor else None)
+        # The plants' run ends with the demo's: their history then ends at the wall clock.
+        pipe.start_all(sim_duration=duration, monitor_port=monitor_port if with_monitor else None)
         if with_monitor:
             click.echo(f"demo: live page at http://127.0.0.1:{monitor_port}/")
         click.echo(

@@ -18,6 +18,7 @@ from plantstream.sim.engine import (
     SimTagOptions,
     TagModel,
     lot_count,
+    lot_prefix,
     lot_signal,
     running,
     sim_tag,
@@ -45,12 +46,14 @@ LAB_TYPICAL = {
 }
 
 
-def build(seed: int, step_us: int = 1_000_000) -> PlantModel:
+def build(seed: int, step_us: int = 1_000_000, run: str = "") -> PlantModel:
+    lp = lot_prefix(seed, run)  # the run in every lot id: ids are never reused across runs
+
     def key(name: str) -> int:
         return int(stable_key(seed, PLANT, name))
 
     def batch_id(i: int) -> str:
-        return f"PTA{seed % 1000:03d}-B{i + 1:05d}"
+        return f"PTA{lp}-B{i + 1:05d}"
 
     batch = LotStream(
         "batch", TRAIN, "batch", MATERIAL, BATCH_S, batch_id,
@@ -59,7 +62,7 @@ def build(seed: int, step_us: int = 1_000_000) -> PlantModel:
     )  # fmt: skip
     silo = LotStream(
         "silo", f"{SITE}/pta/silos", "silo", MATERIAL, BATCH_S * BATCHES_PER_SILO,
-        lambda i: f"PTA{seed % 1000:03d}-S{i + 1:04d}", offset_s=BATCH_S * BATCHES_PER_SILO,
+        lambda i: f"PTA{lp}-S{i + 1:04d}", offset_s=BATCH_S * BATCHES_PER_SILO,
         parents=lambda i: tuple(batch_id(i * BATCHES_PER_SILO + j) for j in range(BATCHES_PER_SILO)),
         relation="merge",
     )  # fmt: skip

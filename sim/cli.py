@@ -23,7 +23,8 @@ def _plant_command(plant: str) -> click.Command:
         name=plant, help=f"Serve the simulated {plant} plant (OPC-UA port {DEFAULT_PORTS[plant]} by default)."
     )
     @click.option("--seed", type=int, default=0, show_default=True, help="same seed, same values and lots")
-    @click.option("--speed", type=float, default=1.0, show_default=True, help="sim seconds per wall second")
+    @click.option("--speed", type=float, default=1.0, show_default=True,
+                  help="sim seconds per wall second while fast-forwarding history (never past now)")  # fmt: skip
     @click.option("--rate", type=float, default=1.0, show_default=True, help="samples per second per tag")
     @click.option("--opcua-port", type=int, default=DEFAULT_PORTS[plant], show_default=True)
     @click.option("--mqtt-url", default=None, help="default: PLANTSTREAM_MQTT_URL; '' disables MQTT tags")
@@ -31,12 +32,15 @@ def _plant_command(plant: str) -> click.Command:
     @click.option("--ledger", type=click.Path(dir_okay=False, path_type=Path), default=None,
                   help="JSONL of every value and context event sent")  # fmt: skip
     @click.option("--duration", type=float, default=None, help="stop after this many seconds")
+    @click.option("--backfill", type=float, default=None, metavar="SECONDS",
+                  help="start the sim clock this many sim seconds before now  [default: (speed - 1) x duration, "
+                       "so a fast run ends at the wall clock]")  # fmt: skip
     @click.option("--paused", is_flag=True, help="serve the first sample, then wait for `plantstream sim start`")
     @click.option("--no-mes", is_flag=True, help="do not publish lots, genealogy and lab results to Kafka")
     @click.option("--fault", "faults", multiple=True, metavar="TAG:KIND:SECONDS[@AT]",
                   help="inject a fault (stuck|spike|dropout|drift) AT seconds after start; repeatable")  # fmt: skip
     def run(seed: int, speed: float, rate: float, opcua_port: int, mqtt_url: str | None, mqtt_prefix: str,
-            ledger: Path | None, duration: float | None, paused: bool, no_mes: bool,
+            ledger: Path | None, duration: float | None, backfill: float | None, paused: bool, no_mes: bool,
             faults: tuple[str, ...]) -> None:  # fmt: skip
         from plantstream.sim.server import FaultRequest, SimOptions, serve
 
@@ -45,8 +49,8 @@ def _plant_command(plant: str) -> click.Command:
         except ValueError as exc:
             raise ConfigError(f"--fault: {exc}") from None
         opts = SimOptions(plant=plant, seed=seed, speed=speed, rate=rate, opcua_port=opcua_port, mqtt_url=mqtt_url,
-                          mqtt_prefix=mqtt_prefix, ledger=ledger, duration_s=duration, mes=not no_mes, paused=paused,
-                          faults=requests)  # fmt: skip
+                          mqtt_prefix=mqtt_prefix, ledger=ledger, duration_s=duration, backfill_s=backfill,
+                          mes=not no_mes, paused=paused, faults=requests)  # fmt: skip
         _check_faults(opts)
         asyncio.run(serve(opts))
 

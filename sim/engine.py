@@ -4,7 +4,8 @@ Every value is a pure function of ``(seed, sample index)``: noise comes from a c
 (splitmix64), not from a stateful generator, so any sample can be recomputed on its own, a run
 can be replayed exactly, and a test can look at sample 10 000 without producing the 9 999 before
 it. Sim time of sample ``k`` is ``k * step_us`` (``step_us`` = speed / rate); lots follow a fixed
-schedule in sim time. No I/O here; ``server.py`` serves a :class:`PlantModel` over real protocols.
+schedule in sim time. :class:`SimClock` maps sample indices to epoch timestamps that never pass the
+wall clock. No I/O here; ``server.py`` serves a :class:`PlantModel` over real protocols.
 """
 
 from __future__ import annotations
@@ -63,6 +64,105 @@ def smooth(key: int, t: float, period_s: float) -> float:
     a = uniform(key, i) * 2.0 - 1.0
     b = uniform(key, i + 1) * 2.0 - 1.0
     return a + (b - a) * f
+
+
+# --- run identity and the sim clock ------------------------------------------------------------
+
+_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def run_id(t0_us: int) -> str:
+    """The run's name in lot ids: its simulated start (ms since the epoch) in base 36.
+
+    Lot ``i`` of a plant and seed starts at ``t0 + offset + i * period`` whatever the speed or rate,
+    so runs with the same start serve the same lots (the same ids, reproducibly) and runs with
+    different starts never share an id: a lot id names one lot, forever.
+    """
+    n = max(0, t0_us // 1000)
+    out = ""
+    while True:
+        n, d = divmod(n, 36)
+        out = _B36[d] + out
+        if n == 0:
+            return out
+
+
+def lot_prefix(seed: int, run: str) -> str:
+    """``007`` for seed 7 without a run (pure model tests), ``007-<run>`` in a served run.
+
+    A served run keeps the whole seed (``1007`` stays ``1007``), so no two seeds share ids.
+    """
+    return f"{seed:03d}-{run}" if run else f"{seed % 1000:03d}"
+
+
+@dataclass(frozen=True, slots=True)
+class SimClock:
+    """What sample ``k`` is stamped and when it may go out: never stamped after the wall clock.
+
+    Sample ``k`` is stamped ``t0_us + k * step_us`` (``step_us`` = speed / rate). A loop started
+    at wall time ``start_us`` (sample 0 went out then) schedules it at ``start_us + k / rate``,
+    but never before its stamp: ``due_us(k) = max(schedule, stamp)``. :meth:`backfill` starts the
+    sim clock ``(speed - 1) * duration`` before now, so a fast run fast-forwards through history
+    that ends at the wall clock when its duration is up. With a shorter backfill (or none: no
+    duration, or ``speed <= 1``) the stamp gates once it reaches the wall clock and sim time then
+    runs at wall-clock pace, one sample per ``step_us``. All times are epoch microseconds.
+    """
+
+    t0_us: int
+    step_us: int
+    rate: float
+
+    def __post_init__(self) -> None:
+        if self.step_us < 1 or not self.rate > 0:
+            raise ValueError(f"step must be >= 1 us and rate > 0 (got {self.step_us} us, {self.rate}/s)")
+
+    @staticmethod
+    def default_backfill_s(speed: float, duration_s: float | None) -> float:
+        """Sim seconds of history a run of ``duration_s`` wall seconds at ``speed`` covers beyond
+        wall time: ``(speed - 1) * duration``; 0 without a duration or at ``speed <= 1``."""
+        return (speed - 1.0) * duration_s if speed > 1.0 and duration_s else 0.0
+
+    @classmethod
+    def backfill(
+        cls, now_us: int, speed: float, rate: float, duration_s: float | None, backfill_s: float | None = None
+    ) -> SimClock:
+        """The clock of a run starting at ``now_us``: ``backfill_s`` sim seconds of history
+        (default :meth:`default_backfill_s`), whole milliseconds (the run id's resolution)."""
+        back_s = cls.default_backfill_s(speed, duration_s) if backfill_s is None else backfill_s
+        if not back_s >= 0:
+            raise ValueError(f"backfill must be >= 0 s (got {back_s})")
+        return cls((now_us - round(back_s * 1e6)) // 1000 * 1000, round(1e6 * speed / rate), rate)
+
+    @property
+    def run(self) -> str:
+        return run_id(self.t0_us)
+
+    def stamp(self, k: int) -> int:
+        return self.t0_us + k * self.step_us
+
+    def schedule_us(self, k: int, start_us: int) -> int:
+        return start_us + math.ceil(k * 1e6 / self.rate)
+
+    def due_us(self, k: int, start_us: int) -> int:
+        return max(self.schedule_us(k, start_us), self.stamp(k))
+
+    def ready(self, wall_us: int) -> int:
+        """How many samples (``0 .. n-1``) carry a stamp at or before ``wall_us`` (exact integers)."""
+        if wall_us < self.t0_us:
+            return 0
+        return (wall_us - self.t0_us) // self.step_us + 1
+
+    def due_count(self, wall_us: int, start_us: int) -> int:
+        """How many samples are due at ``wall_us``: exactly those ``k`` with ``due_us(k) <= wall_us``."""
+        if wall_us < start_us:
+            return 0
+        n = math.floor((wall_us - start_us) * self.rate / 1e6) + 1
+        # The float estimate may be one off at a boundary; settle it on the integer schedule.
+        while self.schedule_us(n, start_us) <= wall_us:
+            n += 1
+        while n > 0 and self.schedule_us(n - 1, start_us) > wall_us:
+            n -= 1
+        return min(n, self.ready(wall_us))
 
 
 # --- signals -----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from plantstream.sim.engine import (
     SimTagOptions,
     TagModel,
     lot_count,
+    lot_prefix,
     lot_signal,
     running,
     sim_tag,
@@ -39,20 +40,22 @@ CF = f"{SITE}/carbonfiber/cf1"
 LAB_TYPICAL = {"strain": (1.95, 2.2)}
 
 
-def build(seed: int, step_us: int = 1_000_000) -> PlantModel:
+def build(seed: int, step_us: int = 1_000_000, run: str = "") -> PlantModel:
+    lp = lot_prefix(seed, run)  # the run in every lot id: ids are never reused across runs
+
     def key(name: str) -> int:
         return int(stable_key(seed, PLANT, name))
 
     def precursor_id(i: int) -> str:
-        return f"PAN{seed % 1000:03d}-{i + 1:04d}"
+        return f"PAN{lp}-{i + 1:04d}"
 
     doff = LotStream(
-        "doff", POY, "doff", POY_MATERIAL, DOFF_S, lambda i: f"D{seed % 1000:03d}-{i + 1:06d}",
+        "doff", POY, "doff", POY_MATERIAL, DOFF_S, lambda i: f"D{lp}-{i + 1:06d}",
         attrs=lambda i: {"positions": 16.0}, lab=("tenacity", "elongation", "linear_density"), lab_delay_s=300,
     )  # fmt: skip
     creel = LotStream("precursor", f"{CF}/creel", "precursor", "", SPOOL_S * SPOOLS_PER_CREEL, precursor_id)
     spool = LotStream(
-        "spool", CF, "spool", CF_MATERIAL, SPOOL_S, lambda i: f"CF{seed % 1000:03d}-{i + 1:05d}",
+        "spool", CF, "spool", CF_MATERIAL, SPOOL_S, lambda i: f"CF{lp}-{i + 1:05d}",
         parents=lambda i: (precursor_id(i // SPOOLS_PER_CREEL),), relation="transform",
         lab=("tensile_strength", "tensile_modulus", "strain", "linear_density", "density"), lab_delay_s=1200,
     )  # fmt: skip

@@ -1,9 +1,13 @@
 """Serve a simulated plant over real protocols: OPC-UA (asyncua), MQTT JSON (paho), MES context
 over Kafka, with a ledger of everything sent.
 
-Timing: sample ``k`` is due at wall time ``start + k / rate`` and carries source timestamp
-``t0 + k * speed / rate`` seconds; a slow loop catches up in bursts (the lag is logged), so the
-sequence of samples never depends on machine speed. A tag is written only when its value or
+Timing (``engine.SimClock``): sample ``k`` carries source timestamp ``t0 + k * speed / rate`` seconds
+and goes out at wall time ``start + k / rate``, but never before its timestamp: nothing is stamped
+after the wall clock. A fast run starts its sim clock ``(speed - 1) * duration`` in the past
+(``backfill_s``), so it fast-forwards through history that ends now; once the stamps reach the
+wall clock, sim time runs at wall-clock pace. A slow loop catches up in bursts (the lag is
+logged), so the sequence of samples never depends on machine speed. The run id (``t0`` in base
+36) is part of every lot id, so runs never reuse one. A tag is written only when its value or
 quality changes (report by exception), so every write is a data change an OPC-UA subscription
 reports and the ledger lists exactly the changes that were served.
 """
@@ -14,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import signal
 import threading
 import time
@@ -36,7 +41,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from plantstream.config import ConfigError, Settings
 from plantstream.contract import ContextEvent, Value, now_us
-from plantstream.sim.engine import MQTT_PREFIX, Fault, PlantModel
+from plantstream.sim.engine import MQTT_PREFIX, Fault, PlantModel, SimClock
 from plantstream.sim.ledger import Ledger
 from plantstream.sim.plants import DEFAULT_PORTS, build
 
@@ -92,6 +97,9 @@ class SimOptions:
     mqtt_prefix: str = MQTT_PREFIX
     ledger: Path | None = None
     duration_s: float | None = None
+    # Sim seconds of history before now the run starts at; None: (speed - 1) * duration, so a fast
+    # run ends at the wall clock (see engine.SimClock).
+    backfill_s: float | None = None
     mes: bool = True
     faults: list[FaultRequest] = field(default_factory=list)
     settings: Settings | None = None
@@ -110,6 +118,8 @@ class SimOptions:
             raise ConfigError(f"--rate must be > 0 samples/s (got {self.rate})")
         if self.duration_s is not None and not self.duration_s > 0:
             raise ConfigError(f"--duration must be > 0 s (got {self.duration_s})")
+        if self.backfill_s is not None and not self.backfill_s >= 0:
+            raise ConfigError(f"--backfill must be >= 0 s (got {self.backfill_s})")
         if round(1e6 * self.speed / self.rate) < 1:
             raise ConfigError("--speed / --rate must be at least 1 us of sim time per sample")
 
@@ -181,15 +191,18 @@ class SimServer:
     def __init__(self, opts: SimOptions) -> None:
         opts.validate()
         self.opts = opts
-        self.step_us = round(1e6 * opts.speed / opts.rate)
-        self.model: PlantModel = build(opts.plant, opts.seed, self.step_us)
+        # The clock is fixed before the model: its start names the run in every lot id.
+        self.clock = SimClock.backfill(now_us(), opts.speed, opts.rate, opts.duration_s, opts.backfill_s)
+        self.step_us = self.clock.step_us
+        self.t0_us = self.clock.t0_us
+        self.run_id = self.clock.run
+        self.model: PlantModel = build(opts.plant, opts.seed, self.step_us, self.run_id)
         self.port = opts.opcua_port or DEFAULT_PORTS[opts.plant]
         self.endpoint = endpoint_url(opts.plant, self.port, opts.host)
         self.settings = opts.settings
         self.k = 0  # next sample index
         self.emitted = 0
         self.events_sent = 0
-        self.t0_us = 0
         self.ready = asyncio.Event()
         self.done = asyncio.Event()  # last sample served and ledger flushed; the server lingers
         self._stop = asyncio.Event()
@@ -334,7 +347,6 @@ class SimServer:
         self._server = server
         self._write = server.iserver.aspace.write_attribute_value
         # The first sample is written before clients can connect: nobody sees the placeholders.
-        self.t0_us = now_us() // 1000 * 1000
         for fr in o.faults:
             if fr.at_s <= 0:
                 self.model.add_fault(fr.tag, fr.kind, 0, fr.duration_s * o.speed)
@@ -342,7 +354,8 @@ class SimServer:
         self.k = 1
         await server.start()
         log.info("sim serving", extra={"kv": {"plant": o.plant, "endpoint": self.endpoint, "seed": o.seed,
-                                              "speed": o.speed, "rate": o.rate, "tags": len(self.model.tags)}})  # fmt: skip
+                                              "speed": o.speed, "rate": o.rate, "tags": len(self.model.tags),
+                                              "run": self.run_id, "t0_us": self.t0_us}})  # fmt: skip
 
     async def _close(self) -> None:
         if self._server is not None:
@@ -368,7 +381,6 @@ class SimServer:
 
     async def _loop(self) -> None:
         o = self.opts
-        end_k = max(1, round(o.duration_s * o.rate)) if o.duration_s is not None else None
         pending = sorted((fr for fr in o.faults if fr.at_s > 0), key=lambda f: f.at_s)
         self.ready.set()
         if not self.released.is_set():
@@ -382,14 +394,21 @@ class SimServer:
             for topic, payload in self._held_mqtt:
                 self._mqtt.publish(topic, payload)
         self._held_mqtt.clear()
-        start = time.monotonic() - 1.0 / o.rate  # sample 0 went out at start
+        clock = self.clock
+        start = now_us() - math.ceil(1e6 / o.rate)  # sample 0 went out at start
+        end_k: int | None = None
+        if o.duration_s is not None:
+            # duration x rate samples, but none stamped after the run's end on the wall clock: a
+            # backfill shorter than (speed - 1) x duration reaches the wall clock before that.
+            end_k = max(1, min(round(o.duration_s * o.rate), clock.ready(start + round(o.duration_s * 1e6))))
         last_log, last_emitted = time.monotonic(), self.emitted
         while not self._stop.is_set() and (end_k is None or self.k < end_k):
-            now = time.monotonic()
-            due = int((now - start) * o.rate) + 1
+            wall = now_us()
+            # Every sample below `due` is stamped at or before `wall` (SimClock.due_count).
+            due = clock.due_count(wall, start)
             if end_k is not None:
                 due = min(due, end_k)
-            while pending and now - start >= pending[0].at_s:
+            while pending and wall - start >= pending[0].at_s * 1e6:
                 fr = pending.pop(0)
                 try:
                     self.inject_fault(fr.tag, fr.kind, fr.duration_s)
@@ -400,13 +419,16 @@ class SimServer:
                 self.k += 1
             if self._ledger is not None:
                 self._ledger.maybe_flush()
+            now = time.monotonic()
             if now - last_log >= o.progress_s:
                 rate = (self.emitted - last_emitted) / (now - last_log)
+                lag_s = max(0, now_us() - clock.due_us(self.k, start)) / 1e6
                 log.info("sim progress", extra={"kv": {
                     "plant": o.plant, "samples": self.k, "values": self.emitted, "values_per_s": round(rate, 1),
-                    "events": self.events_sent, "lag_s": round(max(0.0, now - start - self.k / o.rate), 3)}})  # fmt: skip
+                    "events": self.events_sent, "lag_s": round(lag_s, 3),
+                    "behind_wall_s": round((now_us() - clock.stamp(self.k - 1)) / 1e6, 3)}})  # fmt: skip
                 last_log, last_emitted = now, self.emitted
-            wait = start + self.k / o.rate - time.monotonic()
+            wait = (clock.due_us(self.k, start) - now_us()) / 1e6
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), wait)
@@ -415,7 +437,7 @@ class SimServer:
 
     async def _emit(self, k: int) -> None:
         """Serve sample ``k``: changed values to OPC-UA/MQTT, due context events to Kafka, all to the ledger."""
-        ts_us = self.t0_us + k * self.step_us
+        ts_us = self.clock.stamp(k)
         src = EPOCH + timedelta(microseconds=ts_us)
         srv = datetime.now(UTC)
         n = 0

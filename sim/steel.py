@@ -19,6 +19,7 @@ from plantstream.sim.engine import (
     gauss,
     lot_count,
     lot_phase,
+    lot_prefix,
     lot_signal,
     running,
     sim_tag,
@@ -50,12 +51,14 @@ LAB_TYPICAL = {
 }
 
 
-def build(seed: int, step_us: int = 1_000_000) -> PlantModel:
+def build(seed: int, step_us: int = 1_000_000, run: str = "") -> PlantModel:
+    lp = lot_prefix(seed, run)  # the run in every lot id: ids are never reused across runs
+
     def key(name: str) -> int:
         return int(stable_key(seed, PLANT, name))
 
     def heat_id(i: int) -> str:
-        return f"H{seed % 1000:03d}-{i + 1:05d}"
+        return f"H{lp}-{i + 1:05d}"
 
     def slab_id(i: int) -> str:
         return f"{heat_id(i // SLABS_PER_HEAT)}-S{i % SLABS_PER_HEAT + 1}"
@@ -73,7 +76,7 @@ def build(seed: int, step_us: int = 1_000_000) -> PlantModel:
         attrs=lambda i: {"thickness_mm": 220.0, "width_mm": 1600.0},
     )  # fmt: skip
     coil = LotStream(
-        "coil", HSM, "coil", MATERIAL, slab_s, lambda i: f"C{seed % 1000:03d}-{i + 1:06d}", offset_s=2 * HEAT_S + slab_s,
+        "coil", HSM, "coil", MATERIAL, slab_s, lambda i: f"C{lp}-{i + 1:06d}", offset_s=2 * HEAT_S + slab_s,
         parents=lambda i: (slab_id(i),), relation="transform",
         attrs=lambda i: {"thickness_mm": coil_thickness(i), "width_mm": 1600.0},
         lab=("ReH", "Rm", "KV"), lab_delay_s=600,

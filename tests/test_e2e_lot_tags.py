@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from plantstream.config import Settings
+from plantstream.contract import now_us
 from plantstream.pipeline import Pipeline
 from plantstream.sim.steel import LF, MATERIAL
 from plantstream.testing.plugin import free_port, wait_until
@@ -56,7 +57,7 @@ def test_heats_from_the_current_heat_tag_stamp_readings(settings: Settings, tmp_
         tmp_path / "run",
         plants=("steel",),
         seed=5,
-        speed=300.0,  # a 40-minute heat every 8 s of wall time
+        speed=300.0,  # a 40-minute heat every 8 s of wall time, in 2.5 h of history that ends now
         rate=2.0,
         sim_ports={"steel": free_port()},
         sim_args={"steel": ["--no-mes"]},
@@ -74,8 +75,14 @@ def test_heats_from_the_current_heat_tag_stamp_readings(settings: Settings, tmp_
         pipe.check_alive(allow_exited=["sim-steel"])
         rows = lf_rows(settings.dsn)
         lots = heats(settings.dsn)
+        read_at = now_us()
     finally:
         pipe.stop()
+
+    # The fast run backfilled history: nothing is stamped after the wall clock (the edge would flag
+    # readings over 10 minutes ahead as bad and keep them out of windows).
+    assert rows and max(ts for _, _, ts, _, _ in rows) <= read_at
+    assert min(ts for _, _, ts, _, _ in rows) < read_at - 3600 * 1_000_000
 
     # The tag's own readings say which heat ran when.
     changes: list[tuple[int, str]] = []

@@ -24,9 +24,9 @@ from asyncua.ua.uaerrors._base import UaStatusCodeError
 from paho.mqtt.enums import CallbackAPIVersion
 
 from plantstream.config import Settings
-from plantstream.contract import ContextEvent, ContextKind
+from plantstream.contract import ContextEvent, ContextKind, now_us
 from plantstream.sim.catalog import catalog
-from plantstream.sim.ledger import read_ledger
+from plantstream.sim.ledger import Ledger, read_ledger
 from plantstream.sim.server import SimOptions, SimServer, endpoint_url, namespace_uri
 from plantstream.testing.plugin import free_port, wait_until
 
@@ -149,8 +149,10 @@ def test_cli_runs_injects_fault_and_stops_on_sigterm(tmp_path: Path) -> None:
     ledger_path = tmp_path / "steel.jsonl"
     port = free_port()
     env = {**os.environ, "PLANTSTREAM_LOG_FORMAT": "json"}
+    # No --duration: an hour of history to fast-forward (61 s at 60x), else sim time runs at wall pace.
     cmd = [sys.executable, "-m", "plantstream.cli", "sim", "steel", "--speed", "60", "--rate", "5",
-           "--opcua-port", str(port), "--no-mes", "--mqtt-url", "", "--ledger", str(ledger_path)]  # fmt: skip
+           "--opcua-port", str(port), "--no-mes", "--mqtt-url", "", "--ledger", str(ledger_path),
+           "--backfill", "3600"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: ledger_path.exists() and ledger_path.stat().st_size > 0, 30, "the ledger to fill")
@@ -268,3 +270,61 @@ def test_paused_simulator_holds_everything_until_started(tmp_path: Path, mqtt_po
     from plantstream.sim.server import call_start
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_nothing_is_stamped_after_the_wall_clock_and_runs_share_no_lot(
+    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fast run (2 h of plant time in 4 s) fast-forwards history that ends now: every value and
+    context event it sends is stamped at or before the wall clock when its sample is sent, the last
+    ones close to it; a second run of the same plant and seed names its lots anew."""
+    from plantstream.producers.kafka import ensure_topics
+    from plantstream.producers.topics import Topics
+    from plantstream.sim import server
+
+    settings = Settings.from_env({}, kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix, partitions=1)
+    ensure_topics(kafka_bootstrap, [Topics(topic_prefix).context], 1)
+    stamps: list[int] = []  # source time of each value and event, in the order the server sends them
+    sent: list[tuple[int, int]] = []  # (source time, wall clock as its sample began to go out)
+
+    class StampLedger(Ledger):
+        def _write(self, obj: dict[str, Any]) -> None:
+            stamps.append(int(obj["ts_us"]))
+            super()._write(obj)
+
+    emit = SimServer._emit
+
+    async def timed_emit(self: SimServer, k: int) -> None:
+        wall, n = now_us(), len(stamps)
+        await emit(self, k)
+        sent.extend((ts, wall) for ts in stamps[n:])
+
+    monkeypatch.setattr(server, "Ledger", StampLedger)
+    monkeypatch.setattr(SimServer, "_emit", timed_emit)
+
+    def run(name: str) -> tuple[list[dict[str, Any]], list[tuple[int, int]], int, int]:
+        sent.clear()
+        opts = SimOptions("steel", seed=9, speed=1800, rate=4, opcua_port=free_port(), mqtt_url="",
+                          ledger=tmp_path / f"{name}.jsonl", duration_s=4, mes=True, settings=settings, linger_s=0)  # fmt: skip
+        sim = SimServer(opts)
+        asyncio.run(sim.run())
+        return read_ledger(tmp_path / f"{name}.jsonl"), list(sent), now_us(), sim.step_us
+
+    first, sent_first, ended, step_us = run("first")
+    second, sent_second, _, _ = run("second")
+    for rows, sent_run in ((first, sent_first), (second, sent_second)):
+        assert len(sent_run) == len(rows) > 100  # every ledger line was timed as it went out
+        future = [(ts, wall) for ts, wall in sent_run if ts > wall]
+        assert not future, f"{len(future)} stamped after the wall clock, e.g. {future[:3]}"
+    # History that ends now: the last sample is within a step (plus start-up) of the wall clock.
+    last = max(r["ts_us"] for r in first if "tag" in r)
+    assert ended - step_us - 5_000_000 <= last <= ended
+    assert min(r["ts_us"] for r in first) < ended - 3600 * 1_000_000  # over an hour of plant history
+    lots = [{r["lot"] for r in rows if r.get("event") == ContextKind.LOT_START.value} for rows in (first, second)]
+    assert len(lots[0]) >= 3 and len(lots[1]) >= 3
+    assert not lots[0] & lots[1], lots[0] & lots[1]
+    # The lot tags name the run's lots too.
+    heats = [
+        {r["value"] for r in rows if r.get("tag") == "lf1.current_heat" and r["value"]} for rows in (first, second)
+    ]
+    assert heats[0] and heats[0] <= lots[0] and not heats[0] & heats[1]
