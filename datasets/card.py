@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING
 from plantstream.access import Tier
 from plantstream.contract import Grade
 from plantstream.datasets.logic.durations import format_duration_us
+from plantstream.datasets.logic.units import ucum
 from plantstream.datasets.models import PullRequest
+from plantstream.datasets.output import FORMAT_SEMVER
+from plantstream.datasets.provenance import missing_summary
 
 if TYPE_CHECKING:
     from plantstream.datasets.pull import Plan, TableOut
@@ -81,6 +84,10 @@ def front_matter(req: PullRequest, plan: Plan, outs: Sequence[TableOut], rows: i
             y.append(f"    path: {q(folder + '/*.parquet')}")
     y.append("---\n")
     return y
+
+
+def _pct(a: int, b: int) -> str:
+    return f"{100.0 * a / b:.2f} %" if b else "-"
 
 
 def render_card(
@@ -194,6 +201,34 @@ def render_card(
             "recorded), `in_spec.P` (null when not measured or no limit) and `in_spec` (all measured properties "
             "within spec). Labels are per lot: the same for every row of a lot.\n"
         )
+    w("## Data quality\n")
+    m = missing_summary(req, outs)
+    w(
+        f"Over the rows written: {m['observed']} of {m['cells']} tag cells had a reading in their bucket, "
+        f"{m['filled']} were filled by the gap rules, {m['null']} are null in {m['gaps']} gap(s) (longest "
+        f"{m['longest_gap']}). Readings in the range: {m['readings']}: {m['bad']} bad (left out), "
+        f"{m['uncertain']} uncertain (used). Completeness = share of rows with a value.\n"
+    )
+    w("| tag | unit (UCUM) | completeness before gap filling | after | gaps | longest gap | bad | uncertain |")
+    w("|---|---|---|---|---|---|---|---|")
+    for o in outs:
+        for t, q, c in zip(o.table.tags, o.quality, o.readings, strict=True):
+            code = ucum(t.unit) if t.unit else None
+            unit = f"{t.unit} ({code})" if code else (t.unit or "-")
+            longest = format_duration_us(q.longest_gap_rows * req.interval_us) if q.longest_gap_rows else "-"
+            n = int(c.sum())
+            w(
+                f"| `{t.tag}` | {unit} | {q.completeness_raw:.4f} | {q.completeness:.4f} | {q.gaps} | {longest} "
+                f"| {_pct(int(c[2]), n)} | {_pct(int(c[1]), n)} |"
+            )
+    w("")
+    w("## Version\n")
+    w(
+        f"`{FORMAT_SEMVER}+{snapshot}`: MAJOR.MINOR.PATCH is the file format (MAJOR: a reader of the previous "
+        "format could misread these files; MINOR: columns or metadata added; PATCH: corrections that leave the "
+        "data as it was); the build metadata is the snapshot (which data). `croissant.json` carries it with the "
+        "Croissant RAI properties (collection, missing data, preprocessing, imputation, uses, limitations).\n"
+    )
     w("## Withheld tags\n")
     if plan.withheld:
         # Counts, never names: the card travels with the data to whoever holds the files, and a

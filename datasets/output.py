@@ -19,8 +19,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from plantstream.datasets.logic.units import ucum
+
 ROW_GROUP_ROWS = 65_536
-FORMAT_VERSION = "plantstream-dataset/1"
+# The file format: layout, column meaning, metadata. Its semantic version is the dataset's
+# version (croissant.json ``version``): MAJOR changes when a reader of the previous format could
+# misread the files (2: one table per line, a row's lot from the process segments), MINOR when
+# columns or metadata are only added, PATCH for corrections that leave the data as it was. The
+# snapshot id (which data) rides along as semver build metadata: ``2.0.0+<snapshot>``.
+FORMAT_SEMVER = "2.0.0"
+FORMAT_VERSION = f"plantstream-dataset/{FORMAT_SEMVER.split('.')[0]}"
 _WRITER_OPTS: dict[str, Any] = {
     "version": "2.6",
     "compression": "zstd",
@@ -43,10 +51,16 @@ class Column:
     grade: str = ""
     nullable: bool = True
 
+    @property
+    def unit_code(self) -> str | None:
+        return ucum(self.unit) if self.unit else None
+
     def arrow_field(self) -> pa.Field:
         meta = {"description": self.description}
         if self.unit:
             meta["unit"] = self.unit
+            if self.unit_code:
+                meta["unit_ucum"] = self.unit_code
         if self.grade:
             meta["grade"] = self.grade
         return pa.field(self.name, self.type, nullable=self.nullable, metadata=meta)
@@ -160,6 +174,7 @@ def croissant(
     tables: Sequence[tuple[str, Sequence[Column], Sequence[tuple[str, str, str]]]],  # (table, columns, files)
     url: str,
     cite_as: str,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A Croissant 1.0 JSON-LD document for the Parquet files: one RecordSet per table (``rows``
     for a pull with one table, ``rows-<table>`` otherwise), split by a cr:Split set. ``files``
@@ -215,6 +230,8 @@ def croissant(
             }
             if c.unit:
                 f["sc:unitText"] = c.unit
+                if c.unit_code:
+                    f["sc:unitCode"] = c.unit_code
             fields.append(f)
         fields.append(
             {
@@ -269,6 +286,7 @@ def croissant(
         "license": license,
         "url": url,
         "version": version,
+        **(extra or {}),
         "distribution": distribution,
         "recordSet": [splits, *record_sets],
     }

@@ -47,10 +47,12 @@ from plantstream.datasets import output
 from plantstream.datasets.card import render_card
 from plantstream.datasets.logic.durations import format_duration_us
 from plantstream.datasets.logic.labels import Limit, governing_limits, in_spec
+from plantstream.datasets.logic.quality import TagQuality
 from plantstream.datasets.logic.resample import Resampler, Rows, TagPlan
 from plantstream.datasets.logic.segments import LineLots, line_of
 from plantstream.datasets.logic.split import SplitError, assign_splits
 from plantstream.datasets.models import FileEntry, PullRecord, PullRequest, Requester, RequestError, _us
+from plantstream.datasets.provenance import croissant_extra
 from plantstream.datasets.source import (
     SOURCE_TAGS_SQL,
     RawWindow,
@@ -611,12 +613,13 @@ def _produce(
             + (f", one table per line ({len(outs)})" if len(outs) > 1 else "")
             + ". See README.md (dataset card).",
             license=req.license,
-            version="1.0.0",
+            version=f"{output.FORMAT_SEMVER}+{snapshot}",
             tables=[
                 (o.table.name, o.cols, [(o.split_of_file[f.path], f.path, f.sha256) for f in o.files]) for o in outs
             ],
             url=f"urn:plantstream:dataset:{snapshot}",
             cite_as=f"plantstream dataset {name}, snapshot {snapshot}, plant {req.plant}",
+            extra=croissant_extra(req, plan, outs, snapshot),
         )
         (tmp / "croissant.json").write_text(output.dumps_json(doc), encoding="utf-8")
         card = render_card(req, plan, outs, snapshot, watermark, rows)
@@ -657,6 +660,9 @@ class TableOut:
     rows: int
     dropped_no_lot: int
     split_rows: dict[str, int]
+    quality: list[TagQuality]  # per tag of the table, over the rows written
+    readings: npt.NDArray[np.int64]  # per tag: readings of quality good, uncertain, bad in the range
+    newest_us: int  # the newest usable reading in the range
 
 
 def _stream(
@@ -679,7 +685,8 @@ def _stream(
         plans.append(TagPlan(t.tag, t.datatype, g.rule, req.max_gap_us(g) if g.rule != "none" else 0))  # type: ignore[arg-type]
     lot_gap = max([req.max_gap_us(req.gap)] + [p.max_gap_us for p in plans])
     rs = Resampler(req.start_us, req.interval_us, req.n_rows, plans, lot_max_gap_us=lot_gap)
-    reader = WindowReader(conn, table.tags, helpers=helpers)
+    reader = WindowReader(conn, table.tags, helpers=helpers, count_range=(req.start_us, req.end_us))
+    quality = [TagQuality() for _ in table.tags]
     lots = _lot_table(req, plan)
     writers: dict[str, output.SplitWriter] = {}
     allowed = np.array(sorted(table.allowed), np.int64) if table.allowed is not None else None
@@ -706,6 +713,8 @@ def _stream(
             rows = rows.take(np.flatnonzero(keep))
             if not len(rows):
                 return
+        for i, q in enumerate(quality):
+            q.update(rows.k, rows.valid[i], rows.observed[i])
         if split_idx is not None:
             pos = np.searchsorted(split_ids, rows.lot)
             which = split_idx[np.minimum(pos, split_ids.size - 1)]
@@ -752,7 +761,19 @@ def _stream(
         files.append(FileEntry(path=rel, sha256=output.sha256_file(w.path), bytes=w.path.stat().st_size, rows=w.rows))
         split_rows[name] = w.rows
         split_of_file[rel] = name
-    return TableOut(table, cols, reader.watermark, files, split_of_file, sum(split_rows.values()), dropped, split_rows)
+    return TableOut(
+        table,
+        cols,
+        reader.watermark,
+        files,
+        split_of_file,
+        sum(split_rows.values()),
+        dropped,
+        split_rows,
+        quality,
+        reader.quality_counts,
+        reader.newest_us,
+    )
 
 
 def _windows(reader: WindowReader, rs: Resampler, n_tags: int) -> Iterator[tuple[int, int, RawWindow]]:

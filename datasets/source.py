@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z: PostgreSQL's binary timestamp origin
 _HEADER = b"PGCOPY\n\xff\r\n\x00"
 
-# kind: 0 float value, 1 integer (or boolean) value, 2 no numeric value (text on a numeric tag).
+# kind: 0 float value, 1 integer (or boolean) value, 2 no numeric value (text on a numeric tag),
+# plus 4 x quality: bad readings travel too (a few bytes each) so the pull can count them per tag
+# for the quality report without a second scan; decode drops them before anything uses values.
 # The columns of a SourceTag, in its field order.
 SOURCE_TAGS_SQL = "SELECT id, tag, equipment, unit, datatype, grade, description, spec_property FROM ds_tags"
 
@@ -48,15 +50,17 @@ NUMERIC_SQL = """COPY (SELECT string_agg(
         || float8send(COALESCE(v_float, v_int::float8, v_bool::int::float8, 0::float8))
         || int8send(COALESCE(v_int, v_bool::int::int8, 0::int8))
         || int2send((CASE WHEN v_int IS NOT NULL OR v_bool IS NOT NULL THEN 1
-                          WHEN v_float IS NOT NULL THEN 0 ELSE 2 END)::int2)
+                          WHEN v_float IS NOT NULL THEN 0 ELSE 2 END + 4 * quality)::int2)
         || int4send(COALESCE(lot_id, -1)), ''::bytea)
     FROM ds_readings
-    WHERE tag_id = ANY(%(tags)s::int4[]) AND time >= %(lo)s AND time < %(hi)s AND quality < 2
+    WHERE tag_id = ANY(%(tags)s::int4[]) AND time >= %(lo)s AND time < %(hi)s
 ) TO STDOUT (FORMAT BINARY)"""
 
-TEXT_SQL = """SELECT tag_id, time, COALESCE(v_text, v_float::text, v_int::text, v_bool::text), COALESCE(lot_id, -1)
+TEXT_SQL = """SELECT tag_id, time, COALESCE(v_text, v_float::text, v_int::text, v_bool::text), COALESCE(lot_id, -1),
+        quality
     FROM ds_readings
-    WHERE tag_id = ANY(%(tags)s::int4[]) AND time >= %(lo)s AND time < %(hi)s AND quality < 2"""
+    WHERE tag_id = ANY(%(tags)s::int4[]) AND time >= %(lo)s AND time < %(hi)s"""
+BAD = 2  # quality: 0 good, 1 uncertain, 2 bad (bad readings are counted, never used)
 
 RECORD = np.dtype([("tag", ">i4"), ("t", ">i8"), ("vf", ">f8"), ("vi", ">i8"), ("kind", ">i2"), ("lot", ">i4")])
 _FIELD = struct.Struct(">i")
@@ -125,6 +129,7 @@ class WindowReader:
     tags: Sequence[SourceTag]
     rows_read: int = 0
     helpers: Sequence[psycopg.Connection[Any]] = ()
+    count_range: tuple[int, int] | None = None  # readings counted by quality only in [lo, hi) us
     _hash: Any = field(default_factory=hashlib.sha256)
     _pool: ThreadPoolExecutor | None = None
 
@@ -137,6 +142,9 @@ class WindowReader:
             self._lut[tid] = i
         if self.helpers:
             self._pool = ThreadPoolExecutor(len(self.helpers), thread_name_prefix="dataset-fetch")
+        # Per tag (plan order): readings of quality good, uncertain, bad in count_range.
+        self.quality_counts = np.zeros((len(self.tags), 3), np.int64)
+        self.newest_us = -(2**63)  # the newest usable reading in count_range (the pull's datePublished)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -176,7 +184,7 @@ class WindowReader:
             with self.conn.cursor() as cur:
                 cur.execute(TEXT_SQL, {**params, "tags": self._text})
                 text = cur.fetchall()
-        n = int(np.count_nonzero(recs["kind"] != 2)) + len(text)
+        n = int(np.count_nonzero(_usable(recs["kind"]))) + sum(1 for r in text if r[4] != BAD)
         return RawWindow(recs, text, n)
 
     def _fetch_numeric(self, conn: psycopg.Connection[Any], lo_us: int, hi_us: int) -> npt.NDArray[Any]:
@@ -199,16 +207,33 @@ class WindowReader:
             parts.append(self._text_chunk(raw.text))
         chunk = _by_tag(Chunk.concat(parts))
         self.rows_read += int(chunk.t_us.size)
+        if chunk.t_us.size:
+            t = chunk.t_us
+            if self.count_range is not None:
+                t = t[(t >= self.count_range[0]) & (t < self.count_range[1])]
+            if t.size:
+                self.newest_us = max(self.newest_us, int(t.max()))
         self._digest(chunk)
         return chunk
 
+    def _count(self, tag: npt.NDArray[Any], t_us: npt.NDArray[np.int64], quality: npt.NDArray[Any]) -> None:
+        if self.count_range is not None:
+            inside = (t_us >= self.count_range[0]) & (t_us < self.count_range[1])
+            tag, quality = tag[inside], quality[inside]
+        n = len(self.tags)
+        flat = np.bincount(tag.astype(np.int64) * 3 + np.minimum(quality, 2).astype(np.int64), minlength=3 * n)
+        self.quality_counts += flat[: 3 * n].reshape(n, 3)
+
     def _numeric_chunk(self, rows: npt.NDArray[Any]) -> Chunk:
-        keep = rows["kind"] != 2  # a text value on a numeric tag is not a number: missing
-        if not keep.all():
-            rows = rows[keep]
         ids = rows["tag"].astype(np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self._lut.size or (self._lut[ids] < 0).any()):
             raise ValueError("the window query returned a reading of a tag that was not asked for")
+        code = rows["kind"].astype(np.int16)
+        self._count(self._lut[ids], rows["t"].astype(np.int64) + PG_EPOCH_US, code >> 2)
+        # Bad readings are left out; a text value on a numeric tag is not a number: missing.
+        keep = _usable(code)
+        if not keep.all():
+            rows, ids = rows[keep], ids[keep]
         tag = self._lut[ids]
         t = rows["t"].astype(np.int64) + PG_EPOCH_US
         # Scan order is time-ascending per tag in the common case (rows stored as they arrive):
@@ -223,7 +248,7 @@ class WindowReader:
         vi = rows["vi"].astype(np.int64)[order]
         lot = rows["lot"].astype(np.int32)[order]
         # An integer tag stored as a float reading (registered before its metadata) is rounded.
-        is_int = (rows["kind"] == 1)[order]
+        is_int = ((rows["kind"] & 3) == 1)[order]
         if is_int.all():
             ivalue = vi
         else:
@@ -232,6 +257,12 @@ class WindowReader:
         return Chunk(tag, t, vf, lot, ivalue, by_tag=True)
 
     def _text_chunk(self, recs: list[tuple[Any, ...]]) -> Chunk:
+        self._count(
+            np.fromiter((self._index[r[0]] for r in recs), np.int32, len(recs)),
+            np.fromiter((_to_us(r[1]) for r in recs), np.int64, len(recs)),
+            np.fromiter((r[4] for r in recs), np.int16, len(recs)),
+        )
+        recs = [r for r in recs if r[4] != BAD]
         n = len(recs)
         tag = np.fromiter((self._index[r[0]] for r in recs), np.int32, n)
         t = np.fromiter((_to_us(r[1]) for r in recs), np.int64, n)
@@ -252,6 +283,11 @@ class WindowReader:
         self._hash.update(c.ints().astype("<i8").tobytes())
         if c.text is not None:
             self._hash.update("\x1f".join(repr(x) for x in c.text).encode())
+
+
+def _usable(code: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+    """Records with a number and not of bad quality (``code`` = kind + 4 x quality)."""
+    return ((code & 3) != 2) & ((code >> 2) != BAD)  # type: ignore[no-any-return]
 
 
 def share_snapshot(conn: psycopg.Connection[Any], helper: psycopg.Connection[Any], role: str) -> None:

@@ -102,18 +102,26 @@ class Chunk:
 
 @dataclass(slots=True)
 class Rows:
-    """Finalized grid rows: ``k`` (row index), per tag (values, valid mask), lot id (NO_LOT = none)."""
+    """Finalized grid rows: ``k`` (row index), per tag (values, valid mask), lot id (NO_LOT = none),
+    and per tag ``observed``: the bucket held a reading (valid but not observed: gap-filled)."""
 
     k: npt.NDArray[np.int64]
     values: list[npt.NDArray[Any]]
     valid: list[npt.NDArray[np.bool_]]
     lot: npt.NDArray[np.int32]
+    observed: list[npt.NDArray[np.bool_]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.k.size)
 
     def take(self, idx: npt.NDArray[Any]) -> Rows:
-        return Rows(self.k[idx], [v[idx] for v in self.values], [m[idx] for m in self.valid], self.lot[idx])
+        return Rows(
+            self.k[idx],
+            [v[idx] for v in self.values],
+            [m[idx] for m in self.valid],
+            self.lot[idx],
+            [o[idx] for o in self.observed],
+        )
 
 
 @dataclass(slots=True)
@@ -259,10 +267,12 @@ class Resampler:
         tk = self.start_us + ks * self.interval_us
         values: list[npt.NDArray[Any]] = []
         valid: list[npt.NDArray[np.bool_]] = []
+        observed: list[npt.NDArray[np.bool_]] = []
         for i, p in enumerate(self.tags):
             v, m = self._fill(self._obs[i], self._prev[i], p, tk)
             values.append(v[:cut])
             valid.append(m[:cut])
+            observed.append(self._obs[i].has[:cut].copy())
         lot = self._lots(tk)[:cut]
         # Carry state past the finalized rows, then drop them.
         if cut:
@@ -279,7 +289,7 @@ class Resampler:
         out_k = ks[:cut]
         self._base += cut
         keep = (out_k >= 0) & (out_k < self.n_rows)
-        return Rows(out_k, values, valid, lot).take(np.flatnonzero(keep))
+        return Rows(out_k, values, valid, lot, observed).take(np.flatnonzero(keep))
 
     def _fill(
         self, o: _Obs, prev: _Prev, p: TagPlan, tk: npt.NDArray[np.int64]

@@ -78,3 +78,64 @@ def test_one_config_per_line_and_an_unsplit_pull_is_train(fresh_db: str, tmp_pat
     assert {x[:1] for x in poy["train"]["lot"]} == {"D"} and "cf1.speed" not in poy["train"].features
     default = hf.load_dataset(str(tmp_path / "f"), cache_dir=str(tmp_path / "hf2"))  # the first config
     assert "cf1.speed" in default["train"].features and "poy1.speed" not in default["train"].features
+
+
+def test_croissant_is_complete_with_rai_and_validates_without_warnings(fresh_db: str, tmp_path: Path) -> None:
+    import json
+
+    import mlcroissant as mlc
+    import pyarrow.parquet as pq
+
+    testing.load(fresh_db, 600, lot_s=60, skip=frozenset({("mould.level", i) for i in range(100, 120)}))
+    base: dict[str, Any] = {"plant": testing.PLANT, "start": T0, "end": T0 + timedelta(seconds=600), "interval": "5s"}
+    req = validate_request(
+        {**base, "labels": True, "split": {"train": 0.6, "validation": 0.2, "test": 0.2}, "gap": {"rule": "none"}}
+    )
+    rec = pull(fresh_db, req, OWNER, out=tmp_path / "ds")
+    path = tmp_path / "ds" / "croissant.json"
+    ds = mlc.Dataset(jsonld=str(path))
+    issues = ds.metadata.ctx.issues
+    assert not issues.errors and not issues.warnings, issues.report()
+    md = ds.metadata
+    assert md.version == f"2.0.0+{rec.snapshot}"
+    # The newest reading (599 s), not the clock: a re-pull is byte-identical (test_datasets_pull).
+    assert md.date_published == T0 + timedelta(seconds=599)
+    assert [c.name for c in md.creators] == ["acme"] and md.publisher and md.keywords
+    assert md.data_collection and "plant steel" in md.data_collection
+    # mould.level has no reading at 100..119 s: buckets 100..115 are null under rule none (4 rows).
+    assert md.data_collection_missing_data and " in 1 gap(s)" in md.data_collection_missing_data
+    assert "longest 20s, mould.level" in md.data_collection_missing_data
+    assert md.data_imputation_protocol and "0 of " in md.data_imputation_protocol  # rule none imputes nothing
+    assert md.data_preprocessing_protocol and any("UCUM" in p for p in md.data_preprocessing_protocol)
+    assert md.data_use_cases and md.data_limitations and md.data_annotation_protocol
+    assert [d.isoformat() for d in md.data_collection_timeframe or []] == [
+        "2025-06-01T00:00:00+00:00",
+        "2025-06-01T00:10:00+00:00",
+    ]
+    # Units: the display form and the UCUM code, in Croissant and in the Parquet field metadata.
+    doc = json.loads(path.read_text())
+    fields = {f["name"]: f for rs in doc["recordSet"] for f in rs["field"]}
+    assert fields["rows/mould.recipe_setpoint"]["sc:unitText"] == "degC"
+    assert fields["rows/mould.recipe_setpoint"]["sc:unitCode"] == "Cel"
+    schema = pq.read_schema(next((tmp_path / "ds" / "data").rglob("*.parquet")))
+    meta = schema.field("mould.recipe_setpoint").metadata
+    assert meta[b"unit"] == b"degC" and meta[b"unit_ucum"] == b"Cel"
+    card = (tmp_path / "ds" / "README.md").read_text()
+    assert "| `mould.level` | mm (mm) | 0.9667 | 0.9667 | 1 | 20s |" in card  # 116 of 120 rows
+
+
+def test_units_of_the_fiber_plant_as_ucum(fresh_db: str, tmp_path: Path) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+
+    testing.write(fresh_db, testing.fiber_records(720))
+    req = validate_request({"plant": testing.FIBER, "start": T0, "end": T0 + timedelta(seconds=720), "interval": "10s"})
+    pull(fresh_db, req, OWNER, out=tmp_path / "f")
+    part = next((tmp_path / "f" / "data" / "line=acme.nantong.carbonfiber.cf1").rglob("*.parquet"))
+    meta = pq.read_schema(part).field("cf1.n2_flow").metadata
+    assert meta[b"unit"] == b"m**3/h" and meta[b"unit_ucum"] == b"m3/h"
+    doc = json.loads((tmp_path / "f" / "croissant.json").read_text())
+    codes = {f["name"]: f.get("sc:unitCode") for rs in doc["recordSet"] for f in rs["field"]}
+    assert codes["rows-acme.nantong.carbonfiber.cf1/cf1.n2_flow"] == "m3/h"
+    assert codes["rows-acme.nantong.spinning.poy1/poy1.titer"] == "dg/km"
