@@ -44,14 +44,15 @@ def newest_reading_us(dsn: str, plants: Sequence[str]) -> int | None:
     return int(row[0]) if row and row[0] is not None else None
 
 
-def demo_backfill_s(speed: float, duration_s: float, now: int, newest_us: int | None) -> float:
-    """Sim seconds of history the demo's plants fast-forward through, ending now when the demo ends:
-    ``(speed - 1) * duration``, but not back into the readings an earlier run left in the database
-    (their tags' windows are closed there, so overlapping readings would all count as late)."""
-    full = max(0.0, (speed - 1.0) * duration_s)
-    if newest_us is None:
-        return full
-    return max(0.0, min(full, (now - newest_us) / 1e6 - 1.0))
+def demo_speed(speed: float, duration_s: float, now: int, newest_us: int | None) -> float:
+    """The speed the demo's plants run at: ``speed``, or less if their history, ``(speed - 1) *
+    duration`` sim seconds ending when the demo ends, would reach back into the readings an earlier
+    run left in the database (those tags' windows are closed, so overlapping readings would all be
+    late). Slowing down rather than shortening the backfill keeps every sample on schedule."""
+    if newest_us is None or speed <= 1.0:
+        return speed
+    room_s = (now - newest_us) / 1e6 - 1.0
+    return max(1.0, min(speed, 1.0 + room_s / duration_s))
 
 
 @click.command()
@@ -83,23 +84,23 @@ def demo(duration: float, seed: int, speed: float, rate: float | None, monitor_p
     run_dir = stack.state / "demo" / time.strftime("%Y%m%d-%H%M%S")
     names = tuple(plants.split(","))
     wall_us, newest = now_us(), newest_reading_us(settings.dsn, names)
-    backfill = demo_backfill_s(speed, duration, wall_us, newest)
+    run_speed = demo_speed(speed, duration, wall_us, newest)
     if newest is not None and newest > wall_us:
         click.echo(
-            f"demo: the database holds readings up to {(newest - wall_us) / 60e6:.0f} min in the future (written by an "
-            "older simulator); new readings before then count as late"
+            f"demo: the database holds readings up to {(newest - wall_us) / 60e6:.0f} min in the future (written by "
+            "an older simulator); new readings before then count as late"
         )
-    elif backfill < max(0.0, (speed - 1.0) * duration):
+    elif run_speed < speed:
         click.echo(
-            f"demo: an earlier run's readings end {(wall_us - (newest or wall_us)) / 60e6:.1f} min ago; "
-            f"fast-forwarding only {backfill / 60:.1f} min of history, then real time"
+            f"demo: an earlier run's readings end {(wall_us - (newest or wall_us)) / 60e6:.1f} min ago; running at "
+            f"{run_speed:.3g}x instead of {speed:g}x, so this run's history starts after them"
         )
-    elif backfill > 0:
-        click.echo(f"demo: the plants fast-forward {backfill / 60:.0f} min of history at {speed:g}x, up to now")
-    pipe = Pipeline(
-        settings, run_dir, plants=names, seed=seed, speed=speed, rate=rate, faults=DEMO_FAULTS,
-        sim_args={p: ["--backfill", repr(backfill)] for p in names},
-    )  # fmt: skip
+    if run_speed > 1.0:
+        click.echo(
+            f"demo: the plants fast-forward {(run_speed - 1.0) * duration / 60:.1f} min of history at {run_speed:.3g}x, "
+            "ending now when the demo ends"
+        )
+    pipe = Pipeline(settings, run_dir, plants=names, seed=seed, speed=run_speed, rate=rate, faults=DEMO_FAULTS)
 
     stopping = False
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from plantstream.demo import demo_backfill_s
+from plantstream.demo import demo_speed
 from plantstream.sim.catalog import PLANTS
 from plantstream.sim.engine import SimClock, run_id
 from plantstream.sim.plants import build
@@ -99,11 +99,14 @@ def test_lot_ids_are_the_runs_own(plant: str) -> None:
     assert not {lot for *_, lot in lot_events(plant, 1007, first, 6)} & lots_a
 
 
-def test_demo_backfill_stops_at_the_previous_runs_readings() -> None:
-    assert demo_backfill_s(20.0, 300.0, NOW, None) == 19 * 300.0
-    assert demo_backfill_s(20.0, 300.0, NOW, NOW - 86_400 * S) == 19 * 300.0
-    # An earlier demo ended 10 minutes ago: no reading of this one may fall among its readings.
-    assert demo_backfill_s(20.0, 300.0, NOW, NOW - 600 * S) == pytest.approx(599.0)
+def test_demo_history_starts_after_the_previous_runs_readings() -> None:
+    assert demo_speed(20.0, 300.0, NOW, None) == 20.0
+    assert demo_speed(20.0, 300.0, NOW, NOW - 86_400 * S) == 20.0
+    # An earlier demo ended 10 minutes ago: this one's history may not reach back among its readings.
+    slower = demo_speed(20.0, 300.0, NOW, NOW - 600 * S)
+    assert 1.0 < slower < 20.0
+    clock = SimClock.backfill(NOW, slower, 4.0, 300.0)
+    assert clock.t0_us > NOW - 600 * S and clock.due_us(1200, NOW) == clock.schedule_us(1200, NOW)
     # Readings stamped in the future by an older simulator: nothing to backfill.
-    assert demo_backfill_s(20.0, 300.0, NOW, NOW + 600 * S) == 0.0
-    assert demo_backfill_s(1.0, 300.0, NOW, None) == 0.0
+    assert demo_speed(20.0, 300.0, NOW, NOW + 600 * S) == 1.0
+    assert demo_speed(0.5, 300.0, NOW, NOW - 600 * S) == 0.5
