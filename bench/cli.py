@@ -39,6 +39,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 @click.option("--soak-minutes", type=click.FloatRange(1.0, 24 * 60), default=10.0, show_default=True)
 @click.option("--fuzz", "fuzz_only", is_flag=True, help="run only the decoder fuzzing (no services needed)")
 @click.option("--fuzz-inputs", type=click.IntRange(1000, 100_000_000), default=1_000_000, show_default=True)
+@click.option("--chaos", "chaos_only", is_flag=True, help="run only the chaos run (faults, then the ledger check)")
+@click.option("--chaos-minutes", type=click.FloatRange(1.0, 24 * 60), default=10.0, show_default=True)
+@click.option("--chaos-seed", type=int, default=15, show_default=True, help="seed of the fault schedule")
 def bench(
     quick: bool,
     out: Path | None,
@@ -47,6 +50,9 @@ def bench(
     soak_minutes: float,
     fuzz_only: bool,
     fuzz_inputs: int,
+    chaos_only: bool,
+    chaos_minutes: float,
+    chaos_seed: int,
 ) -> None:
     """Benchmark: machine limits (PostgreSQL COPY, Kafka, MQTT, OPC-UA), each stage alone, end to end at
     stepped rates until lag grows without bound, and peak memory per process.
@@ -58,6 +64,12 @@ def bench(
     With --soak, only the memory soak runs: one edge agent process under steady OPC-UA + MQTT load,
     first half with Kafka reachable, second half unreachable so the buffer fills to its cap and drops
     oldest; writes soak.md, soak.json and soak.png (exit 0 whatever the verdict).
+
+    With --chaos, only the chaos run: simulators and data loggers through the whole pipeline while a
+    seeded schedule kills edges, the streams worker, the sink and the monitor, cuts Kafka, restarts
+    PostgreSQL and sends hostile MQTT payloads; then the database is compared with the ledgers
+    (chaos.md, chaos.json; exit 1 when readings were lost or duplicated, an aggregate disagrees with
+    its readings or a hostile payload was not dead-lettered).
     """
     out = out or RESULTS / datetime.now().strftime("%Y%m%d-%H%M%S")
     if fuzz_only:
@@ -68,6 +80,14 @@ def bench(
         click.echo(f"results in {out}")
         sys.exit(1 if report.crashes else 0)
     settings = Settings.from_env()
+    if chaos_only:
+        from plantstream.bench import chaos as chaos_mod
+
+        cfg = chaos_mod.ChaosConfig(minutes=chaos_minutes, seed=chaos_seed)
+        res = chaos_mod.run_and_report(settings, out, cfg, progress=lambda line: click.echo(line, err=True))
+        click.echo((out / "chaos.md").read_text())
+        click.echo(f"results in {out}")
+        sys.exit(0 if res.ok else 1)
     if soak:
         from plantstream.bench import soak as soak_mod
 
