@@ -5,6 +5,12 @@ Guarantees:
 * A reading is acknowledged to its source (MQTT PUBACK) only after the buffer committed it.
 * Kafka or a source being unreachable never stops the agent: sources reconnect with backoff,
   the buffer keeps growing (to its caps, dropping the oldest), the forwarder retries in order.
+* The buffer failing to write (disk full, I/O error) never stops the agent either: nothing is
+  acknowledged while appends fail (an MQTT QoS 1 session keeps the messages at the broker), what
+  arrived is held in memory (bounded for sources without acknowledgement, which are dropped and
+  counted past ``buffer.max_held_readings``), the state is in the status file and metrics, and
+  the append is retried with backoff until it succeeds; then everything held is committed once
+  and acknowledged.
 * SIGTERM/SIGINT: commit what the sources delivered, forward what Kafka accepts within a few
   seconds, leave the rest in the buffer for the next start.
 * TagMeta for every configured tag is published (through the buffer) at start.
@@ -14,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import functools
 import hashlib
 import json
 import logging
@@ -32,7 +40,7 @@ from confluent_kafka import Producer
 from plantstream.config import ConfigError, Settings
 from plantstream.contract import Origin
 from plantstream.edge.batcher import Batcher, Sample
-from plantstream.edge.buffer import Buffer, Entry
+from plantstream.edge.buffer import Buffer, Entry, WriteFailure
 from plantstream.edge.config import EdgeConfig, MqttSource, OpcuaSource, SparkplugSource
 from plantstream.edge.forwarder import Forwarder
 from plantstream.edge.metrics import EdgeMetrics
@@ -132,6 +140,14 @@ class Agent:
         self._unsaved: list[Entry] = []
         self._unsaved_acks: dict[str, list[Hashable]] = {}
         self._unsaved_recent: list[tuple[str, int]] = []
+        # Identity keys in _unsaved_recent: a redelivered copy of a held message is a duplicate too.
+        self._unsaved_keys: set[tuple[str, int]] = set()
+        # Counts of held deliveries, applied once they are committed.
+        self._unsaved_counts: dict[str, list[int]] = {}
+        # While appends fail: when to try again, and the next wait (doubling up to _RETRY_MAX_S).
+        self._append_retry_at = 0.0
+        self._append_backoff = _RETRY_MIN_S
+        self.held_dropped: dict[str, int] = {}  # readings dropped at max_held_readings, per source
         self._published: dict[tuple[str, ...], int] = {}
         self.ready = asyncio.Event()  # set once sources run and tag metadata is buffered
 
@@ -198,7 +214,12 @@ class Agent:
             for meta in self.cfg.tag_metas()
         ]
         if entries:
-            self.buffer.append(entries)
+            try:
+                self.buffer.append(entries)
+            except sqlite3.Error as exc:
+                # A full disk at start: held like readings, the main loop retries the append.
+                self._append_failed(exc, len(entries), time.monotonic())
+                self._unsaved.extend(entries)
 
     async def _supervise(self, source: Source) -> None:
         """A source's run() must not end early; if it crashes anyway, restart it."""
@@ -246,20 +267,33 @@ class Agent:
             last_commit = time.monotonic()
             self._tick(batcher, everything=False)
             if topics_task is None or topics_task.done():
-                fw.pump()
+                self._guarded("forward", fw.pump)
             now = time.monotonic()
             if now >= next_gauges:
                 next_gauges = now + 1.0
-                self._update_gauges()
+                self._guarded("gauges", self._update_gauges)
             if now >= next_status:
                 next_status = now + 2.0
-                self.write_status()
+                self._guarded("status", self.write_status)
             if now >= next_expire:
                 next_expire = now + 10.0
-                self.buffer.expire()
+                self._guarded("expire", self.buffer.expire)
             if now >= next_progress:
                 next_progress = now + self.cfg.progress_interval_s
-                self._progress(rate, now)
+                self._guarded("progress", functools.partial(self._progress, rate, now))
+
+    def _guarded(self, what: str, fn: Callable[[], object]) -> None:
+        """Run a step of the loop; the buffer failing (I/O error, disk full) must not end the agent.
+        Failed writes are recorded by the buffer itself (reported in status and metrics)."""
+        try:
+            fn()
+        except sqlite3.Error as exc:
+            n = self._throttle.should(f"guard:{what}")
+            if n >= 0:
+                log.error(
+                    "buffer operation failed; the agent continues and retries",
+                    extra={"kv": {"operation": what, "error": str(exc), "suppressed": n}},
+                )
 
     def _tick(self, batcher: Batcher, everything: bool, drop_ackable: bool = False) -> None:
         """Take what the sources delivered, commit it, then acknowledge it upstream."""
@@ -267,13 +301,20 @@ class Agent:
         items = self.inbox.drain()
         acks = self._unsaved_acks
         entries = self._unsaved
-        counts: dict[str, list[int]] = {}
+        counts = self._unsaved_counts
         recent = self._unsaved_recent
+        failing = "append" in self.buffer.failing
+        held = self.held_readings(batcher) if failing else 0
+        cap = self.cfg.buffer.max_held_readings
         for d in items:
             if d.ack is not None:
                 if drop_ackable:
                     continue  # never acknowledged: the broker redelivers it to the next run
                 acks.setdefault(d.source, []).append(d.ack)
+            elif failing and held >= cap:
+                self._drop_unstorable(d)
+                continue
+            held += len(d.samples) if failing and d.samples else 0
             c = counts.get(d.source)
             if c is None:
                 c = counts[d.source] = [0, 0, 0, 0]
@@ -296,22 +337,24 @@ class Agent:
             entries.append(self._deadletter_entry(Delivery(rej.source, Origin.MQTT, None, dl)))
         batcher.rejected.clear()
         if entries or recent:
+            self._unsaved = entries
+            now = time.monotonic()
+            if failing and not everything and now < self._append_retry_at:
+                return  # backing off: held (and unacknowledged) until the next attempt
             try:
                 self.buffer.append(entries, recent)
             except sqlite3.Error as exc:
-                # Disk full or similar: keep the entries and the acks, try again next tick.
-                n = self._throttle.should("append")
-                if n >= 0:
-                    log.error(
-                        "buffer append failed; holding readings in memory and retrying",
-                        extra={"kv": {"error": str(exc), "entries": len(entries), "suppressed": n}},
-                    )
-                self._unsaved = entries
+                # Disk full or similar: keep the entries, the acks and the counts; retry later.
+                self._append_failed(exc, sum(e.count for e in entries), now)
                 return
+            if failing:
+                self._append_recovered(entries, acks)
             self._unsaved = []
             self._unsaved_recent = []
+            self._unsaved_keys.clear()
         # Committed (or nothing to store: only duplicates / empty messages): safe to acknowledge.
         self._ack(acks)
+        self._unsaved_counts = {}
         agent = self.cfg.agent_id
         m = self.metrics
         for src_id, (n, bad, dead, dup) in counts.items():
@@ -334,31 +377,106 @@ class Agent:
         self, d: Delivery, c: list[int], batcher: Batcher, recent: list[tuple[str, int]], entries: list[Entry]
     ) -> None:
         """One delivery into the batcher (and its dead letter into ``entries``); c: in, bad, dead, dup."""
-        assert self.buffer is not None
-        buf = self.buffer
         samples = d.samples
         if d.identity is not None:
             # A source that redelivers whole messages: a copy of a committed one is dropped
             # (its readings and dead letter are stored already), anything else remembered.
-            if d.redelivered and buf.seen(d.source, d.identity):
+            if d.redelivered and self._seen(d.source, d.identity):
                 c[3] += len(samples) if samples else 0
                 return
             recent.append((d.source, d.identity))
+            self._unsaved_keys.add((d.source, d.identity))
         elif samples and d.ack is not None:
             # No message identity: remember each committed sample, drop copies of them.
             keyed = [(identity(d.source, s), s) for s in samples]
             if d.redelivered:
-                fresh = [(k, s) for k, s in keyed if not buf.seen(d.source, k)]
+                fresh = [(k, s) for k, s in keyed if not self._seen(d.source, k)]
                 c[3] += len(keyed) - len(fresh)
                 keyed = fresh
             samples = [s for _, s in keyed]
             recent.extend((d.source, k) for k, _ in keyed)
+            self._unsaved_keys.update((d.source, k) for k, _ in keyed)
         if samples:
             c[0] += batcher.add(d.source, d.origin, samples)
             c[1] += sum(1 for s in samples if s[5])
         if d.deadletter is not None:
             c[2] += 1
             entries.append(self._deadletter_entry(d))
+
+    def _seen(self, source: str, key: int) -> bool:
+        """Committed recently, or held uncommitted (a copy redelivered after a reconnect while the
+        buffer could not be written must not be stored a second time)."""
+        assert self.buffer is not None
+        return self.buffer.seen(source, key) or (source, key) in self._unsaved_keys
+
+    def held_readings(self, batcher: Batcher | None = None) -> int:
+        """Readings taken from the sources but not committed (held while appends fail)."""
+        b = batcher or getattr(self, "batcher", None)
+        return sum(e.count for e in self._unsaved) + (b.pending if b is not None else 0)
+
+    @property
+    def held_unacknowledged(self) -> int:
+        """Source messages (MQTT QoS 1) waiting for a commit before they are acknowledged."""
+        return sum(len(t) for t in self._unsaved_acks.values())
+
+    def _append_failed(self, exc: sqlite3.Error, readings: int, now: float) -> None:
+        assert self.buffer is not None
+        failure = self.buffer.failing.get("append")
+        first = failure is None or failure.attempts == 1
+        self._append_retry_at = now + self._append_backoff
+        self._append_backoff = min(self._append_backoff * 2, _RETRY_MAX_S)
+        n = self._throttle.should("append")
+        if first or n >= 0:
+            log.error(
+                "buffer append failed (disk full or I/O error): sources are not acknowledged, readings are held "
+                "in memory and the append is retried with backoff",
+                extra={
+                    "kv": {
+                        "kind": failure.kind if failure else "",
+                        "error": str(exc),
+                        "path": str(self.buffer_path),
+                        "held_readings": readings,
+                        "held_unacknowledged": self.held_unacknowledged,
+                        "retry_in_s": round(self._append_retry_at - now, 2),
+                        "suppressed": max(n, 0),
+                    }
+                },
+            )
+
+    def _append_recovered(self, entries: list[Entry], acks: dict[str, list[Hashable]]) -> None:
+        self._append_backoff = _RETRY_MIN_S
+        self._append_retry_at = 0.0
+        log.info(
+            "buffer append works again: held readings committed and acknowledged",
+            extra={
+                "kv": {
+                    "path": str(self.buffer_path),
+                    "readings": sum(e.count for e in entries),
+                    "acknowledged": sum(len(t) for t in acks.values()),
+                    "dropped_while_failing": sum(self.held_dropped.values()),
+                }
+            },
+        )
+
+    def _drop_unstorable(self, d: Delivery) -> None:
+        """A delivery nobody can resend (no ack) while the buffer cannot be written and memory is
+        at max_held_readings: dropped, counted and logged."""
+        n = len(d.samples) if d.samples else 0
+        self.held_dropped[d.source] = self.held_dropped.get(d.source, 0) + n
+        k = self._throttle.should(f"held_drop:{d.source}")
+        if k >= 0:
+            log.error(
+                "buffer cannot be written and buffer.max_held_readings is reached: readings from a source "
+                "without acknowledgement are dropped",
+                extra={
+                    "kv": {
+                        "source": d.source,
+                        "dropped_total": self.held_dropped[d.source],
+                        "max_held_readings": self.cfg.buffer.max_held_readings,
+                        "suppressed": k,
+                    }
+                },
+            )
 
     def _ack(self, acks: dict[str, list[Hashable]]) -> None:
         self._unsaved_acks = {}
@@ -400,6 +518,17 @@ class Agent:
         await asyncio.gather(*tasks, return_exceptions=True)
         # ... then keep what can no longer be acknowledged out of the buffer (the broker resends it).
         self._tick(batcher, everything=True, drop_ackable=True)
+        if self._unsaved:
+            log.error(
+                "stopping with readings the buffer could not store: those from MQTT QoS 1 were never "
+                "acknowledged (the broker resends them to the next run), the others are lost",
+                extra={
+                    "kv": {
+                        "readings": sum(e.count for e in self._unsaved),
+                        "error": next(iter(self.buffer.failing.values())).error if self.buffer.failing else "",
+                    }
+                },
+            )
         delivered = await self._drain(fw, 5.0)
         self._update_gauges()
         self.write_status(stopped=True)
@@ -444,6 +573,13 @@ class Agent:
             sync(m.reconnects.labels(a, s.id), ("reconnects", s.id), s.status.reconnects)
             for event, n in s.status.events.items():
                 sync(m.events.labels(a, s.id, event), ("events", s.id, event), n)
+        for op, n in self.buffer.write_failures.items():
+            sync(m.write_failures.labels(a, op), ("write_failures", op), n)
+        kinds = {f.kind for f in self.buffer.failing.values()}
+        for kind in _ERROR_KINDS | kinds:
+            m.storage_error.labels(a, kind).set(1 if kind in kinds else 0)
+        m.held_readings.labels(a).set(self.held_readings())
+        sync(m.dropped.labels(a, "storage_error"), ("dropped", "storage_error"), sum(self.held_dropped.values()))
         if self.forwarder is not None:
             sync(m.kafka_failures.labels(a), ("kafka_failures",), self.forwarder.stats.failures)
             m.refused.labels(a).set(len(self.forwarder.refused_ids))
@@ -477,6 +613,11 @@ class Agent:
                 "oldest_created_us": d.oldest_created_us,
                 "dropped": dict(self.buffer.dropped),
                 "seq": self.buffer.seqs(),
+                "storage_error": _storage_error(self.buffer.failing),
+                "write_failures": dict(self.buffer.write_failures),
+                "held_readings": self.held_readings(),
+                "held_unacknowledged": self.held_unacknowledged,
+                "dropped_unstored": dict(self.held_dropped),
             },
             "kafka": {
                 "bootstrap": self.bootstrap,
@@ -491,15 +632,38 @@ class Agent:
         }
 
     def write_status(self, stopped: bool = False) -> None:
+        text = json.dumps(self.status(stopped), default=str, indent=1).encode()
+        # Padded to whole pages with at least half a page to spare, so that on a full disk the file
+        # can still be rewritten in place (the storage error makes it longer).
+        data = text + b" " * (-(len(text) + _STATUS_PAGE // 2) % _STATUS_PAGE + _STATUS_PAGE // 2 - 1) + b"\n"
+        tmp = self.status_path.with_suffix(".tmp")
         try:
-            tmp = self.status_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.status(stopped), default=str, indent=1))
+            tmp.write_bytes(data)
             os.replace(tmp, self.status_path)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT) and self._rewrite_status(data):
+                return
             if self._throttle.should("status") >= 0:
                 log.warning(
                     "cannot write status file", extra={"kv": {"path": str(self.status_path), "error": str(exc)}}
                 )
+
+    def _rewrite_status(self, data: bytes) -> bool:
+        """Overwrite the status file in the blocks it already has (no new space needed); the
+        disk being full is exactly when the status must still be readable. Not atomic: a reader
+        may see a torn file for a moment (read_status then reports no status)."""
+        try:
+            with self.status_path.open("r+b") as f:
+                size = os.fstat(f.fileno()).st_size
+                if len(data) > size:
+                    return False
+                f.write(data + b" " * (size - len(data)))
+                f.flush()
+            return True
+        except OSError:
+            return False
 
     def _progress(self, rate: _Rate, now: float) -> None:
         assert self.buffer is not None and self.forwarder is not None
@@ -526,6 +690,28 @@ class Agent:
             },
         )
         rate.t, rate.inn, rate.out = now, self.readings_in, out
+
+
+_RETRY_MIN_S = 0.2
+_RETRY_MAX_S = 5.0
+_STATUS_PAGE = 4096
+_ERROR_KINDS = frozenset({"disk_full", "io_error", "cannot_open", "sqlite_error"})
+
+
+def _storage_error(failing: dict[str, WriteFailure]) -> dict[str, Any] | None:
+    """The status file's view of failing buffer writes; None while every write works."""
+    if not failing:
+        return None
+    first = min(failing.values(), key=lambda f: f.since_us)
+    main = failing.get("append", first)
+    return {
+        "state": main.kind,
+        "error": main.error,
+        "since_us": first.since_us,
+        "operations": {op: {"kind": f.kind, "error": f.error, "attempts": f.attempts} for op, f in failing.items()},
+        # Appends failing is what stops acknowledgement; deletes/expiry failing only delay cleanup.
+        "acknowledging": "append" not in failing,
+    }
 
 
 def _poison(d: Delivery, reason: str) -> Delivery:
@@ -556,7 +742,11 @@ def read_status(cfg: EdgeConfig, settings: Settings | None = None) -> dict[str, 
             status = json.loads(path.read_text())
     bpath = cfg.buffer_path(settings)
     if bpath.exists():
-        buf = Buffer(bpath, readonly=True)
+        try:
+            buf = Buffer(bpath, readonly=True)
+        except sqlite3.Error:
+            # A buffer the agent is creating right now (tables not all there yet): the file's view.
+            return status
         try:
             d = buf.live_depth()
             live = {

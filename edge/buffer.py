@@ -18,6 +18,9 @@ Contract:
   redeliver (MQTT QoS 1), in the same transaction; :meth:`seen` answers from the last
   ``recent_window`` keys per source, reloaded on open, so a copy redelivered after a reconnect or a
   ``kill -9`` is recognised instead of getting a new sequence number.
+* A write that fails (disk full, I/O error) raises with nothing committed and is recorded in
+  :attr:`Buffer.failing` until the same kind of write succeeds again (see the agent for what it
+  does meanwhile: it stops acknowledging and retries).
 """
 
 from __future__ import annotations
@@ -108,6 +111,27 @@ def is_storage_error(exc: BaseException) -> bool:
     return "disk is full" in msg or "disk i/o" in msg
 
 
+def error_kind(exc: BaseException) -> str:
+    """What a failed write says about the storage: disk_full, io_error, cannot_open or sqlite_error."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return {13: "disk_full", 10: "io_error", 14: "cannot_open"}.get(code & 0xFF, "sqlite_error")
+    msg = str(exc).lower()
+    if "disk is full" in msg:
+        return "disk_full"
+    return "io_error" if "disk i/o" in msg else "sqlite_error"
+
+
+@dataclass(slots=True)
+class WriteFailure:
+    """A kind of write (append, delete, expire, cap) that is failing right now."""
+
+    kind: str  # error_kind()
+    error: str
+    since_us: int
+    attempts: int = 1
+
+
 def _rollback(db: sqlite3.Connection) -> None:
     """Roll back if a transaction is still open: on SQLITE_FULL / IOERR SQLite may already have
     rolled it back itself, and a failing ROLLBACK must not hide the original error."""
@@ -157,11 +181,27 @@ class Buffer:
         # Writes that failed (append/delete/expire/cap, by operation) in this process: the agent
         # reports them; nothing was committed by a failed write.
         self.write_failures: dict[str, int] = {}
+        # Operations whose last attempt failed (cleared by the next one that succeeds).
+        self.failing: dict[str, WriteFailure] = {}
         self._recent: dict[str, tuple[set[int], collections.deque[int]]] = {}
         if not readonly:
             rows = self._db.execute("SELECT source, key FROM recent ORDER BY id DESC LIMIT ?", (recent_window * 8,))
             for source, key in reversed(rows.fetchall()):
                 self._remember(str(source), int(key))
+
+    # --- write failures ------------------------------------------------------------------------
+
+    def _failed(self, op: str, exc: BaseException) -> None:
+        self.write_failures[op] = self.write_failures.get(op, 0) + 1
+        f = self.failing.get(op)
+        if f is None:
+            self.failing[op] = WriteFailure(error_kind(exc), str(exc), _now_us())
+        else:
+            f.kind, f.error, f.attempts = error_kind(exc), str(exc), f.attempts + 1
+
+    def _ok(self, op: str) -> None:
+        if self.failing.pop(op, None) is not None:
+            log.info("buffer writes work again", extra={"kv": {"operation": op, "path": str(self.path)}})
 
     # --- redelivery window -------------------------------------------------------------------
 
@@ -225,6 +265,38 @@ class Buffer:
             for e in entries
         ]
         seqs = [(s, self._seq[s]) for s in self._dirty_seq]
+        try:
+            self._insert(rows, seqs, recent)
+        except sqlite3.Error as exc:
+            self._failed("append", exc)
+            raise
+        self._ok("append")
+        self._dirty_seq.clear()
+        for source, key in recent:
+            self._remember(source, key)
+        for r in rows:
+            self._bytes += r[3]
+            self._readings += r[2]
+        self._entries += len(rows)
+        if self._bytes > self.max_bytes:
+            # Committed already: a failure here must not raise, or the caller would take the
+            # append as failed and commit the same entries again. The next append retries it.
+            try:
+                self._drop_oldest_over_cap()
+            except sqlite3.Error as exc:
+                self._failed("cap", exc)
+                if self._drop_log.should("cap_failed") >= 0:
+                    log.warning(
+                        "buffer over max_bytes but dropping failed; retried later", extra={"kv": {"error": str(exc)}}
+                    )
+            else:
+                self._ok("cap")
+        else:
+            self._ok("cap")  # under the cap now: nothing left to drop
+
+    def _insert(
+        self, rows: Sequence[tuple[object, ...]], seqs: Sequence[tuple[str, int]], recent: Sequence[tuple[str, int]]
+    ) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -246,24 +318,6 @@ class Buffer:
         except BaseException:
             _rollback(db)
             raise
-        self._dirty_seq.clear()
-        for source, key in recent:
-            self._remember(source, key)
-        for r in rows:
-            self._bytes += r[3]
-            self._readings += r[2]
-        self._entries += len(rows)
-        if self._bytes > self.max_bytes:
-            # Committed already: a failure here must not raise, or the caller would take the
-            # append as failed and commit the same entries again. The next append retries it.
-            try:
-                self._drop_oldest_over_cap()
-            except sqlite3.Error as exc:
-                self.write_failures["cap"] = self.write_failures.get("cap", 0) + 1
-                if self._drop_log.should("cap_failed") >= 0:
-                    log.warning(
-                        "buffer over max_bytes but dropping failed; retried later", extra={"kv": {"error": str(exc)}}
-                    )
 
     def _drop_oldest_over_cap(self) -> None:
         excess = self._bytes - self.max_bytes
@@ -281,9 +335,15 @@ class Buffer:
     def expire(self, now_us: int | None = None) -> int:
         """Drop entries older than max_age (and redelivery keys beyond the window); returns readings dropped."""
         keep = self.recent_window * max(1, len(self._recent))
-        self._db.execute("DELETE FROM recent WHERE id <= (SELECT MAX(id) FROM recent) - ?", (keep,))
         cutoff = (now_us if now_us is not None else _now_us()) - self.max_age_us
-        return self._drop_where("created_us < ?", (cutoff,), "max_age")
+        try:
+            self._db.execute("DELETE FROM recent WHERE id <= (SELECT MAX(id) FROM recent) - ?", (keep,))
+            n = self._drop_where("created_us < ?", (cutoff,), "max_age")
+        except sqlite3.Error as exc:
+            self._failed("expire", exc)
+            raise
+        self._ok("expire")
+        return n
 
     def _drop_where(self, where: str, args: tuple[int, ...], reason: str) -> int:
         db = self._db
@@ -351,6 +411,18 @@ class Buffer:
         ids = list(ids)
         if not ids:
             return 0
+        try:
+            removed, readings, size = self._delete(ids)
+        except sqlite3.Error as exc:
+            self._failed("delete", exc)
+            raise
+        self._ok("delete")
+        self._bytes -= size
+        self._readings -= readings
+        self._entries -= removed
+        return removed
+
+    def _delete(self, ids: list[int]) -> tuple[int, int, int]:
         db = self._db
         removed = size = readings = 0
         db.execute("BEGIN IMMEDIATE")
@@ -370,10 +442,7 @@ class Buffer:
         except BaseException:
             _rollback(db)
             raise
-        self._bytes -= size
-        self._readings -= readings
-        self._entries -= removed
-        return removed
+        return int(removed), int(readings), int(size)
 
     # --- introspection ---------------------------------------------------------------------
 

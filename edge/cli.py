@@ -82,6 +82,14 @@ def status(config_path: Path, as_json: bool) -> None:
         f"  buffer: {b.get('readings', 0)} readings in {b.get('entries', 0)} messages, {b.get('bytes', 0)} bytes, "
         f"oldest {_age(b.get('oldest_created_us'))}; dropped {b.get('dropped') or 0}"
     )
+    se = b.get("storage_error")
+    if se:
+        click.echo(
+            f"  STORAGE ERROR ({se.get('state')}) since {_age(se.get('since_us'))} ago, failing: "
+            f"{', '.join(sorted(se.get('operations', {})))}; "
+            + ("sources NOT acknowledged, " if not se.get("acknowledging") else "")
+            + f"{b.get('held_readings', 0)} readings held in memory; error: {se.get('error')}"
+        )
     k = st.get("kafka")
     if k:
         click.echo(

@@ -449,6 +449,14 @@ class BufferConfig(_Strict):
         description="group commit: at most one buffer commit (one fsync) per interval; what arrives meanwhile "
         "waits for it, unacknowledged (0: commit as soon as anything arrives)",
     )
+    max_held_readings: int = Field(
+        100_000,
+        ge=0,
+        description="while the buffer cannot be written (disk full, I/O error): readings from sources without "
+        "acknowledgement (OPC-UA, MQTT QoS 0) held in memory at most; past this they are dropped and counted "
+        "(dropped readings, reason storage_error). MQTT QoS 1 readings are never dropped: they stay "
+        "unacknowledged, kept by the broker's session",
+    )
 
 
 class BatchConfig(_Strict):

@@ -57,6 +57,24 @@ class EdgeMetrics:
             [*lbl, "event"],
             registry=r,
         )
+        self.storage_error = Gauge(
+            "plantstream_edge_buffer_storage_error",
+            "1 while buffer writes fail (disk full, I/O error): sources are not acknowledged meanwhile",
+            ["agent", "kind"],
+            registry=r,
+        )
+        self.write_failures = Counter(
+            "plantstream_edge_buffer_write_failures",
+            "Failed buffer writes by operation (append, delete, expire, cap); each is retried",
+            ["agent", "operation"],
+            registry=r,
+        )
+        self.held_readings = Gauge(
+            "plantstream_edge_held_readings",
+            "Readings held in memory because the buffer could not store them yet (not acknowledged)",
+            ["agent"],
+            registry=r,
+        )
         self.port: int | None = None
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import os
+import shutil
+import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from plantstream.config import Settings
@@ -275,3 +282,142 @@ def metric(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: s
     """Sum of ``name`` over the samples whose labels include ``labels``."""
     want = set(labels.items())
     return sum(v for (n, lbl), v in samples.items() if n == name and want <= lbl)
+
+
+# --- a small filesystem (disk-full tests) ---------------------------------------------------------
+
+_IN_USERNS = "PLANTSTREAM_TEST_IN_USERNS"
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size_bytes: int) -> Iterator[Path]:
+    """A tmpfs of ``size_bytes`` mounted at ``path`` for the duration (needs root, real or mapped)."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0755", "plantstream-test", str(path)],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield path
+    finally:
+        # Lazy: an SQLite file still open in a leaked thread must not leave the mount behind.
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def run_on_small_filesystem(
+    request: pytest.FixtureRequest, path: Path, size_bytes: int, body: Callable[[Path], None]
+) -> None:
+    """``body(mountpoint)`` with a tmpfs of ``size_bytes`` at ``path``. As root the tmpfs is mounted
+    here; otherwise this test re-runs itself in a user + mount namespace where the process is root
+    (``unshare --user --map-root-user --mount``) and passes or fails with it. Skips only when
+    neither is possible."""
+    if os.geteuid() == 0:
+        try:
+            cm = small_filesystem(path, size_bytes)
+            mnt = cm.__enter__()
+        except subprocess.CalledProcessError as exc:
+            if os.environ.get(_IN_USERNS) or not _userns_works():
+                pytest.skip(f"cannot mount a tmpfs: {exc.stderr.decode(errors='replace').strip()}")
+        else:
+            try:
+                body(mnt)
+            finally:
+                cm.__exit__(None, None, None)
+            return
+    elif not _userns_works():
+        pytest.skip("not root and no user namespaces (unshare --user --map-root-user --mount)")
+    cmd = ["unshare", "--user", "--map-root-user", "--mount", sys.executable, "-m", "pytest", "-x", "-q"]
+    cmd += ["-p", "no:cacheprovider", request.node.nodeid]
+    proc = subprocess.run(
+        cmd,
+        cwd=request.config.rootpath,
+        env={**os.environ, _IN_USERNS: "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0 and " passed" in proc.stdout, (
+        f"in a user namespace: rc={proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+    )
+
+
+def _userns_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True, check=False
+    )
+    return probe.returncode == 0
+
+
+def fill_disk(path: Path) -> int:
+    """Append to ``path`` until its filesystem is full (ENOSPC); returns the bytes written.
+    Called again, it takes whatever was freed meanwhile."""
+    written = 0
+    chunk = b"\0" * 65536
+    with path.open("ab", buffering=0) as f:
+        for size in (65536, 4096, 512, 1):
+            while True:
+                try:
+                    n = f.write(chunk[:size])
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+                written += n or 0
+    return written
+
+
+class MqttAckCounter(TcpProxy):
+    """A :class:`TcpProxy` in front of an MQTT broker that counts the PUBACK packets clients send
+    (what "acknowledged" means on the wire)."""
+
+    def __init__(self, target_port: int) -> None:
+        super().__init__(target_port)
+        self.pubacks = 0
+        self._count_lock = threading.Lock()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            to_broker = dst.getpeername()[1] == self.target[1]
+        except OSError:
+            to_broker = False
+        if not to_broker:
+            super()._pipe(src, dst)
+            return
+        pending = bytearray()
+        try:
+            while data := src.recv(65536):
+                pending += data
+                self._count(pending)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                self._conns.discard(src)
+
+    def _count(self, buf: bytearray) -> None:
+        """Consume whole packets from ``buf`` (fixed header, variable-length remaining length)."""
+        while len(buf) >= 2:
+            length = mult = 0
+            i = 1
+            while True:
+                if i >= len(buf) or i > 4:
+                    return  # length incomplete
+                b = buf[i]
+                length += (b & 0x7F) << (7 * mult)
+                mult += 1
+                i += 1
+                if not b & 0x80:
+                    break
+            if len(buf) < i + length:
+                return
+            if buf[0] >> 4 == 4:  # PUBACK
+                with self._count_lock:
+                    self.pubacks += 1
+            del buf[: i + length]
