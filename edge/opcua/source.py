@@ -15,6 +15,12 @@ Contracts:
   listed in ``status.failing``, and never stops the others.
 * Notifications are consumed from asyncua's (unbounded) iterator queue and handed to the agent
   inbox without awaiting anything slow.
+* A lost session loses the changes until the next one is up. Where the server keeps history of a
+  node (AccessLevel HistoryRead, read at each subscription), the next session reads the gap back
+  with HistoryRead (raw values after the last one delivered) and delivers them with their own
+  timestamps; every other tag, and a node whose history read fails, gets a gap marker (bad, NaN,
+  BadNoCommunication, a reason) at the moment of the loss. TransferSubscriptions is not used: a
+  new session is built after every loss (see above), and the servers we meet drop the old one.
 """
 
 from __future__ import annotations
@@ -50,6 +56,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _OPCUA_NULL = datetime(1601, 1, 1, tzinfo=UTC)
 _BAD_NO_COMMUNICATION = 0x80310000  # the StatusCode a gap marker carries
+# The most raw values one history read of a gap takes per tag (memory bound); a longer gap keeps
+# a gap marker after the last value read.
+HISTORY_MAX_VALUES = 100_000
+_GAP_REASON = "gap: OPC-UA session lost; values until the reconnect are unknown"
 # Read/monitor results that mean "this node is misconfigured", not "this sample is bad".
 _NODE_ERRORS = {
     StatusCodes.BadNodeIdUnknown,
@@ -110,6 +120,11 @@ class OpcuaSourceRunner(Source):  # type: ignore[misc]  # Source is Any to mypy:
                 )
         self._lost = asyncio.Event()
         self.unsupported = 0
+        # Gap recovery by HistoryRead: the newest source time delivered per tag, the tags whose
+        # node keeps history, and the gaps to read back in the next session (tag -> (after, loss)).
+        self._last_ts: dict[str, int] = {}
+        self._historized: set[str] = set()
+        self._gaps: dict[str, tuple[int, int]] = {}
 
     # --- connection loop -------------------------------------------------------------------------
 
@@ -171,10 +186,17 @@ class OpcuaSourceRunner(Source):  # type: ignore[misc]  # Source is Any to mypy:
     def _mark_gap(self) -> None:
         """A lost session loses the values that changed until the next one is up (a new session
         gets only current values). Say so in the data: one bad sample per tag at the moment of the
-        loss, so datasets and charts show a hole instead of carrying or interpolating across it.
-        (TransferSubscriptions/Republish and HistoryRead of the gap are not attempted.)"""
+        loss, so datasets and charts show a hole instead of carrying or interpolating across it;
+        tags whose node keeps history wait for the next session to read the gap back instead."""
         ts = now_us()
-        reason = "gap: OPC-UA session lost; values until the reconnect are unknown"
+        live = [item for item in self._items if item.cfg.tag not in self.status.failing]
+        for item in live:
+            if item.cfg.tag in self._historized and item.cfg.tag not in self._gaps:
+                # A gap not yet read back (a second loss before it was) keeps its first start.
+                self._gaps[item.cfg.tag] = (self._last_ts.get(item.cfg.tag, ts), ts)
+        self._gap_markers([item for item in live if item.cfg.tag not in self._historized], ts, _GAP_REASON)
+
+    def _gap_markers(self, items: list[_Item], ts: int, reason: str) -> None:
         samples: list[Sample] = [
             (
                 item.cfg.equipment,
@@ -187,12 +209,74 @@ class OpcuaSourceRunner(Source):  # type: ignore[misc]  # Source is Any to mypy:
                 None,
                 reason,
             )
-            for item in self._items
-            if item.cfg.tag not in self.status.failing
+            for item in items
         ]
         if samples:
             self.status.events["gap_markers"] = self.status.events.get("gap_markers", 0) + len(samples)
             self.inbox.put_nowait_in_loop(Delivery(self.id, Origin.OPCUA, samples))
+
+    async def _read_history_flags(self, client: Client) -> None:
+        """Which nodes the server keeps history of (AccessLevel's HistoryRead bit), read per
+        session: a server may start or stop historizing a node between sessions."""
+        batch = self.cfg.monitored_item_batch
+        historized: set[str] = set()
+        for i in range(0, len(self._items), batch):
+            chunk = self._items[i : i + batch]
+            params = ua.ReadParameters()
+            for item in chunk:
+                rv = ua.ReadValueId()
+                rv.NodeId = item.nodeid
+                rv.AttributeId = AttributeIds.AccessLevel
+                params.NodesToRead.append(rv)
+            try:
+                results = await client.uaclient.read(params)
+            except Exception as exc:  # a server without AccessLevel reads: nothing historized
+                log.info("opcua: access levels unreadable; no history recovery", extra={"kv": {"error": str(exc)}})
+                return
+            for item, dv in zip(chunk, results, strict=True):
+                level = dv.Value.Value if dv.Value is not None else None
+                if isinstance(level, int) and level & ua.AccessLevel.HistoryRead.mask:
+                    historized.add(item.cfg.tag)
+        self._historized = historized
+
+    async def _recover_gaps(self, client: Client) -> None:
+        """Read each pending gap back from the server's history and deliver it; a tag whose
+        history cannot be read gets its gap marker (at the moment of the loss) instead."""
+        if not self._gaps:
+            return
+        by_tag = {item.cfg.tag: item for item in self._items}
+        recovered = 0
+        for tag, (after_us, loss_us) in list(self._gaps.items()):
+            item = by_tag.get(tag)
+            if item is None:
+                del self._gaps[tag]
+                continue
+            try:
+                # No end time: everything after the last value delivered (a server clock ahead of
+                # ours would hide values from an end of "now"); the count bounds it.
+                values = await client.get_node(item.nodeid).read_raw_history(
+                    _EPOCH + timedelta(microseconds=after_us + 1), None, HISTORY_MAX_VALUES, return_bounds=False
+                )
+            except Exception as exc:
+                if self._lost.is_set():
+                    return  # lost again: the gap stays pending for the next session
+                del self._gaps[tag]
+                self._gap_markers([item], loss_us, f"{_GAP_REASON} (history read failed: {exc})")
+                continue
+            del self._gaps[tag]
+            samples = [s for dv in values if (s := self._sample(item, dv)) is not None]
+            for s in samples:
+                self._last_ts[tag] = max(self._last_ts.get(tag, s[2]), s[2])
+            if samples:
+                recovered += len(samples)
+                self.inbox.put_nowait_in_loop(Delivery(self.id, Origin.OPCUA, samples))
+            if len(values) >= HISTORY_MAX_VALUES:
+                last = max((s[2] for s in samples), default=loss_us)
+                self._gap_markers([item], last + 1, f"{_GAP_REASON} (history read stopped at {HISTORY_MAX_VALUES})")
+        self.status.events["history_recovered"] = self.status.events.get("history_recovered", 0) + recovered
+        log.info(
+            "opcua: gap read back from the server's history", extra={"kv": {"source": self.id, "values": recovered}}
+        )
 
     async def _secure(self, client: Client) -> None:
         """Identity and secure channel for a new client (before connect; see secure.py).
@@ -248,6 +332,7 @@ class OpcuaSourceRunner(Source):  # type: ignore[misc]  # Source is Any to mypy:
         params.PublishingEnabled = True
         params.Priority = 0
         # queue_maxsize=0: unbounded, so asyncua never drops a notification when we are busy.
+        await self._read_history_flags(client)
         sub = await client.create_subscription(params, None, queue_maxsize=0)
         by_handle: dict[int, _Item] = {}
         batch = self.cfg.monitored_item_batch
@@ -293,13 +378,16 @@ class OpcuaSourceRunner(Source):  # type: ignore[misc]  # Source is Any to mypy:
             },
         )
         consumer = asyncio.create_task(self._consume(sub, by_handle))
+        # The gap is read back beside the new subscription's own values (same tag and time twice
+        # is one row downstream).
+        recovery = asyncio.create_task(self._recover_gaps(client))
         waiters = [asyncio.create_task(self._lost.wait()), asyncio.create_task(self._stop.wait()), consumer]
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for w in waiters:
+            for w in (*waiters, recovery):
                 w.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+            await asyncio.gather(*waiters, recovery, return_exceptions=True)
         if consumer.done() and not consumer.cancelled() and consumer.exception() is not None:
             raise consumer.exception()  # type: ignore[misc]
         if self._lost.is_set():
@@ -315,6 +403,8 @@ class OpcuaSourceRunner(Source):  # type: ignore[misc]  # Source is Any to mypy:
                     continue
                 sample = self._sample(item, ev.data.monitored_item.Value)
                 if sample is not None:
+                    if item.cfg.tag in self._historized:
+                        self._last_ts[item.cfg.tag] = sample[2]
                     put(Delivery(self.id, Origin.OPCUA, [sample]))
             elif isinstance(ev, StatusChangeEvent):
                 code = ev.notification.Status.value if ev.notification.Status else 0
