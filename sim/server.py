@@ -197,6 +197,9 @@ class SimServer:
         self.t0_us = self.clock.t0_us
         self.run_id = self.clock.run
         self.model: PlantModel = build(opts.plant, opts.seed, self.step_us, self.run_id)
+        if opts.speed > 1.0 and not SimClock.default_backfill_s(opts.speed, opts.duration_s) and not opts.backfill_s:
+            log.warning("nothing to fast-forward (no --duration or --backfill): sim time runs at wall pace",
+                        extra={"kv": {"plant": opts.plant, "seconds_per_sample": self.step_us / 1e6}})  # fmt: skip
         self.port = opts.opcua_port or DEFAULT_PORTS[opts.plant]
         self.endpoint = endpoint_url(opts.plant, self.port, opts.host)
         self.settings = opts.settings
