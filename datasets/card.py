@@ -207,7 +207,10 @@ def render_card(
         f"Over the rows written: {m['observed']} of {m['cells']} tag cells had a reading in their bucket, "
         f"{m['filled']} were filled by the gap rules, {m['null']} are null in {m['gaps']} gap(s) (longest "
         f"{m['longest_gap']}). Readings in the range: {m['readings']}: {m['bad']} bad (left out), "
-        f"{m['uncertain']} uncertain (used). Completeness = share of rows with a value.\n"
+        f"{m['uncertain']} uncertain (used). Completeness = share of rows with a value. The full report, "
+        "with out-of-range, stuck-sensor and outside-spec intervals and per split and lot rows, label coverage "
+        "and value distributions, named by the GB/T 36344 dimensions (completeness, accuracy, consistency, "
+        "timeliness, normativity), is `quality.json`.\n"
     )
     w("| tag | unit (UCUM) | completeness before gap filling | after | gaps | longest gap | bad | uncertain |")
     w("|---|---|---|---|---|---|---|---|")

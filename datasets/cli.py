@@ -40,6 +40,12 @@ def _fail(field: str, message: str) -> None:
 @click.option("--split", "split", help="TRAIN,VALIDATION,TEST proportions by lot, e.g. 0.7,0.15,0.15")
 @click.option("--seed", type=int, default=None, help="split seed")
 @click.option("--row-cap", type=int, default=None)
+@click.option(
+    "--min-completeness",
+    type=float,
+    default=None,
+    help="refuse (exit 2, naming the tags) when a tag has a value in fewer than this share of rows, e.g. 0.95",
+)
 @click.option("--name", default=None)
 @click.option("--license", "license_", default=None)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="output directory (must not exist)")
@@ -57,7 +63,18 @@ def pull_cmd(request_file: Path | None, requester: str | None, tier: str, out: P
     if request_file is not None:
         data = load_yaml(request_file, RequestFile).model_dump()
     try:
-        for key in ("plant", "equipment", "start", "end", "interval", "spec", "material_grade", "row_cap", "name"):
+        for key in (
+            "plant",
+            "equipment",
+            "start",
+            "end",
+            "interval",
+            "spec",
+            "material_grade",
+            "row_cap",
+            "name",
+            "min_completeness",
+        ):
             if opts.get(key) is not None:
                 data[key] = opts[key]
         if opts.get("license_"):

@@ -94,6 +94,8 @@ class PullRequest(BaseModel):
     row_cap: int = Field(DEFAULT_ROW_CAP, ge=1)
     name: str | None = None
     license: str = "CC-BY-4.0"
+    # Refuse the pull when a tag's share of rows with a value (after gap filling) is below this.
+    min_completeness: float | None = Field(None, ge=0, le=1)
 
     @field_validator("start", "end")
     @classmethod

@@ -175,6 +175,7 @@ def croissant(
     url: str,
     cite_as: str,
     extra: dict[str, Any] | None = None,
+    reports: Sequence[tuple[str, str, str]] = (),  # (relative path, sha256, description): JSON files
 ) -> dict[str, Any]:
     """A Croissant 1.0 JSON-LD document for the Parquet files: one RecordSet per table (``rows``
     for a pull with one table, ``rows-<table>`` otherwise), split by a cr:Split set. ``files``
@@ -256,6 +257,18 @@ def croissant(
                 "description": "one row per grid time"
                 + (f": table {table} (one line's tags and lots)" if table else ""),
                 "field": fields,
+            }
+        )
+    for rel, sha, desc in reports:
+        distribution.append(
+            {
+                "@type": "cr:FileObject",
+                "@id": rel,
+                "name": rel,
+                "description": desc,
+                "contentUrl": rel,
+                "encodingFormat": "application/json",
+                "sha256": sha,
             }
         )
     split_urls = {"train": "cr:TrainSplit", "validation": "cr:ValidationSplit", "test": "cr:TestSplit"}

@@ -43,16 +43,17 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from plantstream.access import DB_ROLE, READABLE
-from plantstream.datasets import output
+from plantstream.datasets import output, report
 from plantstream.datasets.card import render_card
 from plantstream.datasets.logic.durations import format_duration_us
 from plantstream.datasets.logic.labels import Limit, governing_limits, in_spec
-from plantstream.datasets.logic.quality import TagQuality
+from plantstream.datasets.logic.quality import Moments, Runs, TagQuality, stuck_rows
 from plantstream.datasets.logic.resample import Resampler, Rows, TagPlan
 from plantstream.datasets.logic.segments import LineLots, line_of
 from plantstream.datasets.logic.split import SplitError, assign_splits
 from plantstream.datasets.models import FileEntry, PullRecord, PullRequest, Requester, RequestError, _us
 from plantstream.datasets.provenance import croissant_extra
+from plantstream.datasets.report import check_minimums
 from plantstream.datasets.source import (
     SOURCE_TAGS_SQL,
     RawWindow,
@@ -133,6 +134,7 @@ class Plan:
     left_out: list[str] = field(default_factory=list)  # selected tags on none of the selected lots' lines
     parents: dict[int, list[str]] = field(default_factory=dict)  # lot id -> parent lots (genealogy)
     segments_digest: bytes = b""
+    process_limits: dict[str, dict[str, tuple[float | None, float | None]]] = field(default_factory=dict)
 
 
 # --- resolve: everything that can be wrong is found here, before any file exists -------------------
@@ -205,6 +207,16 @@ def resolve(conn: psycopg.Connection[Any], req: PullRequest) -> Plan:
     if req.needs_lots:
         _plan_lots(conn, req, plan, ids)
     _name_tables(plan)
+    specs = sorted({s for li in lots.values() if (s := li.spec_id)})
+    props = sorted({t.spec_property for t in plan.tags if t.spec_property})
+    if specs and props:
+        for spec_id, prop, lo, hi in conn.execute(
+            "SELECT DISTINCT ON (spec_id, property) spec_id, property, min, max FROM ds_spec_limits "
+            "WHERE basis = 'process' AND spec_id = ANY(%s) AND property = ANY(%s) AND condition = '' "
+            "ORDER BY spec_id, property, effective_from DESC",
+            (specs, props),
+        ).fetchall():
+            plan.process_limits.setdefault(str(spec_id), {})[str(prop)] = (lo, hi)
     return plan
 
 
@@ -588,6 +600,8 @@ def _produce(
         rows = sum(o.rows for o in outs)
         if rows == 0:
             raise RequestError("start", "the selection leaves no rows (no readings of the selected lots on the grid)")
+        # Minimums need the data: checked before any metadata is written; nothing is kept when refused.
+        check_minimums(req, outs)
         watermark = _watermark(plan, outs)
         log.info(
             "dataset streamed",
@@ -606,6 +620,8 @@ def _produce(
         ).hexdigest()[:24]
         files = [f for o in outs for f in o.files]
         name = req.name or f"{req.plant}-{snapshot[:12]}"
+        (tmp / "quality.json").write_text(report.dumps(report.build(req, plan, outs, snapshot)), encoding="utf-8")
+        quality_sha = output.sha256_file(tmp / "quality.json")
         doc = output.croissant(
             name=name,
             description=f"plantstream dataset {snapshot}: plant {req.plant}, {len(plan.tags)} tags on a "
@@ -620,11 +636,12 @@ def _produce(
             url=f"urn:plantstream:dataset:{snapshot}",
             cite_as=f"plantstream dataset {name}, snapshot {snapshot}, plant {req.plant}",
             extra=croissant_extra(req, plan, outs, snapshot),
+            reports=[("quality.json", quality_sha, "data-quality report (GB/T 36344 dimensions), see README.md")],
         )
         (tmp / "croissant.json").write_text(output.dumps_json(doc), encoding="utf-8")
         card = render_card(req, plan, outs, snapshot, watermark, rows)
         (tmp / "README.md").write_text(card, encoding="utf-8")
-        for extra in ("croissant.json", "README.md"):
+        for extra in ("quality.json", "croissant.json", "README.md"):
             p = tmp / extra
             files.append(FileEntry(path=extra, sha256=output.sha256_file(p), bytes=p.stat().st_size))
         target = out if out is not None else base / f"dataset-{snapshot}"
@@ -663,6 +680,8 @@ class TableOut:
     quality: list[TagQuality]  # per tag of the table, over the rows written
     readings: npt.NDArray[np.int64]  # per tag: readings of quality good, uncertain, bad in the range
     newest_us: int  # the newest usable reading in the range
+    moments: dict[str, list[Moments]]  # split -> per tag distribution of the values written
+    lot_rows: dict[str, dict[int, int]]  # split -> lot id -> rows
 
 
 def _stream(
@@ -686,7 +705,12 @@ def _stream(
     lot_gap = max([req.max_gap_us(req.gap)] + [p.max_gap_us for p in plans])
     rs = Resampler(req.start_us, req.interval_us, req.n_rows, plans, lot_max_gap_us=lot_gap)
     reader = WindowReader(conn, table.tags, helpers=helpers, count_range=(req.start_us, req.end_us))
-    quality = [TagQuality() for _ in table.tags]
+    stuck_min = stuck_rows(req.interval_us) - 1  # "same as the row before" rows of a stuck interval
+    quality = [TagQuality(stuck=Runs(min_len=stuck_min)) for _ in table.tags]
+    bounds = [_spec_bounds(plan, t.spec_property) if t.spec_property else None for t in table.tags]
+    numeric = [t.datatype in ("float", "int") for t in table.tags]
+    moments: dict[str, list[Moments]] = {}
+    lot_rows: dict[str, dict[int, int]] = {}
     lots = _lot_table(req, plan)
     writers: dict[str, output.SplitWriter] = {}
     allowed = np.array(sorted(table.allowed), np.int64) if table.allowed is not None else None
@@ -714,7 +738,10 @@ def _stream(
             if not len(rows):
                 return
         for i, q in enumerate(quality):
-            q.update(rows.k, rows.valid[i], rows.observed[i])
+            vals = rows.values[i].astype(np.float64) if numeric[i] else None
+            lo_hi = _bounds_of(bounds[i], rows.lot) if bounds[i] is not None and vals is not None else (None, None)
+            t = table.tags[i]
+            q.update(rows.k, rows.valid[i], rows.observed[i], vals, t.lo, t.hi, lo_hi[0], lo_hi[1])
         if split_idx is not None:
             pos = np.searchsorted(split_ids, rows.lot)
             which = split_idx[np.minimum(pos, split_ids.size - 1)]
@@ -724,6 +751,14 @@ def _stream(
         for name, part in groups:
             if not len(part):
                 continue
+            mom = moments.setdefault(name, [Moments() for _ in table.tags])
+            for i, m in enumerate(mom):
+                if numeric[i]:
+                    m.update(part.values[i][part.valid[i]].astype(np.float64))
+            ids, counts = np.unique(part.lot, return_counts=True)
+            per_lot = lot_rows.setdefault(name, {})
+            for lot_id, c in zip(ids.tolist(), counts.tolist(), strict=True):
+                per_lot[int(lot_id)] = per_lot.get(int(lot_id), 0) + int(c)
             batch = _batch(req, part, lots, schema)
             w = writers.get(name)
             if w is None:
@@ -750,6 +785,8 @@ def _stream(
         reader.close()
     for w in writers.values():
         w.close()
+    for q in quality:
+        q.finish()
     stats.readings = read_before + reader.rows_read
     files = []
     order = {"train": 0, "validation": 1, "test": 2, "all": 3}
@@ -773,6 +810,8 @@ def _stream(
         quality,
         reader.quality_counts,
         reader.newest_us,
+        moments,
+        lot_rows,
     )
 
 
@@ -824,6 +863,33 @@ def _prefetch(reader: WindowReader, rs: Resampler, n_tags: int) -> Iterator[tupl
     finally:
         stop.set()
         th.join(timeout=60)
+
+
+def _spec_bounds(
+    plan: Plan, prop: str
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
+    """Per lot (sorted ids): the process limit of ``prop`` in the lot's spec (NaN: none)."""
+    ids = np.array(sorted(plan.lots), np.int64)
+    lo = np.full(ids.size, np.nan)
+    hi = np.full(ids.size, np.nan)
+    for j, i in enumerate(ids.tolist()):
+        lim = plan.process_limits.get(plan.lots[i].spec_id or "", {}).get(prop)
+        if lim is not None:
+            lo[j] = np.nan if lim[0] is None else lim[0]
+            hi[j] = np.nan if lim[1] is None else lim[1]
+    return (ids, lo, hi) if bool(np.isfinite(lo).any() or np.isfinite(hi).any()) else None
+
+
+def _bounds_of(
+    b: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]] | None,
+    lot: npt.NDArray[np.int32],
+) -> tuple[npt.NDArray[np.float64] | None, npt.NDArray[np.float64] | None]:
+    if b is None:
+        return None, None
+    ids, lo, hi = b
+    pos = np.minimum(np.searchsorted(ids, lot), ids.size - 1)
+    found = ids[pos] == lot
+    return np.where(found, lo[pos], np.nan), np.where(found, hi[pos], np.nan)
 
 
 def _batch(req: PullRequest, rows: Rows, lots: _LotTable, schema: pa.Schema) -> pa.RecordBatch:
