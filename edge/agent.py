@@ -13,7 +13,9 @@ Guarantees:
   and acknowledged.
 * SIGTERM/SIGINT: commit what the sources delivered, forward what Kafka accepts within a few
   seconds, leave the rest in the buffer for the next start.
-* TagMeta for every configured tag is published (through the buffer) at start.
+* TagMeta for every configured tag is published (through the buffer) at start; a tag an MQTT or
+  Sparkplug source accepts without listing it gets one (the source's defaults: grade, datatype,
+  unit unless the reading has one) when it is first seen in a run, ahead of its readings.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from plantstream.config import ConfigError, Settings
 from plantstream.contract import Origin
 from plantstream.edge.batcher import Batcher, Sample
 from plantstream.edge.buffer import Buffer, Entry, WriteFailure
-from plantstream.edge.config import EdgeConfig, MqttSource, OpcuaSource, SparkplugSource
+from plantstream.edge.config import EdgeConfig, MqttSource, OpcuaSource, SparkplugSource, unlisted_meta
 from plantstream.edge.forwarder import Forwarder
 from plantstream.edge.metrics import EdgeMetrics
 from plantstream.edge.source import DeadLetter, Delivery, Inbox, Source
@@ -148,6 +150,10 @@ class Agent:
         self._append_retry_at = 0.0
         self._append_backoff = _RETRY_MIN_S
         self.held_dropped: dict[str, int] = {}  # readings dropped at max_held_readings, per source
+        # Tags whose TagMeta this run has buffered (the configured ones at start, the others at
+        # first sighting), and the sources that may deliver tags they do not list.
+        self._meta_tags: set[str] = {m.tag for m in cfg.tag_metas()}
+        self._discovering = cfg.discovering_sources()
         self._published: dict[tuple[str, ...], int] = {}
         self.ready = asyncio.Event()  # set once sources run and tag metadata is buffered
 
@@ -397,11 +403,29 @@ class Agent:
             recent.extend((d.source, k) for k, _ in keyed)
             self._unsaved_keys.update((d.source, k) for k, _ in keyed)
         if samples:
+            disc = self._discovering.get(d.source)
+            if disc is not None:
+                self._discover(disc, samples, entries)
             c[0] += batcher.add(d.source, d.origin, samples)
             c[1] += sum(1 for s in samples if s[5])
         if d.deadletter is not None:
             c[2] += 1
             entries.append(self._deadletter_entry(d))
+
+    def _discover(self, src: MqttSource | SparkplugSource, samples: list[Sample], entries: list[Entry]) -> None:
+        """TagMeta for tags first seen in this run; appended before the readings' batches, in
+        the same commit (held with them if the append fails)."""
+        known = self._meta_tags
+        for s in samples:
+            tag = s[1]
+            if tag not in known:
+                known.add(tag)
+                meta = unlisted_meta(self.cfg.plant, src, tag, s[0], s[4])
+                entries.append(Entry(self.topics.tags, meta.key.encode(), encode_tag_meta(meta), "_meta", 0))
+                log.debug(
+                    "new tag: metadata from the source defaults published",
+                    extra={"kv": {"source": src.id, "tag": tag, "equipment": s[0], "grade": str(meta.grade)}},
+                )
 
     def _seen(self, source: str, key: int) -> bool:
         """Committed recently, or held uncommitted (a copy redelivered after a reconnect while the

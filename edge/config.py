@@ -555,6 +555,10 @@ class EdgeConfig(_Strict):
     def status_path(self, settings: Settings | None = None) -> Path:
         return self.buffer_path(settings).with_suffix(".status.json")
 
+    def discovering_sources(self) -> dict[str, MqttSource | SparkplugSource]:
+        """Sources that pass readings of tags they do not list (their TagMeta is made at first sighting)."""
+        return {s.id: s for s in self.sources if isinstance(s, MqttSource | SparkplugSource) and s.accept_unlisted}
+
     def tag_metas(self) -> list[TagMeta]:
         out: list[TagMeta] = []
         for s in self.sources:
@@ -562,6 +566,22 @@ class EdgeConfig(_Strict):
                 address = t.node_id if isinstance(t, OpcuaTag) else f"{s.type}:{s.id}"
                 out.append(t.meta(self.plant, s.defaults, address))
         return out
+
+
+def unlisted_meta(plant: str, source: MqttSource | SparkplugSource, tag: str, equipment: str, unit: str) -> TagMeta:
+    """TagMeta for a tag a source accepted without listing it: the source's defaults (grade above
+    all, so an unlisted tag is not silently core when the site set another default), the unit the
+    reading carried if any."""
+    d = source.defaults
+    return TagMeta(
+        plant=plant,
+        tag=tag,
+        equipment=equipment,
+        unit=unit or d.unit,
+        datatype=d.datatype,
+        grade=d.grade,
+        source_address=f"{source.type}:{source.id}",
+    )
 
 
 class _AnyMapping(BaseModel):

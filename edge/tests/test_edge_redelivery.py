@@ -62,7 +62,7 @@ def _commit(agent: Agent, deliveries: list[Delivery]) -> list[tuple[int, int]]:
     agent._tick(Batcher("steel", "t.raw", agent.buffer, 1000, 0.0), everything=True)
     out = []
     for r in agent.buffer.read(0, 100_000):
-        if r.id not in before:
+        if r.id not in before and r.entry.topic != agent.topics.tags:  # not the new tag's TagMeta
             b = decode_readings(r.entry.value)
             out += list(zip(b.ts_us, b.seq, strict=True))
     return out
