@@ -148,3 +148,17 @@ def test_a_split_that_one_line_cannot_fill_is_refused_naming_the_line(db: str, t
         pull(db, request(split={"seed": 0}), OWNER, out=tmp_path / "x")  # every lot: 2 precursors
     assert err.value.field == "split" and "acme/nantong/carbonfiber/cf1/creel" in err.value.message
     assert not (tmp_path / "x").exists()
+
+
+def test_without_process_segments_the_readings_lot_stamp_is_kept(db: str, tmp_path: Path) -> None:
+    """A plant whose segments were never recorded keeps the old rule (one table, the lot of the
+    latest reading in the bucket), so pulls of such data still work."""
+    import psycopg
+
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("DELETE FROM process_segments")
+    rec = pull(db, request(equipment=testing.POY, lots=[testing.doff(0), testing.doff(3)]), OWNER, out=tmp_path / "n")
+    t = table(tmp_path / "n" / "data")
+    assert rec.rows == 120 and sorted(p.name for p in (tmp_path / "n" / "data").iterdir()) == ["split=all"]
+    assert t.column("lot").to_pylist() == [testing.doff(0)] * 60 + [testing.doff(3)] * 60
+    assert "lot stamped on the latest reading" in (tmp_path / "n" / "README.md").read_text()
