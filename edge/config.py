@@ -398,6 +398,13 @@ class SparkplugSource(MqttConnection):
         None, description="publish Sparkplug 3.0 primary-host STATE (spBv1.0/STATE/<host_id>) as this id"
     )
     rebirth_interval_s: float = Field(5.0, gt=0, description="at most one rebirth request per node per interval")
+    reorder_timeout_s: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="how long a seq gap may wait for its missing messages (out of order) before a rebirth is"
+        " requested (Sparkplug's Reorder Timeout); 0 requests it at once",
+    )
     tags: list[SparkplugTag] = []
 
     @field_validator("group_ids")

@@ -66,7 +66,11 @@ class MqttClientSource(Source):  # type: ignore[misc]  # Source is Any to mypy: 
         """Hook before connecting (e.g. a will message)."""
 
     def connected(self, client: mqtt.Client) -> None:
-        """Hook after each successful connect (e.g. a birth/state message)."""
+        """Hook after each successful connect, before the subscriptions are granted."""
+
+    def subscribed(self, client: mqtt.Client) -> None:
+        """Hook once the broker granted this connection's subscriptions (e.g. a birth/state
+        message that peers answer with data we must already be subscribed to)."""
 
     # --- connection ---------------------------------------------------------------------------------
 
@@ -190,6 +194,8 @@ class MqttClientSource(Source):  # type: ignore[misc]  # Source is Any to mypy: 
             self.status.last_error = f"subscription refused: {', '.join(failed)}"
             log.warning("mqtt subscription refused", extra={"kv": {"source": self.id, "reasons": failed}})
         self.status.connected = not failed
+        if not failed:
+            self.subscribed(client)
 
     def _on_disconnect(
         self,

@@ -6,10 +6,14 @@ Contracts:
 * NBIRTH / DBIRTH register every metric's name, alias and datatype; NDATA / DDATA resolve
   aliases from them. A metric whose alias no birth announced is a dead letter (reason names the
   alias and node) and triggers a rebirth request; the message's other metrics still deliver.
-* ``seq`` (0..255, wrapping) is checked per edge node over NBIRTH, DBIRTH, NDATA, DDATA and DDEATH;
-  a gap (a lost message) triggers a rebirth request (``NCMD`` ``Node Control/Rebirth``), at most
-  once per ``rebirth_interval_s`` per node. Data of a node or device never born is dead-lettered
-  and a rebirth requested.
+* ``seq`` (0..255, wrapping) is checked per edge node over NBIRTH, DBIRTH, NDATA, DDATA and DDEATH.
+  A gap starts the node's reorder timeout (``reorder_timeout_s``): the missing numbers may still
+  arrive out of order (every message is decoded and delivered when it comes, whatever its place);
+  if some are still missing when it expires (:meth:`SparkplugDecoder.due_rebirths`), a rebirth is
+  requested (``NCMD`` ``Node Control/Rebirth``), at most once per ``rebirth_interval_s`` per node.
+  With a timeout of 0 a gap requests it at once. A copy behind the expected number that is not
+  missing (an old duplicate) is neither a gap nor a new position. Data of a node or device never
+  born is dead-lettered and a rebirth requested.
 * ``bdSeq``: an NDEATH whose bdSeq differs from the current NBIRTH's is stale (the will of an
   earlier session, delivered late) and is ignored.
 * NDEATH marks every metric of the node and of its devices bad, DDEATH those of the device:
@@ -144,6 +148,8 @@ class _Node:
     bdseq: int | None = None
     expected_seq: int | None = None
     last_rebirth: float = -1e18
+    missing: set[int] = field(default_factory=set)  # seq numbers skipped by a gap, not yet seen
+    reorder_deadline: float | None = None  # when the missing ones are given up (rebirth)
 
 
 @dataclass(slots=True)
@@ -164,6 +170,7 @@ class Counters:
     seq_gaps: int = 0
     rebirths_requested: int = 0
     unknown_aliases: int = 0
+    reordered: int = 0  # missing seq numbers that arrived within the reorder timeout
 
 
 class SparkplugDecoder:
@@ -475,11 +482,46 @@ class SparkplugDecoder:
         if not msg.HasField("seq"):
             return
         seq = int(msg.seq) % 256
-        if st.expected_seq is not None and seq != st.expected_seq and not redelivered:
-            self.counters.seq_gaps += 1
-            out.note = f"seq gap: expected {st.expected_seq}, got {seq}"
-            self._rebirth(key, out)
+        expected = st.expected_seq
+        if expected is None or seq == expected:
+            st.expected_seq = (seq + 1) % 256
+            return
+        if redelivered:
+            return  # the broker's copy of a message already seen (MQTT DUP)
+        if seq in st.missing:  # reordered: it arrived late, within the timeout
+            st.missing.discard(seq)
+            self.counters.reordered += 1
+            if not st.missing:
+                st.reorder_deadline = None
+            return
+        ahead = (seq - expected) % 256
+        if ahead >= 128:  # behind the expected number and not missing: an old copy
+            out.note = f"seq {seq} behind expected {expected}: an old copy"
+            return
+        self.counters.seq_gaps += 1
+        out.note = f"seq gap: expected {expected}, got {seq}"
+        st.missing.update((expected + i) % 256 for i in range(ahead))
         st.expected_seq = (seq + 1) % 256
+        if self.cfg.reorder_timeout_s <= 0:
+            st.missing.clear()
+            self._rebirth(key, out)
+        elif st.reorder_deadline is None:
+            st.reorder_deadline = self._clock() + self.cfg.reorder_timeout_s
+
+    def due_rebirths(self) -> list[tuple[str, str]]:
+        """Nodes whose reorder timeout expired with numbers still missing: the rebirths to request
+        now (throttled per node like every rebirth). Called periodically by the source."""
+        now = self._clock()
+        due: list[tuple[str, str]] = []
+        for key, st in self.nodes.items():
+            if st.reorder_deadline is not None and now >= st.reorder_deadline:
+                st.reorder_deadline = None
+                st.missing.clear()
+                out = Outcome()
+                self._rebirth(key, out)
+                if out.rebirth is not None:
+                    due.append(out.rebirth)
+        return due
 
     def _rebirth(self, key: tuple[str, str], out: Outcome) -> None:
         st = self.nodes.setdefault(key, _Node())

@@ -131,7 +131,7 @@ def test_birth_and_data_keep_every_datatype_exact() -> None:
 
 def test_seq_wraps_without_a_gap_and_a_gap_requests_one_rebirth_per_interval() -> None:
     clock = Clock()
-    dec = _decoder(clock, rebirth_interval_s=5)
+    dec = _decoder(clock, rebirth_interval_s=5, reorder_timeout_s=0)  # a gap asks at once
     dec.handle(_topic("NBIRTH"), _payload(250, BIRTH), RECEIVED_US)
     for seq in [251, 252, 253, 254, 255, 0, 1]:
         out = dec.handle(_topic("NDATA"), _payload(seq, [{"alias": 5, "int_value": seq}]), RECEIVED_US)
@@ -148,6 +148,50 @@ def test_seq_wraps_without_a_gap_and_a_gap_requests_one_rebirth_per_interval() -
     # A redelivered copy (MQTT DUP) is not a gap.
     out = dec.handle(_topic("NDATA"), _payload(20, [{"alias": 5, "int_value": 9}]), RECEIVED_US, redelivered=True)
     assert out.rebirth is None and dec.counters.seq_gaps == 3
+
+
+def _ndata(seq: int) -> bytes:
+    return _payload(seq, [{"alias": 5, "int_value": seq}])
+
+
+def test_reordered_messages_within_the_reorder_timeout_are_no_reason_for_a_rebirth() -> None:
+    clock = Clock()
+    dec = _decoder(clock, reorder_timeout_s=2, rebirth_interval_s=1)
+    dec.handle(_topic("NBIRTH"), _payload(0, BIRTH), RECEIVED_US)
+    dec.handle(_topic("NDATA"), _ndata(1), RECEIVED_US)
+    out = dec.handle(_topic("NDATA"), _ndata(4), RECEIVED_US)  # 2 and 3 missing
+    assert out.rebirth is None and "expected 2, got 4" in out.note
+    assert _values(out.samples) == {"gw1.u8": 4}, "delivered when it comes, not held back"
+    clock.t = 1.0
+    for seq in (3, 2):  # the missing ones, out of order, inside the timeout
+        out = dec.handle(_topic("NDATA"), _ndata(seq), RECEIVED_US)
+        assert out.rebirth is None and _values(out.samples) == {"gw1.u8": seq}
+    out = dec.handle(_topic("NDATA"), _ndata(5), RECEIVED_US)  # the sequence goes on from 4
+    assert out.rebirth is None and not out.note
+    clock.t = 10.0
+    assert dec.due_rebirths() == []
+    assert (dec.counters.seq_gaps, dec.counters.reordered, dec.counters.rebirths_requested) == (1, 2, 0)
+
+
+def test_a_gap_still_open_when_the_reorder_timeout_expires_requests_a_rebirth() -> None:
+    clock = Clock()
+    dec = _decoder(clock, reorder_timeout_s=2, rebirth_interval_s=1)
+    dec.handle(_topic("NBIRTH"), _payload(254, BIRTH), RECEIVED_US)
+    dec.handle(_topic("NDATA"), _ndata(1), RECEIVED_US)  # 255 and 0 missing (across the wrap)
+    clock.t = 1.0
+    dec.handle(_topic("NDATA"), _ndata(255), RECEIVED_US)  # one of them arrives
+    dec.handle(_topic("NDATA"), _ndata(2), RECEIVED_US)
+    clock.t = 1.9
+    assert dec.due_rebirths() == [], "not before the timeout"
+    clock.t = 2.0
+    assert dec.due_rebirths() == [(G, N)]
+    assert dec.due_rebirths() == [], "asked once per gap"
+    # An old copy behind the sequence (not missing any more) is neither a gap nor a new position.
+    out = dec.handle(_topic("NDATA"), _ndata(1), RECEIVED_US)
+    assert out.rebirth is None and "old copy" in out.note
+    out = dec.handle(_topic("NDATA"), _ndata(3), RECEIVED_US)
+    assert not out.note
+    assert (dec.counters.seq_gaps, dec.counters.reordered, dec.counters.rebirths_requested) == (1, 1, 1)
 
 
 def test_unknown_alias_and_data_before_birth_are_dead_letters_with_reasons() -> None:
