@@ -383,7 +383,12 @@ def columns_of(req: PullRequest, plan: Plan, table: Table | None = None) -> list
         cols.append(output.Column("material_grade", pa.string(), description="material grade of the lot's spec"))
         for prop, unit in plan.properties:
             cols.append(
-                output.Column(f"lab.{prop}", pa.float64(), unit=unit, description=f"lot test result {prop} (latest)")
+                output.Column(
+                    f"lab.{prop}",
+                    pa.float64(),
+                    unit=unit,
+                    description=f"lot label: test result {prop} (latest; recorded after the lot's rows)",
+                )
             )
             cols.append(
                 output.Column(f"lab.{prop}.min", pa.float64(), unit=unit, description=f"spec minimum of {prop}")
@@ -395,10 +400,16 @@ def columns_of(req: PullRequest, plan: Plan, table: Table | None = None) -> list
                 output.Column(
                     f"in_spec.{prop}",
                     pa.bool_(),
-                    description=f"label: {prop} within spec (null: not measured or no limit)",
+                    description=f"lot label: {prop} within spec (null: not measured or no limit; known after the lot's rows)",
                 )
             )
-        cols.append(output.Column("in_spec", pa.bool_(), description="label: every measured property within spec"))
+        cols.append(
+            output.Column(
+                "in_spec",
+                pa.bool_(),
+                description="lot label: every measured property within spec (known after the lot's rows)",
+            )
+        )
     if plan.parents:
         cols.append(
             output.Column(

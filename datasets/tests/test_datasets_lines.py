@@ -117,6 +117,7 @@ def test_plant_wide_pull_is_one_table_per_line(db: str, tmp_path: Path) -> None:
     # The creel's tag is on the precursor line, none of whose lots was selected: left out, named.
     assert "`cf1.creel.tension`" in card
     ds = mlc.Dataset(jsonld=str(tmp_path / "all" / "croissant.json"))
+    assert not ds.metadata.ctx.issues.errors and not ds.metadata.ctx.issues.warnings  # two record sets
     recs = list(ds.records(record_set="rows-acme.nantong.spinning.poy1"))
     assert len(recs) == poy.num_rows
     assert {r["rows-acme.nantong.spinning.poy1/lot"][:1] for r in recs} == {b"D"}
