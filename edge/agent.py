@@ -42,7 +42,7 @@ from confluent_kafka import Producer
 from plantstream.config import ConfigError, Settings
 from plantstream.contract import Origin
 from plantstream.edge.batcher import Batcher, Sample
-from plantstream.edge.buffer import Buffer, Entry, WriteFailure
+from plantstream.edge.buffer import Buffer, Entry, WriteFailure, error_kind, is_storage_error
 from plantstream.edge.config import EdgeConfig, MqttSource, OpcuaSource, SparkplugSource, unlisted_meta
 from plantstream.edge.forwarder import Forwarder
 from plantstream.edge.metrics import EdgeMetrics
@@ -168,19 +168,20 @@ class Agent:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
         self.inbox.bind(loop)
-        buf = self.buffer = Buffer(
-            self.buffer_path, self.cfg.buffer.max_bytes, self.cfg.buffer.max_age_s, self.cfg.buffer.synchronous
-        )
         m = self.metrics
+        if self.cfg.metrics_port is not None:
+            port = m.serve(self.cfg.metrics_port, self.cfg.metrics_host)
+            log.info("metrics at /metrics", extra={"kv": {"port": port}})
+        opened = await self._open_buffer()
+        if opened is None:
+            return  # stopped while waiting for the disk
+        buf = self.buffer = opened
         fw = self.forwarder = Forwarder(
             buf,
             self._producer_factory,
             self.cfg.kafka.max_inflight,
             on_delivered=lambda src, n: m.readings_out.labels(self.cfg.agent_id, src).inc(n) if n else None,
         )
-        if self.cfg.metrics_port is not None:
-            port = m.serve(self.cfg.metrics_port, self.cfg.metrics_host)
-            log.info("metrics at /metrics", extra={"kv": {"port": port}})
         self._buffer_tag_meta()
         topics_task = asyncio.create_task(self._ensure_topics()) if self.cfg.kafka.create_topics else None
         tasks = [asyncio.create_task(self._supervise(s), name=f"source-{s.id}") for s in self.sources]
@@ -205,6 +206,59 @@ class Agent:
             await self._main_loop(fw, topics_task)
         finally:
             await self._shutdown(tasks, fw)
+
+    async def _open_buffer(self) -> Buffer | None:
+        """Open the buffer; on a full disk (or I/O error: opening creates the WAL and shared-memory
+        files) wait with backoff instead of exiting, sources not started (an MQTT session keeps
+        their messages at the broker), the state in the status file and metrics. None if stopped."""
+        delay = _RETRY_MIN_S
+        failure: WriteFailure | None = None
+        while True:
+            try:
+                buf = Buffer(
+                    self.buffer_path, self.cfg.buffer.max_bytes, self.cfg.buffer.max_age_s, self.cfg.buffer.synchronous
+                )
+            except sqlite3.Error as exc:
+                if not is_storage_error(exc):
+                    raise  # e.g. not a database: waiting would not help
+                first = failure is None
+                if failure is None:
+                    failure = WriteFailure(error_kind(exc), str(exc), time.time_ns() // 1000)
+                else:
+                    failure.kind, failure.error, failure.attempts = error_kind(exc), str(exc), failure.attempts + 1
+                n = self._throttle.should("open")
+                if first or n >= 0:
+                    log.error(
+                        "cannot open the buffer (disk full or I/O error); sources are not started, retrying",
+                        extra={"kv": {"path": str(self.buffer_path), "error": str(exc), "suppressed": max(n, 0)}},
+                    )
+                self.metrics.storage_error.labels(self.cfg.agent_id, failure.kind).set(1)
+                self._write_status_doc(self._waiting_status(failure))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                if self._stop.is_set():
+                    self._write_status_doc({**self._waiting_status(failure), "running": False})
+                    return None
+                delay = min(delay * 2, _RETRY_MAX_S)
+                continue
+            if failure is not None:
+                self.metrics.storage_error.labels(self.cfg.agent_id, failure.kind).set(0)
+                log.info("buffer opened after waiting for the disk", extra={"kv": {"attempts": failure.attempts}})
+            return buf
+
+    def _waiting_status(self, failure: WriteFailure) -> dict[str, Any]:
+        """The status file while the buffer cannot be opened."""
+        return {
+            "agent_id": self.cfg.agent_id,
+            "plant": self.cfg.plant,
+            "pid": os.getpid(),
+            "running": True,
+            "started_us": self.started_us,
+            "updated_us": time.time_ns() // 1000,
+            "metrics_port": self.metrics.port,
+            "sources": [{**s.status.to_dict(), "readings_out": 0} for s in self.sources],
+            "buffer": {"path": str(self.buffer_path), "storage_error": _storage_error({"open": failure})},
+        }
 
     async def _ensure_topics(self) -> None:
         try:
@@ -656,7 +710,10 @@ class Agent:
         }
 
     def write_status(self, stopped: bool = False) -> None:
-        text = json.dumps(self.status(stopped), default=str, indent=1).encode()
+        self._write_status_doc(self.status(stopped))
+
+    def _write_status_doc(self, doc: dict[str, Any]) -> None:
+        text = json.dumps(doc, default=str, indent=1).encode()
         # Padded to whole pages with at least half a page to spare, so that on a full disk the file
         # can still be rewritten in place (the storage error makes it longer).
         data = text + b" " * (-(len(text) + _STATUS_PAGE // 2) % _STATUS_PAGE + _STATUS_PAGE // 2 - 1) + b"\n"
@@ -733,8 +790,9 @@ def _storage_error(failing: dict[str, WriteFailure]) -> dict[str, Any] | None:
         "error": main.error,
         "since_us": first.since_us,
         "operations": {op: {"kind": f.kind, "error": f.error, "attempts": f.attempts} for op, f in failing.items()},
-        # Appends failing is what stops acknowledgement; deletes/expiry failing only delay cleanup.
-        "acknowledging": "append" not in failing,
+        # Appends failing (or no buffer open) is what stops acknowledgement; deletes/expiry
+        # failing only delay cleanup.
+        "acknowledging": "append" not in failing and "open" not in failing,
     }
 
 

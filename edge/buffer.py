@@ -165,6 +165,14 @@ class Buffer:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            self._open(readonly, recent_window)
+        except BaseException:
+            self._db.close()  # the caller may retry (disk full): no connection left behind
+            raise
+
+    def _open(self, readonly: bool, recent_window: int) -> None:
+        if not readonly:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={self._sync}")
             self._db.executescript(_SCHEMA)

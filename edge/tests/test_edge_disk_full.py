@@ -319,3 +319,83 @@ def _agent_on_full_disk(mnt: Path, tmp: Path, kafka_bootstrap: str, mqtt_port: i
         proxy.stop()
         pub.loop_stop()
         pub.disconnect()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_agent_started_on_a_full_disk_waits_for_space(
+    request: pytest.FixtureRequest, tmp_path: Path, kafka_bootstrap: str, mqtt_port: int, topic_prefix: str
+) -> None:
+    """A restart while the disk is full: opening the buffer needs space too (its WAL and shared
+    memory files). The agent waits (sources not started, the state in status and metrics) instead
+    of exiting, and once space returns takes the backlog its MQTT session kept."""
+
+    def body(mnt: Path) -> None:
+        root = f"dfs-{uuid.uuid4().hex[:8]}"
+        settings = Settings.model_validate(
+            {"kafka_bootstrap": kafka_bootstrap, "topic_prefix": topic_prefix, "partitions": 2, "state_dir": tmp_path}
+        )
+        cfg = EdgeConfig.model_validate(
+            {
+                "agent_id": root,
+                "plant": "steel",
+                "metrics_port": 0,
+                "sources": [
+                    {
+                        "type": "mqtt",
+                        "id": "m1",
+                        "url": f"mqtt://127.0.0.1:{mqtt_port}",
+                        "client_id": f"edge-{root}",
+                        "reconnect": {"min_s": 0.2, "max_s": 1},
+                        "subscriptions": [{"template": f"{root}/{{equipment+}}/{{tag}}"}],
+                    }
+                ],
+                "kafka": {"partitions": 2},
+                "buffer": {"path": str(mnt / "buffer.db"), "synchronous": "normal"},
+            }
+        )
+        # A first run makes the buffer, the status file and the broker session.
+        with AgentThread(cfg, settings) as first:
+            wait_until(lambda: first.agent.sources[0].status.connected, 20, "subscribed")
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{root}")
+        pub.connect("127.0.0.1", mqtt_port)
+        pub.loop_start()
+        try:
+            t0 = time.time_ns() // 1000
+            want = {t0 + i for i in range(50)}
+            for ts in sorted(want):  # queued in the session while no agent runs
+                pub.publish(f"{root}/plant/area/temp", json.dumps({"ts_us": ts, "value": 1.0}), qos=1).wait_for_publish(
+                    10
+                )
+            filler = mnt / "filler"
+            assert fill_disk(filler) > 0
+            with AgentThread(cfg, settings) as at:
+                wait_until(lambda: at.agent.metrics.port, 10, "metrics up before the buffer")
+                port = at.agent.metrics.port
+                assert port is not None
+
+                def waiting() -> bool:
+                    err = ((read_status(cfg, settings) or {}).get("buffer") or {}).get("storage_error") or {}
+                    return "open" in err.get("operations", {}) and err.get("acknowledging") is False
+
+                wait_until(waiting, 15, "status: the buffer cannot be opened")
+                assert metric(scrape(port), "plantstream_edge_buffer_storage_error") == 1
+                assert at._thread.is_alive() and at.agent.buffer is None
+                assert not at.agent.sources[0].status.connected, "no source before the buffer opens"
+
+                filler.unlink()
+                raw = read_topic(
+                    kafka_bootstrap,
+                    Topics(topic_prefix, 2).raw,
+                    lambda ms: want <= {t for b in batches(ms) for t in b.ts_us},
+                    60,
+                )
+                got = [t for b in batches(raw) for t in b.ts_us if t in want]
+                assert sorted(got) == sorted(want), "the session's backlog, each reading once"
+                wait_until(lambda: metric(scrape(port), "plantstream_edge_buffer_storage_error") == 0, 10, "clears")
+            assert at.error is None
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
+
+    run_on_small_filesystem(request, tmp_path / "fs", 4 << 20, body)
