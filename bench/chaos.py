@@ -42,6 +42,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -340,8 +341,9 @@ class Chaos:
                  progress: Callable[[str], None] | None = None) -> None:  # fmt: skip
         self.cfg = cfg
         self.base = settings
-        self.out = out
-        self.work = out / "chaos"
+        # Absolute: the edges resolve their buffer paths relative to their config file.
+        self.out = out.resolve()
+        self.work = self.out / "chaos"
         self.logs = self.work / "logs"
         self.progress = progress or (lambda line: None)
         self.faults = schedule(cfg.seed, cfg)
@@ -1176,6 +1178,8 @@ def run(settings: Settings, out: Path, cfg: ChaosConfig, progress: Callable[[str
 def run_and_report(settings: Settings, out: Path, cfg: ChaosConfig,
                    progress: Callable[[str], None] | None = None) -> ChaosResult:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
+    # SIGTERM (a CI timeout) unwinds like an error, so every process and the cluster are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     res = run(settings, out, cfg, progress)
     (out / "chaos.json").write_text(json.dumps(res.to_json(), indent=1, default=str))
     (out / "chaos.md").write_text(markdown(res))

@@ -84,10 +84,10 @@ def bench(
         from plantstream.bench import chaos as chaos_mod
 
         cfg = chaos_mod.ChaosConfig(minutes=chaos_minutes, seed=chaos_seed)
-        res = chaos_mod.run_and_report(settings, out, cfg, progress=lambda line: click.echo(line, err=True))
+        chaos_res = chaos_mod.run_and_report(settings, out, cfg, progress=lambda line: click.echo(line, err=True))
         click.echo((out / "chaos.md").read_text())
         click.echo(f"results in {out}")
-        sys.exit(0 if res.ok else 1)
+        sys.exit(0 if chaos_res.ok else 1)
     if soak:
         from plantstream.bench import soak as soak_mod
 
