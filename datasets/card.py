@@ -82,6 +82,15 @@ def front_matter(req: PullRequest, plan: Plan, outs: Sequence[TableOut], rows: i
             folder = f.path.rsplit("/", 1)[0]
             y.append(f"  - split: {hf_split(o.split_of_file[f.path])}")
             y.append(f"    path: {q(folder + '/*.parquet')}")
+    for o in outs:
+        if not o.lot_files:
+            continue
+        y.append(f"- config_name: {q(f'{o.table.name}.lots' if o.table.name else 'lots')}")
+        y.append("  data_files:")
+        for f in o.lot_files:
+            folder = f.path.rsplit("/", 1)[0]
+            y.append(f"  - split: {hf_split(o.split_of_file[f.path])}")
+            y.append(f"    path: {q(folder + '/*.parquet')}")
     y.append("---\n")
     return y
 
@@ -232,6 +241,21 @@ def render_card(
         "data as it was); the build metadata is the snapshot (which data). `croissant.json` carries it with the "
         "Croissant RAI properties (collection, missing data, preprocessing, imputation, uses, limitations).\n"
     )
+    if any(o.lot_files for o in outs):
+        w("## Lot table\n")
+        w(
+            "With labels, `lots/" + ("line=<table>/" if len(outs) > 1 else "") + "split=<split>/` holds one row "
+            "per lot (Hugging Face config `" + ("<table>.lots" if len(outs) > 1 else "lots") + "`): `start`, `end`, "
+            "`duration_s`, `rows`, per numeric tag `<tag>.mean`, `.min`, `.max` over the lot's rows and, where the "
+            "lot's spec has a process limit for the tag, `<tag>.in_limits` (share of the lot's rows inside it), "
+            "then the lot labels as in the row table. The table batch-quality models train on.\n"
+        )
+        w("| table | split | lots |")
+        w("|---|---|---|")
+        for o in outs:
+            for f in o.lot_files:
+                w(f"| `{o.table.name or '-'}` | {o.split_of_file[f.path]} | {f.rows} |")
+        w("")
     w("## Withheld tags\n")
     if plan.withheld:
         # Counts, never names: the card travels with the data to whoever holds the files, and a
@@ -249,7 +273,7 @@ def render_card(
     w("## Files\n")
     w("| file | rows | bytes | sha256 |")
     w("|---|---|---|---|")
-    for f in (f for o in outs for f in o.files):
+    for f in [f for o in outs for f in o.files] + [f for o in outs for f in o.lot_files]:
         w(f"| `{f.path}` | {f.rows if f.rows is not None else '-'} | {f.bytes} | `{f.sha256}` |")
     w("")
     w(

@@ -171,49 +171,53 @@ def croissant(
     description: str,
     license: str,
     version: str,
-    tables: Sequence[tuple[str, Sequence[Column], Sequence[tuple[str, str, str]]]],  # (table, columns, files)
+    # (kind "rows" | "lots", table, columns, files)
+    tables: Sequence[tuple[str, str, Sequence[Column], Sequence[tuple[str, str, str]]]],
     url: str,
     cite_as: str,
     extra: dict[str, Any] | None = None,
     reports: Sequence[tuple[str, str, str]] = (),  # (relative path, sha256, description): JSON files
 ) -> dict[str, Any]:
     """A Croissant 1.0 JSON-LD document for the Parquet files: one RecordSet per table (``rows``
-    for a pull with one table, ``rows-<table>`` otherwise), split by a cr:Split set. ``files``
-    are (split, relative path, sha256)."""
+    for a pull with one table, ``rows-<table>`` otherwise; the lot tables ``lots[-<table>]``),
+    split by a cr:Split set. ``files`` are (split, relative path, sha256)."""
     distribution: list[dict[str, Any]] = []
     record_sets: list[dict[str, Any]] = []
     splits_present: list[str] = []
-    for table, columns, files in tables:
+    for kind, table, columns, files in tables:
         key = _ident(table)
         sfx = f"-{key}" if table else ""
+        lots = kind == "lots"
+        root = "lots" if lots else "data"
         for split, rel, sha in files:
             if split not in splits_present:
                 splits_present.append(split)
             distribution.append(
                 {
                     "@type": "cr:FileObject",
-                    "@id": f"parquet{sfx}-{split}",
-                    "name": f"parquet{sfx}-{split}",
-                    "description": f"rows of the {split} split" + (f" of table {table}" if table else ""),
+                    "@id": f"{'lots' if lots else 'parquet'}{sfx}-{split}",
+                    "name": f"{'lots' if lots else 'parquet'}{sfx}-{split}",
+                    "description": f"{'lots' if lots else 'rows'} of the {split} split"
+                    + (f" of table {table}" if table else ""),
                     "contentUrl": rel,
                     "encodingFormat": "application/x-parquet",
                     "sha256": sha,
                 }
             )
-        fileset = f"parquet-files{sfx}"
+        fileset = f"{'lot' if lots else 'parquet'}-files{sfx}"
         distribution.append(
             {
                 "@type": "cr:FileSet",
                 "@id": fileset,
                 "name": fileset,
-                "description": "all Parquet files"
+                "description": ("the lot tables' Parquet files" if lots else "all Parquet files")
                 + (f" of table {table}" if table else "")
                 + ", hive-partitioned by split",
                 "encodingFormat": "application/x-parquet",
-                "includes": f"data/line={table}/*/*.parquet" if table else "data/*/*.parquet",
+                "includes": f"{root}/line={table}/*/*.parquet" if table else f"{root}/*/*.parquet",
             }
         )
-        rs = f"rows{sfx}"
+        rs = f"{kind}{sfx}"
         fields: list[dict[str, Any]] = []
         for c in columns:
             desc = (
@@ -254,7 +258,7 @@ def croissant(
                 "@type": "cr:RecordSet",
                 "@id": rs,
                 "name": rs,
-                "description": "one row per grid time"
+                "description": ("one row per lot: process features and lot labels" if lots else "one row per grid time")
                 + (f": table {table} (one line's tags and lots)" if table else ""),
                 "field": fields,
             }

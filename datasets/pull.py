@@ -48,9 +48,10 @@ from plantstream.datasets.card import render_card
 from plantstream.datasets.logic.durations import format_duration_us
 from plantstream.datasets.logic.labels import Limit, governing_limits, in_spec
 from plantstream.datasets.logic.quality import Moments, Runs, TagQuality, stuck_rows
-from plantstream.datasets.logic.resample import Resampler, Rows, TagPlan
+from plantstream.datasets.logic.resample import NO_LOT, Resampler, Rows, TagPlan
 from plantstream.datasets.logic.segments import LineLots, line_of
 from plantstream.datasets.logic.split import SplitError, assign_splits
+from plantstream.datasets.lots import LotAggregator, table_of
 from plantstream.datasets.models import FileEntry, PullRecord, PullRequest, Requester, RequestError, _us
 from plantstream.datasets.provenance import croissant_extra
 from plantstream.datasets.report import check_minimums
@@ -629,7 +630,7 @@ def _produce(
         snapshot = hashlib.sha256(
             "\n".join([output.FORMAT_VERSION, req.canonical_json(), json.dumps(plan.withheld), watermark]).encode()
         ).hexdigest()[:24]
-        files = [f for o in outs for f in o.files]
+        files = [f for o in outs for f in o.files] + [f for o in outs for f in o.lot_files]
         name = req.name or f"{req.plant}-{snapshot[:12]}"
         (tmp / "quality.json").write_text(report.dumps(report.build(req, plan, outs, snapshot)), encoding="utf-8")
         quality_sha = output.sha256_file(tmp / "quality.json")
@@ -642,7 +643,13 @@ def _produce(
             license=req.license,
             version=f"{output.FORMAT_SEMVER}+{snapshot}",
             tables=[
-                (o.table.name, o.cols, [(o.split_of_file[f.path], f.path, f.sha256) for f in o.files]) for o in outs
+                ("rows", o.table.name, o.cols, [(o.split_of_file[f.path], f.path, f.sha256) for f in o.files])
+                for o in outs
+            ]
+            + [
+                ("lots", o.table.name, o.lot_cols, [(o.split_of_file[f.path], f.path, f.sha256) for f in o.lot_files])
+                for o in outs
+                if o.lot_files
             ],
             url=f"urn:plantstream:dataset:{snapshot}",
             cite_as=f"plantstream dataset {name}, snapshot {snapshot}, plant {req.plant}",
@@ -693,6 +700,8 @@ class TableOut:
     newest_us: int  # the newest usable reading in the range
     moments: dict[str, list[Moments]]  # split -> per tag distribution of the values written
     lot_rows: dict[str, dict[int, int]]  # split -> lot id -> rows
+    lot_cols: list[output.Column]  # the lot-level table (with labels), if any
+    lot_files: list[FileEntry]
 
 
 def _stream(
@@ -722,6 +731,13 @@ def _stream(
     numeric = [t.datatype in ("float", "int") for t in table.tags]
     moments: dict[str, list[Moments]] = {}
     lot_rows: dict[str, dict[int, int]] = {}
+    num_idx = [i for i, t in enumerate(table.tags) if numeric[i]]
+    # The lot-level table, with labels, for tables whose rows have lots.
+    agg = (
+        LotAggregator([table.tags[i].tag for i in num_idx], [bounds[i] is not None for i in num_idx])
+        if req.labels and (table.lots is None or table.line is not None)  # not the unscoped table
+        else None
+    )
     lots = _lot_table(req, plan)
     writers: dict[str, output.SplitWriter] = {}
     allowed = np.array(sorted(table.allowed), np.int64) if table.allowed is not None else None
@@ -748,11 +764,25 @@ def _stream(
             rows = rows.take(np.flatnonzero(keep))
             if not len(rows):
                 return
+        fvals: list[npt.NDArray[np.float64] | None] = []
+        flims: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None] = []
         for i, q in enumerate(quality):
             vals = rows.values[i].astype(np.float64) if numeric[i] else None
             lo_hi = _bounds_of(bounds[i], rows.lot) if bounds[i] is not None and vals is not None else (None, None)
             t = table.tags[i]
             q.update(rows.k, rows.valid[i], rows.observed[i], vals, t.lo, t.hi, lo_hi[0], lo_hi[1])
+            fvals.append(vals)
+            flims.append((lo_hi[0], lo_hi[1]) if lo_hi[0] is not None and lo_hi[1] is not None else None)
+        if agg is not None:
+            has_lot = np.flatnonzero(rows.lot != NO_LOT)
+            if has_lot.size:
+                agg.update(
+                    rows.k[has_lot],
+                    rows.lot[has_lot],
+                    [v[has_lot] for i in num_idx if (v := fvals[i]) is not None],
+                    [rows.valid[i][has_lot] for i in num_idx],
+                    [(b[0][has_lot], b[1][has_lot]) if (b := flims[i]) is not None else None for i in num_idx],
+                )
         if split_idx is not None:
             pos = np.searchsorted(split_ids, rows.lot)
             which = split_idx[np.minimum(pos, split_ids.size - 1)]
@@ -798,11 +828,15 @@ def _stream(
         w.close()
     for q in quality:
         q.finish()
+    lot_cols: list[output.Column] = []
+    lot_files: list[FileEntry] = []
+    split_of_file: dict[str, str] = {}  # file path -> split, for every file of this table
+    if agg is not None and agg.accs:
+        lot_cols, lot_files = _write_lot_tables(req, plan, table, cols, agg, lots, tmp, split_of_file)
     stats.readings = read_before + reader.rows_read
     files = []
     order = {"train": 0, "validation": 1, "test": 2, "all": 3}
     split_rows = {}
-    split_of_file = {}
     for name in sorted(writers, key=lambda s: order[s]):
         w = writers[name]
         rel = w.path.relative_to(tmp).as_posix()
@@ -823,6 +857,8 @@ def _stream(
         reader.newest_us,
         moments,
         lot_rows,
+        lot_cols,
+        lot_files,
     )
 
 
@@ -874,6 +910,48 @@ def _prefetch(reader: WindowReader, rs: Resampler, n_tags: int) -> Iterator[tupl
     finally:
         stop.set()
         th.join(timeout=60)
+
+
+def _write_lot_tables(
+    req: PullRequest,
+    plan: Plan,
+    table: Table,
+    row_cols: list[output.Column],
+    agg: LotAggregator,
+    lots: _LotTable,
+    tmp: Path,
+    split_of_file: dict[str, str],
+) -> tuple[list[output.Column], list[FileEntry]]:
+    """``lots[/line=<table>]/split=<s>/part-00000.parquet``: one row per lot, in time order."""
+    label_cols = row_cols[2 + len(table.tags) :]  # spec_id, material_grade, lab.*, in_spec*, lot_parents
+    cols = agg.columns() + label_cols
+    schema = output.schema_of(cols)
+    by_split: dict[str, list[int]] = {}
+    for lot_id, _acc in sorted(agg.accs.items(), key=lambda kv: (kv[1].first_k, kv[0])):
+        s = table.split_of.get(lot_id, "all") if table.split_of else "all"
+        by_split.setdefault(s, []).append(lot_id)
+    files = []
+    folder = tmp / "lots" / (f"line={table.name}" if table.name else "")
+    for s in sorted(by_split, key=("train", "validation", "test", "all").index):
+        ids = by_split[s]
+        _names, labels = lots.take(np.array(ids, np.int32))
+        tab = table_of(
+            agg,
+            ids,
+            [plan.lots[i].lot if i in plan.lots else "" for i in ids],
+            list(zip(label_cols, labels, strict=True)),
+            req.start_us,
+            req.interval_us,
+            schema,
+        )
+        w = output.SplitWriter(folder / f"split={s}" / "part-00000.parquet", schema)
+        for batch in tab.to_batches():
+            w.write(batch)
+        w.close()
+        rel = w.path.relative_to(tmp).as_posix()
+        files.append(FileEntry(path=rel, sha256=output.sha256_file(w.path), bytes=w.path.stat().st_size, rows=w.rows))
+        split_of_file[rel] = s
+    return cols, files
 
 
 def _spec_bounds(

@@ -163,3 +163,20 @@ def test_without_process_segments_the_readings_lot_stamp_is_kept(db: str, tmp_pa
     assert rec.rows == 120 and sorted(p.name for p in (tmp_path / "n" / "data").iterdir()) == ["split=all"]
     assert t.column("lot").to_pylist() == [testing.doff(0)] * 60 + [testing.doff(3)] * 60
     assert "lot stamped on the latest reading" in (tmp_path / "n" / "README.md").read_text()
+
+
+def test_lot_table_aggregates_each_lot_over_its_own_line(db: str, tmp_path: Path) -> None:
+    rec = pull(db, request(spec=testing.PET, labels=True), OWNER, out=tmp_path / "l")
+    lots = pq.read_table(tmp_path / "l" / "lots" / "split=all" / "part-00000.parquet")
+    assert "lots/split=all/part-00000.parquet" in {f.path for f in rec.files}
+    assert lots.column("lot").to_pylist() == [testing.doff(i) for i in range(12)]
+    assert set(lots.column("rows").to_pylist()) == {60} and set(lots.column("duration_s").to_pylist()) == {60.0}
+    speed = [testing.fiber_value(4, i) for i in range(60, 120)]  # the second doff's rows
+    assert lots.column("poy1.speed.mean")[1].as_py() == pytest.approx(sum(speed) / 60)
+    assert (lots.column("poy1.speed.min")[1].as_py(), lots.column("poy1.speed.max")[1].as_py()) == (
+        min(speed),
+        max(speed),
+    )
+    assert set(lots.column("lab.tenacity").to_pylist()) == {2.5}
+    assert "cf1.speed.mean" not in lots.column_names  # the other line's tags are not features of a doff
+    assert lots.column("start")[1].as_py() == T0 + timedelta(seconds=60)

@@ -55,7 +55,7 @@ def test_the_folder_loads_as_a_hugging_face_dataset_with_its_splits(fresh_db: st
     card = (tmp_path / "ds" / "README.md").read_text()
     assert card.startswith('---\nlicense: "cc-by-4.0"\n')
     got = hf.load_dataset(str(tmp_path / "ds"), cache_dir=str(tmp_path / "hf"))
-    rows = {f.path.split("/")[1].removeprefix("split="): f.rows for f in rec.files if f.rows is not None}
+    rows = {f.path.split("/")[1].removeprefix("split="): f.rows for f in rec.files if f.path.startswith("data/")}
     assert sorted(got) == ["test", "train", "validation"]
     assert {s: got[s].num_rows for s in got} == rows and sum(rows.values()) == 120
     feats = got["train"].features
@@ -66,6 +66,11 @@ def test_the_folder_loads_as_a_hugging_face_dataset_with_its_splits(fresh_db: st
     assert "split" not in feats  # the folder name is the split, not a column
     lots = {s: set(got[s]["lot"]) for s in got}
     assert not (lots["train"] & lots["test"]) and not (lots["train"] & lots["validation"])
+    # The lot-level table is its own config: one row per lot, the same lots in the same splits.
+    per_lot = hf.load_dataset(str(tmp_path / "ds"), "lots", cache_dir=str(tmp_path / "hf-lots"))
+    assert {s: set(per_lot[s]["lot"]) for s in per_lot} == lots
+    assert {s: per_lot[s].num_rows for s in per_lot} == {"train": 6, "validation": 2, "test": 2}
+    assert per_lot["train"].features["mould.level.mean"] == hf.Value("float64")
 
 
 def test_one_config_per_line_and_an_unsplit_pull_is_train(fresh_db: str, tmp_path: Path) -> None:

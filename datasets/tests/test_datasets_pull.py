@@ -95,7 +95,8 @@ def test_byte_identical_repull_and_croissant_loads(db: str, tmp_path: Path) -> N
     assert a.snapshot == b.snapshot and a.snapshot
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
-    assert files_a == files_b and len(files_a) == 6  # 3 splits, quality.json, croissant.json, README.md
+    # 3 splits of rows and of lots, quality.json, croissant.json, README.md
+    assert files_a == files_b and len(files_a) == 9
     for rel in files_a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     assert [f.sha256 for f in a.files] == [f.sha256 for f in b.files]

@@ -96,6 +96,14 @@ def test_quality_report(db: str, tmp_path: Path) -> None:
     assert d["count"] == splits["train"]["rows"] and d["min"] == pytest.approx(2**40, rel=1e-5)  # int tags too
     card = (tmp_path / "q" / "README.md").read_text()
     assert "quality.json" in card
+    # The lot table: H005 (300..359 s) had 7 rows outside mould_level's 90..110 mm, the others none.
+    import pyarrow.dataset as pads
+
+    lots = pads.dataset(tmp_path / "q" / "lots", format="parquet", partitioning="hive").to_table()
+    in_limits = dict(zip(lots.column("lot").to_pylist(), lots.column("mould.level.in_limits").to_pylist(), strict=True))
+    assert in_limits.pop("H005") == pytest.approx(53 / 60)
+    # H001 (60..119 s) has the hole: 18 null rows are not inside the limit either.
+    assert in_limits.pop("H001") == pytest.approx(42 / 60) and set(in_limits.values()) == {1.0}
 
 
 def test_min_completeness_refuses_naming_the_failing_tags(
