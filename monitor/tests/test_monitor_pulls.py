@@ -83,8 +83,10 @@ def test_member_pull_start_poll_download(served: Served, tmp_path: Path) -> None
     assert st["withheld"] == [{"grade": "core", "count": len(CORE), "tags": None}]
     assert served.get(where, OWNER)[1]["withheld"] == [{"grade": "core", "count": len(CORE), "tags": None}]
     assert not any(t in str(st) for t in CORE)
-    parquet = [f for f in st["files"] if f["path"].endswith(".parquet")]
+    # The row table (data/); with labels the pull also writes the lot table (lots/).
+    parquet = [f for f in st["files"] if f["path"].startswith("data/") and f["path"].endswith(".parquet")]
     assert len(parquet) == 1 and {f["path"] for f in st["files"]} >= {"croissant.json", "README.md"}
+    assert [f["path"] for f in st["files"] if f["path"].startswith("lots/")] == ["lots/split=all/part-00000.parquet"]
 
     code, hdrs, data = served.raw(parquet[0]["url"], MIA)
     assert code == 200 and hdrs["Content-Type"] == "application/vnd.apache.parquet"
