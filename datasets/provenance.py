@@ -186,8 +186,12 @@ def croissant_extra(req: PullRequest, plan: Plan, outs: Sequence[TableOut], snap
     }
     if req.labels:
         extra["rai:dataAnnotationProtocol"] = [
-            "Labels are per lot, not per row: the lot's latest lab test result per property, the governing lab "
-            "limit of its material spec, in_spec per property and overall (null when not measured or no limit)."
+            "Lot labels: the lot's latest lab test result per property, the governing lab limit of its material "
+            "spec, in_spec per property and overall (null when not measured or no limit); the same on every row "
+            "of the lot and in the lot table.",
+            "Event labels per row: event.process / event.late_data are true while a process deviation (a tag "
+            "outside its spec's process limit) or late data on one of the table's tags was open, as recorded by "
+            "the stream processor (deviations on tags the requester may not read are not visible).",
         ]
         extra["rai:dataAnnotationPlatform"] = ["The plant's laboratory results, recorded as context events"]
         extra["rai:annotationsPerItem"] = "One result per lab property per lot (the latest)"

@@ -136,6 +136,8 @@ class Plan:
     parents: dict[int, list[str]] = field(default_factory=dict)  # lot id -> parent lots (genealogy)
     segments_digest: bytes = b""
     process_limits: dict[str, dict[str, tuple[float | None, float | None]]] = field(default_factory=dict)
+    # kind -> tag id -> [(start us, end us)] of deviations on the selected tags (labels only)
+    events: dict[str, dict[int, list[tuple[int, int]]]] = field(default_factory=dict)
 
 
 # --- resolve: everything that can be wrong is found here, before any file exists -------------------
@@ -218,7 +220,22 @@ def resolve(conn: psycopg.Connection[Any], req: PullRequest) -> Plan:
             (specs, props),
         ).fetchall():
             plan.process_limits.setdefault(str(spec_id), {})[str(prop)] = (lo, hi)
+    if req.labels:
+        plan.events = {k: {} for k in EVENT_KINDS}
+        for kind, tag_id, start, end in conn.execute(
+            "SELECT kind, tag_id, start_time, end_time FROM ds_deviations WHERE plant = %(plant)s "
+            "AND kind = ANY(%(kinds)s) AND tag_id = ANY(%(ids)s) AND start_time < %(hi)s "
+            "AND (end_time IS NULL OR end_time > %(lo)s) ORDER BY kind, tag_id, start_time, id",
+            {"plant": req.plant, "kinds": list(EVENT_KINDS), "ids": ids, "lo": req.start, "hi": req.end},
+        ).fetchall():
+            # An open deviation lasts to the end of the range (it had not ended when the pull read it).
+            when = (_us(start), req.end_us if end is None else _us(end))
+            plan.events[str(kind)].setdefault(int(tag_id), []).append(when)
     return plan
+
+
+# Deviation kinds that are per-row events (a lab deviation belongs to a lot: the in_spec labels).
+EVENT_KINDS = ("process", "late_data")
 
 
 _SEGMENTS_SQL = """SELECT lot_id, equipment, start_time, least(end_time, next_start) FROM (
@@ -380,6 +397,16 @@ def columns_of(req: PullRequest, plan: Plan, table: Table | None = None) -> list
             desc += f" within {format_duration_us(req.max_gap_us(g))}"
         cols.append(output.Column(t.tag, _ARROW[t.datatype], unit=t.unit, description=desc, grade=t.grade))
     if req.labels:
+        for kind in EVENT_KINDS:
+            cols.append(
+                output.Column(
+                    f"event.{kind}",
+                    pa.bool_(),
+                    nullable=False,
+                    description=f"event label: a {kind.replace('_', ' ')} deviation on one of this table's tags "
+                    "was open at the row time (recorded by the stream processor)",
+                )
+            )
         cols.append(output.Column("spec_id", pa.string(), description="material spec of the lot"))
         cols.append(output.Column("material_grade", pa.string(), description="material grade of the lot's spec"))
         for prop, unit in plan.properties:
@@ -739,6 +766,7 @@ def _stream(
         else None
     )
     lots = _lot_table(req, plan)
+    events = _table_events(plan, table)
     writers: dict[str, output.SplitWriter] = {}
     allowed = np.array(sorted(table.allowed), np.int64) if table.allowed is not None else None
     split_names = ("train", "validation", "test")
@@ -800,7 +828,7 @@ def _stream(
             per_lot = lot_rows.setdefault(name, {})
             for lot_id, c in zip(ids.tolist(), counts.tolist(), strict=True):
                 per_lot[int(lot_id)] = per_lot.get(int(lot_id), 0) + int(c)
-            batch = _batch(req, part, lots, schema)
+            batch = _batch(req, part, lots, schema, events)
             w = writers.get(name)
             if w is None:
                 w = writers[name] = output.SplitWriter(folder / f"split={name}" / "part-00000.parquet", schema)
@@ -923,7 +951,8 @@ def _write_lot_tables(
     split_of_file: dict[str, str],
 ) -> tuple[list[output.Column], list[FileEntry]]:
     """``lots[/line=<table>]/split=<s>/part-00000.parquet``: one row per lot, in time order."""
-    label_cols = row_cols[2 + len(table.tags) :]  # spec_id, material_grade, lab.*, in_spec*, lot_parents
+    # spec_id, material_grade, lab.*, in_spec*, lot_parents (after the tags and the event labels)
+    label_cols = row_cols[2 + len(table.tags) + len(EVENT_KINDS) :]
     cols = agg.columns() + label_cols
     schema = output.schema_of(cols)
     by_split: dict[str, list[int]] = {}
@@ -981,7 +1010,33 @@ def _bounds_of(
     return np.where(found, lo[pos], np.nan), np.where(found, hi[pos], np.nan)
 
 
-def _batch(req: PullRequest, rows: Rows, lots: _LotTable, schema: pa.Schema) -> pa.RecordBatch:
+def _merged(spans: list[tuple[int, int]]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Intervals as disjoint sorted (starts, ends)."""
+    out: list[list[int]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return np.array([x[0] for x in out], np.int64), np.array([x[1] for x in out], np.int64)
+
+
+def _table_events(plan: Plan, table: Table) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+    if not plan.events:
+        return []
+    ids = {t.id for t in table.tags}
+    return [
+        _merged([sp for tag_id, spans in plan.events[k].items() if tag_id in ids for sp in spans]) for k in EVENT_KINDS
+    ]
+
+
+def _batch(
+    req: PullRequest,
+    rows: Rows,
+    lots: _LotTable,
+    schema: pa.Schema,
+    events: Sequence[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]] = (),
+) -> pa.RecordBatch:
     t = req.start_us + rows.k * req.interval_us
     arrays: list[pa.Array] = [pa.array(t, type=pa.timestamp("us", tz="UTC"))]
     names, lot_cols = lots.take(rows.lot)
@@ -992,6 +1047,9 @@ def _batch(req: PullRequest, rows: Rows, lots: _LotTable, schema: pa.Schema) -> 
             arrays.append(pa.array(list(vals), type=typ, mask=~valid))
         else:
             arrays.append(pa.array(vals, type=typ, mask=~valid))
+    for starts, ends in events:
+        j = np.searchsorted(starts, t, side="right") - 1
+        arrays.append(pa.array((j >= 0) & (t < ends[np.maximum(j, 0)]) if starts.size else np.zeros(t.size, np.bool_)))
     arrays.extend(lot_cols)
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 

@@ -63,7 +63,7 @@ def test_spec_pull_without_equipment_takes_the_lots_rows_from_their_line(db: str
     rec = pull(db, request(spec=testing.PET, labels=True), OWNER, out=tmp_path / "spec")
     assert rec.status == "complete" and rec.rows == SECONDS  # doffs back to back over the range
     t = table(tmp_path / "spec" / "data")
-    assert sorted(c for c in t.column_names if "." in c and not c.startswith(("lab.", "in_spec"))) == [
+    assert sorted(c for c in t.column_names if "." in c and not c.startswith(("lab.", "in_spec", "event."))) == [
         "poy1.speed",
         "poy1.titer",
     ]

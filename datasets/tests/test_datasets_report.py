@@ -126,3 +126,40 @@ def test_min_completeness_refuses_naming_the_failing_tags(
     res = CliRunner().invoke(dataset, args)
     assert res.exit_code == 2 and "field 'min_completeness'" in res.output and "mould.level" in res.output
     assert not (tmp_path / "cli").exists()
+
+
+def test_event_labels_from_deviations_respect_the_tier(db: str, tmp_path: Path) -> None:
+    """Deviations written through the sink become per-row event.<kind> labels; one on a core tag
+    is invisible to a member (migration 0011 filters it like the readings)."""
+    from plantstream.sinks.base import Record, RecordOrigin
+
+    def dev(n: int, kind: str, tag: str, a: int, b: int | None) -> Record:
+        d: dict[str, Any] = {"kind": kind, "plant": testing.PLANT, "equipment": testing.EQ, "tag": tag}
+        d |= {"lot": testing.lot_of(a), "start_us": testing.T0_US + a * testing.S}
+        d["end_us"] = None if b is None else testing.T0_US + b * testing.S
+        return Record(RecordOrigin("test-dev", 0, n), "deviations", d, b"", None)
+
+    testing.write(
+        db,
+        iter(
+            [
+                dev(0, "process", "mould.level", 300, 305),
+                dev(1, "process", "mould.recipe_setpoint", 400, 410),  # core grade
+                dev(2, "late_data", "mould.speed", 590, None),  # still open: to the end of the range
+            ]
+        ),
+    )
+    got = {}
+    for who in (OWNER, Requester(name="mia", tier=Tier.MEMBER)):
+        pull(db, request(), who, out=tmp_path / who.name)
+        import pyarrow.dataset as pads
+
+        t = pads.dataset(tmp_path / who.name / "data", format="parquet", partitioning="hive").to_table().sort_by("time")
+        sec = [int(x.timestamp() - T0.timestamp()) for x in t.column("time").to_pylist()]
+        got[who.tier] = {
+            k: [s for s, v in zip(sec, t.column(f"event.{k}").to_pylist(), strict=True) if v]
+            for k in ("process", "late_data")
+        }
+    assert got[Tier.OWNER]["process"] == list(range(300, 305)) + list(range(400, 410))
+    assert got[Tier.MEMBER]["process"] == list(range(300, 305))
+    assert got[Tier.OWNER]["late_data"] == got[Tier.MEMBER]["late_data"] == list(range(590, 600))
