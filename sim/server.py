@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -192,7 +192,11 @@ class SimServer:
         opts.validate()
         self.opts = opts
         # The clock is fixed before the model: its start names the run in every lot id.
-        self.clock = SimClock.backfill(now_us(), opts.speed, opts.rate, opts.duration_s, opts.backfill_s)
+        created = now_us()
+        self.clock = SimClock.backfill(created, opts.speed, opts.rate, opts.duration_s, opts.backfill_s)
+        # History the run covers before "now"; the clock is re-anchored to the loop's start with it
+        # (below), so building the model, starting the server or a pause never make stamps lag.
+        self._back_us = created - self.clock.t0_us
         self.step_us = self.clock.step_us
         self.t0_us = self.clock.t0_us
         self.run_id = self.clock.run
@@ -397,8 +401,12 @@ class SimServer:
             for topic, payload in self._held_mqtt:
                 self._mqtt.publish(topic, payload)
         self._held_mqtt.clear()
-        clock = self.clock
         start = now_us() - math.ceil(1e6 / o.rate)  # sample 0 went out at start
+        # Stamps from here on are anchored to this start (the run id keeps the first anchor):
+        # sample k is due at start + k/rate and, at speed 1 without backfill, stamped then too.
+        t0 = max(self.clock.t0_us, (start - self._back_us) // 1000 * 1000)
+        clock = self.clock = replace(self.clock, t0_us=t0)
+        self.t0_us = t0
         end_k: int | None = None
         if o.duration_s is not None:
             # duration x rate samples, but none stamped after the run's end on the wall clock: a

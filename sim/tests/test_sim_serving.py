@@ -272,6 +272,37 @@ def test_paused_simulator_holds_everything_until_started(tmp_path: Path, mqtt_po
     assert asyncio.run(scenario()) == 1
 
 
+def test_stamps_start_where_the_run_starts_not_where_the_server_was_built(tmp_path: Path) -> None:
+    """At speed 1 a sample is stamped when it goes out: the time spent building the model,
+    starting the server or paused before Start() must not make every stamp lag the wall clock
+    (it did by the start-up time, ~3 s under load, which the bench reported as latency)."""
+    ledger_path = tmp_path / "ledger.jsonl"
+    port = free_port()
+    opts = SimOptions("steel", seed=3, speed=1, rate=10, opcua_port=port, ledger=ledger_path, duration_s=1,
+                      mes=False, paused=True)  # fmt: skip
+
+    async def scenario() -> int:
+        sim = SimServer(opts)
+        task = asyncio.create_task(sim.run())
+        await asyncio.wait_for(sim.ready.wait(), 20)
+        await asyncio.sleep(1.0)  # held paused: a stretch of time the stamps must not carry
+        released = now_us()
+        from plantstream.sim.server import call_start
+
+        await call_start(endpoint_url("steel", port))
+        await asyncio.wait_for(sim.done.wait(), 30)
+        await asyncio.wait_for(task, 30)
+        return released
+
+    released = asyncio.run(scenario())
+    stamps = sorted({r["ts_us"] for r in read_ledger(ledger_path) if "tag" in r})
+    step = 100_000
+    assert len(stamps) >= 5
+    early = [t for t in stamps if t < released - step]
+    assert len(early) == 1, f"only sample 0 (served before Start) may predate the release: {len(early)}"
+    assert stamps[-1] <= now_us() and stamps[1] - released < 2 * step
+
+
 def test_nothing_is_stamped_after_the_wall_clock_and_runs_share_no_lot(
     tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
