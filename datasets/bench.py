@@ -151,6 +151,9 @@ def load(dsn: str, tags: int, seconds: int, lot_s: int = 600, jobs: int = 2) -> 
 @click.option("--jobs", type=int, default=2, show_default=True, help="loader connections")
 @click.option("--keep", is_flag=True, help="keep the scratch database")
 @click.option("--dsn", default=None, help="use this already loaded database instead of a scratch one")
+@click.option(
+    "--labels", is_flag=True, help="also record lot segments, a spec and lab results, and pull with labels and a split"
+)
 @click.option("--child", is_flag=True, hidden=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, hidden=True)
 def main(
@@ -160,6 +163,7 @@ def main(
     jobs: int,
     keep: bool,
     dsn: str | None,
+    labels: bool,
     child: bool,
     out: Path | None,
 ) -> None:
@@ -167,7 +171,7 @@ def main(
         seconds = max(1, rows // tags)
     if child:
         assert dsn is not None and out is not None
-        _child(dsn, seconds, out)
+        _child(dsn, seconds, out, labels)
         return
     settings = Settings.from_env()
     name = f"psbench_{uuid.uuid4().hex[:8]}"
@@ -180,7 +184,7 @@ def main(
         info["dbname"] = name
         dsn = psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
     try:
-        print(json.dumps(measure(dsn, tags, seconds, jobs=jobs, load_first=not loaded)))
+        print(json.dumps(measure(dsn, tags, seconds, jobs=jobs, load_first=not loaded, labels=labels)))
     finally:
         if not keep and name in dsn:
             with psycopg.connect(admin, autocommit=True) as conn:
@@ -241,13 +245,13 @@ def read_alone(dsn: str, seconds: int) -> tuple[int, float]:
     return rows, dt
 
 
-def pull_in_child(dsn: str, seconds: int) -> tuple[dict[str, Any], float]:
+def pull_in_child(dsn: str, seconds: int, labels: bool = False) -> tuple[dict[str, Any], float]:
     """The bench's pull of [T0, T0 + seconds) in a child process: (its JSON line, wall seconds)."""
     with TemporaryDirectory() as tmp:
         t = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-m", "plantstream.datasets.bench", "--child", "--dsn", dsn, "--seconds", str(seconds),
-             "--out", str(Path(tmp) / "ds")],
+             "--out", str(Path(tmp) / "ds"), *(["--labels"] if labels else [])],
             capture_output=True,
             text=True,
             check=False,
@@ -258,13 +262,41 @@ def pull_in_child(dsn: str, seconds: int) -> tuple[dict[str, Any], float]:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1])), wall
 
 
-def measure(dsn: str, tags: int, seconds: int, jobs: int = 2, load_first: bool = True) -> dict[str, Any]:
+def label(dsn: str, seconds: int, lot_s: int = 600) -> None:
+    """What a labelled pull reads beside the readings: each bench lot's process segment on the
+    bench equipment, a seeded spec (EN10025-2:S355J2) and a lab result per lot; the first tag is
+    checked against the spec's mould_level process limit (90..110), which its values cross."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE lots SET spec_id = 'EN10025-2:S355J2' WHERE plant = 'bench'")
+        conn.execute("UPDATE tags SET spec_property = 'mould_level' WHERE plant = 'bench' AND tag = 'tag0001'")
+        conn.execute(
+            "INSERT INTO process_segments (lot_id, equipment_id, start_time, end_time) "
+            "SELECT id, 1, %(t0)s + (substr(lot, 2)::int * %(s)s) * interval '1 second', "
+            "%(t0)s + ((substr(lot, 2)::int + 1) * %(s)s) * interval '1 second' FROM lots WHERE plant = 'bench' "
+            "ON CONFLICT DO NOTHING",
+            {"t0": T0, "s": lot_s},
+        )
+        conn.execute(
+            "INSERT INTO lot_test_results (lot_id, property, time, value, unit) "
+            "SELECT id, 'ReH', %(t0)s + ((substr(lot, 2)::int + 1) * %(s)s) * interval '1 second', "
+            "340 + (id %% 40), 'MPa' FROM lots WHERE plant = 'bench' ON CONFLICT DO NOTHING",
+            {"t0": T0, "s": lot_s},
+        )
+        del seconds
+
+
+def measure(
+    dsn: str, tags: int, seconds: int, jobs: int = 2, load_first: bool = True, labels: bool = False
+) -> dict[str, Any]:
     """Load ``tags`` x ``seconds`` readings into ``dsn`` (unless already loaded), measure the read
-    ceiling (binary COPY out), then pull them in a child process (its peak RSS is the pull's)."""
+    ceiling (binary COPY out), then pull them in a child process (its peak RSS is the pull's).
+    ``labels``: with lot segments, spec and lab results (``label``), pulled with labels and a split."""
     timings: dict[str, float] = load(dsn, tags, seconds, jobs=jobs) if load_first else {}
+    if labels and load_first:
+        label(dsn, seconds)
     copy_out = copy_out_rows_per_s(dsn)
     read_rows, read_s = read_alone(dsn, seconds)
-    pulled, wall = pull_in_child(dsn, seconds)
+    pulled, wall = pull_in_child(dsn, seconds, labels)
     readings = tags * seconds
     result: dict[str, Any] = {"readings": readings, "tags": tags}
     result.update(pulled)
@@ -277,7 +309,9 @@ def measure(dsn: str, tags: int, seconds: int, jobs: int = 2, load_first: bool =
     # Max RSS over the children: the pull child is the only one (cross-check of VmHWM).
     result["children_maxrss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
     result["note"] = (
-        f"{readings:,} readings ({tags} tags at 1 Hz) -> 1 s grid, locf, lots joined, owner tier, Parquet;"
+        f"{readings:,} readings ({tags} tags at 1 Hz) -> 1 s grid, locf, lots joined, owner tier, Parquet"
+        + (", labels, event labels, lot table, split by lot (segments)" if labels else "")
+        + ", quality.json;"
         f" peak RSS {result.get('peak_rss_mb')} MiB; limit: the pull's own database read alone (same query and"
         f" connections, results discarded); binary COPY of (time, tag, value) out of readings on one connection:"
         f" {copy_out / 1e6:.2f}M rows/s"
@@ -340,7 +374,7 @@ def _vm(key: str) -> float:
     return float("nan")
 
 
-def _child(dsn: str, seconds: int, out: Path) -> None:
+def _child(dsn: str, seconds: int, out: Path, labels: bool = False) -> None:
     from plantstream.access import Tier
     from plantstream.datasets.models import Requester, validate_request
     from plantstream.datasets.pull import pull
@@ -352,6 +386,7 @@ def _child(dsn: str, seconds: int, out: Path) -> None:
             "end": T0 + timedelta(seconds=seconds),
             "interval": "1s",
             "gap": {"rule": "locf", "max_gap": "5s"},
+            **({"labels": True, "split": {"seed": 1}} if labels else {}),
         }
     )
     base_mb = _vm("VmRSS")  # interpreter + numpy + pyarrow + psycopg imported, before any data
