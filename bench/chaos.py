@@ -11,6 +11,9 @@ monitor - while a fault schedule drawn from ``random.Random(seed)`` hits it:
   and reconnects are refused) for longer than the edges' ``message.timeout.ms`` (set low for the run);
 - ``pg_restart``: ``pg_ctl stop -m immediate`` (a crash: no shutdown checkpoint), started again after
   the duration; the run owns this cluster (initdb on a free port), the shared one is never touched;
+- ``edge_disk_full``: the edges' buffers live on one small tmpfs (the edge server's disk); it is
+  filled to ENOSPC for the duration, then the filler is removed (left out, and said so, where no
+  tmpfs can be mounted);
 - ``hostile``: a burst of hostile MQTT payloads on the loggers' topics (lone surrogates, NaN,
   year 9999 and beyond, oversize, not JSON); each on its own topic so its dead letter is found by origin.
 
@@ -68,6 +71,7 @@ log = logging.getLogger(__name__)
 
 PLANTS = ("steel", "chemical", "fiber")
 EDGES = ("loggers", *PLANTS)
+EDGE_DISK_BYTES = 128 << 20  # the edges' tmpfs: room for minutes of outage, quick to fill
 LOGGER_PLANT = "loggers"
 LOGGER_EQUIPMENT = "acme/chaos/area/line"
 KILLED = "killed"
@@ -102,7 +106,7 @@ class ChaosConfig:
 
 @dataclass
 class Fault:
-    kind: str  # kill_edge | kill_streams | kill_sink | kill_monitor | kafka_outage | pg_restart | hostile
+    kind: str  # kill_edge | kill_streams | kill_sink | kill_monitor | kafka_outage | pg_restart | hostile | edge_disk_full
     target: str
     at_s: float  # planned, seconds after the load started
     duration_s: float
@@ -114,7 +118,7 @@ class Fault:
     error: str = ""
 
 
-def schedule(seed: int, cfg: ChaosConfig) -> list[Fault]:
+def schedule(seed: int, cfg: ChaosConfig, disk: bool = True) -> list[Fault]:
     """The fault schedule of a run: every kind ``fault_rounds`` times (edges two per round, the
     loggers' agent and a plant's in the first), in shuffled order, one per slot of the load's
     middle 8-85 %, at a random offset inside its slot; durations random within each kind's range
@@ -127,6 +131,8 @@ def schedule(seed: int, cfg: ChaosConfig) -> list[Fault]:
         kinds += [("kill_edge", e) for e in edges]
         kinds += [("kill_streams", "streams-0"), ("kill_sink", "sink"), ("kill_monitor", "monitor"),
                   ("kafka_outage", "proxy"), ("pg_restart", "postgres"), ("hostile", "mqtt")]  # fmt: skip
+        if disk:
+            kinds.append(("edge_disk_full", "edge-state"))
     rng.shuffle(kinds)
     lo, hi = 0.08 * cfg.load_s, 0.85 * cfg.load_s
     slot = (hi - lo) / len(kinds)
@@ -137,6 +143,8 @@ def schedule(seed: int, cfg: ChaosConfig) -> list[Fault]:
             want = 2.0 * timeout_s + 1.0 + rng.uniform(0.0, 4.0)
         elif kind == "pg_restart":
             want = rng.uniform(2.0, 6.0)
+        elif kind == "edge_disk_full":
+            want = rng.uniform(3.0, 8.0)
         elif kind == "hostile":
             want = 0.0
         else:
@@ -346,6 +354,9 @@ class Chaos:
         self.work = self.out / "chaos"
         self.logs = self.work / "logs"
         self.progress = progress or (lambda line: None)
+        self.disk: Path | None = None  # the edges' filesystem (a tmpfs), when one could be mounted
+        self.disk_note = ""
+        self._stack = contextlib.ExitStack()
         self.faults = schedule(cfg.seed, cfg)
         run = uuid.uuid4().hex[:8]
         self.prefix = f"psb{run}c"
@@ -464,6 +475,7 @@ class Chaos:
         self.work.mkdir(parents=True, exist_ok=True)
         self.progress("chaos: private PostgreSQL cluster and Kafka-protocol broker behind the proxy")
         self.pg = PrivatePostgres().start()
+        self._mount_edge_disk()
         self.kafka = IsolatedKafka(self.logs / "private-broker.log").start()
         settings = self.base.model_copy(update={
             "db_dsn": SecretStr(self.pg.dsn), "kafka_bootstrap": self.kafka.bootstrap, "topic_prefix": self.prefix,
@@ -510,6 +522,19 @@ class Chaos:
         """Wall clock (us) of a time given in seconds since the load started."""
         return self.t0_wall_us + round(at_s * 1e6)
 
+    def _mount_edge_disk(self) -> None:
+        """Every edge's buffer on one small tmpfs (the edge server's disk), so the schedule can fill it.
+        Without the right to mount one, the disk faults are taken out of the schedule and reported."""
+        from plantstream.edge.testing import small_filesystem
+
+        try:
+            self.disk = self._stack.enter_context(small_filesystem(self.work / "edge-state", EDGE_DISK_BYTES))
+        except (OSError, subprocess.CalledProcessError) as exc:
+            err = exc.stderr.decode(errors="replace").strip() if isinstance(exc, subprocess.CalledProcessError) else ""
+            self.disk_note = f"fill-the-edge-disk: no tmpfs could be mounted for the edge buffers ({err or exc!r})"
+            self.faults = schedule(self.cfg.seed, self.cfg, disk=False)
+            self.progress(f"chaos: {self.disk_note}; that fault is left out")
+
     def _logger_ledger(self, i: int) -> Path:
         return self.work / f"ledger-loggers-{i}.jsonl"
 
@@ -554,6 +579,23 @@ class Chaos:
             f.evidence["postmaster_pid_down"] = self.pg.postmaster_pid()
         elif f.kind == "hostile":
             self._hostile(f)
+        elif f.kind == "edge_disk_full":
+            from plantstream.edge.testing import fill_disk
+
+            if self.disk is None:
+                raise RuntimeError("no edge filesystem mounted")
+            f.evidence["filled_bytes"] = fill_disk(self.disk / "chaos-filler")
+            f.evidence["free_bytes_after_fill"] = shutil.disk_usage(self.disk).free
+
+    def _disk_states(self) -> dict[str, Any]:
+        assert self.pipe is not None
+        out = {}
+        for e in EDGES:
+            buf = _status(_status_path(self.pipe, f"edge-{e}")).get("buffer", {})
+            err = buf.get("storage_error")
+            out[e] = {"state": err.get("state") if isinstance(err, dict) else None,
+                      "held_readings": buf.get("held_readings", 0)}  # fmt: skip
+        return out
 
     def _during(self, f: Fault) -> None:
         """Mid-fault evidence that the fault is in effect."""
@@ -562,6 +604,8 @@ class Chaos:
             f.evidence["proxy_refused_mid_outage"] = _refused(self.kafka.proxy.port)
         elif f.kind == "pg_restart":
             f.evidence["pg_refused_mid_outage"] = _refused(self.pg.port)
+        elif f.kind == "edge_disk_full":
+            f.evidence["mid_fault"] = self._disk_states()
 
     def _end(self, f: Fault) -> None:
         assert self.pipe is not None and self.pg is not None
@@ -579,6 +623,19 @@ class Chaos:
             conns = self.kafka.proxy.connections_total
             self.kafka.proxy.start()
             self.recoveries.append(Recovery(f, now, lambda: self.kafka.proxy.connections_total > conns, now + 120))
+        elif f.kind == "edge_disk_full":
+            from plantstream.edge.testing import fill_disk
+
+            if self.disk is not None:
+                # Freed meanwhile (deletes of delivered entries): taken too, so the disk stays full to the end.
+                f.evidence["filled_bytes"] += fill_disk(self.disk / "chaos-filler")
+                f.evidence["at_end"] = self._disk_states()
+                (self.disk / "chaos-filler").unlink()
+
+            def cleared() -> bool:
+                return all(s["state"] is None for s in self._disk_states().values())
+
+            self.recoveries.append(Recovery(f, now, cleared, now + 120))
         elif f.kind == "pg_restart":
             self.pg.start_again()
             f.evidence["postmaster_pid_after"] = self.pg.postmaster_pid()
@@ -599,6 +656,12 @@ class Chaos:
                               and e.get("pg_refused_mid_outage") and f.recovered_s is not None)  # fmt: skip
         elif f.kind == "hostile":
             f.happened = e.get("acked") == e.get("sent") and bool(e.get("sent"))
+        elif f.kind == "edge_disk_full":
+            states = [s.get("state") for part in ("mid_fault", "at_end") for s in e.get(part, {}).values()]
+            e["edges_reporting_disk_full"] = sum(
+                1 for s in e.get("at_end", {}).values() if s.get("state") == "disk_full"
+            )
+            f.happened = bool(e.get("filled_bytes")) and "disk_full" in states and f.recovered_s is not None
 
     def _edge_failures(self) -> dict[str, int]:
         assert self.pipe is not None
@@ -711,6 +774,8 @@ class Chaos:
         if self.pipe is not None:
             with contextlib.suppress(Exception):
                 self.pipe.stop()
+        with contextlib.suppress(Exception):
+            self._stack.close()  # the edges' tmpfs, once nothing has a file open on it
         if self.kafka is not None:
             with contextlib.suppress(Exception):
                 self.kafka.stop()
@@ -1144,12 +1209,6 @@ def markdown(r: ChaosResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-NOT_INCLUDED = [
-    "fill-the-edge-disk: edge disk-full handling has not landed (edge/: groundwork only, d652c28, "
-    "'not yet proven on a full filesystem')",
-]
-
-
 def run(settings: Settings, out: Path, cfg: ChaosConfig, progress: Callable[[str], None] | None = None) -> ChaosResult:
     """Run the chaos (everything started here is stopped before returning or raising)."""
     say = progress or (lambda line: None)
@@ -1171,8 +1230,9 @@ def run(settings: Settings, out: Path, cfg: ChaosConfig, progress: Callable[[str
         chaos._supervise()
     finally:
         chaos.stop()
+    not_included = [chaos.disk_note] if chaos.disk_note else []
     return ChaosResult(cfg, started, chaos.faults, verdict, chaos.unplanned, round(time.monotonic() - t_start, 1),
-                       list(NOT_INCLUDED), str(chaos.work))  # fmt: skip
+                       not_included, str(chaos.work))  # fmt: skip
 
 
 def run_and_report(settings: Settings, out: Path, cfg: ChaosConfig,

@@ -27,7 +27,9 @@ def test_schedule_is_seeded_bounded_and_each_outage_outlasts_the_message_timeout
     ]
     assert [(f.kind, f.at_s) for f in a] != [(f.kind, f.at_s) for f in c]
     kinds = {f.kind for f in a}
-    assert kinds == {"kill_edge", "kill_streams", "kill_sink", "kill_monitor", "kafka_outage", "pg_restart", "hostile"}
+    assert kinds == {"kill_edge", "kill_streams", "kill_sink", "kill_monitor", "kafka_outage", "pg_restart", "hostile",
+                     "edge_disk_full"}  # fmt: skip
+    assert "edge_disk_full" not in {f.kind for f in schedule(15, cfg, disk=False)}
     assert {f.target for f in a if f.kind == "kill_edge"} & {"steel", "chemical", "fiber"}
     assert "loggers" in {f.target for f in a if f.kind == "kill_edge"}
     for f in a:
@@ -100,6 +102,12 @@ def test_chaos_run_loses_and_duplicates_nothing(settings_env: dict[str, str], tm
         e = f["evidence"]
         assert e["pg_refused_mid_outage"] and e["postmaster_pid_down"] is None, f
         assert e["postmaster_pid_before"] != e["postmaster_pid_after"] and e["postmaster_pid_after"], f
+    disk = _faults(report, "edge_disk_full")
+    if not disk:  # only where no tmpfs could be mounted, and then the report says so
+        assert any("fill-the-edge-disk" in x for x in report["not_included"]), report["not_included"]
+    for f in disk:
+        e = f["evidence"]
+        assert e["filled_bytes"] > 0 and e["edges_reporting_disk_full"] > 0 and f["recovered_s"] is not None, f
     assert _faults(report, "kafka_outage") and _faults(report, "pg_restart") and _faults(report, "hostile")
     assert all(f["happened"] and not f["error"] for f in report["faults"]), md
     # Every hostile payload accounted for: dead-lettered with its reason, or stored flagged BAD.
