@@ -164,6 +164,11 @@ class OpcuaSource(_Strict):
     username: str | None = Field(None, description="user identity token; anonymous when unset")
     password: SecretStr | None = None
     defaults: TagDefaults = Field(default_factory=TagDefaults)
+    fast_decode: bool = Field(
+        True,
+        description="decode data-change notifications straight from the publish response's bytes (anything "
+        "unusual still goes through asyncua's decoder); false = asyncua's decoder for everything",
+    )
     tags: list[OpcuaTag] = Field(min_length=1)
 
     _check = field_validator("id")(_check_id)
