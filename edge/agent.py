@@ -705,6 +705,8 @@ class Agent:
                 "failures": fw.stats.failures if fw else 0,
                 # Entries Kafka refused (too large): kept in the buffer, not sent until the next start.
                 "refused_entries": len(fw.refused_ids) if fw else 0,
+                # Producers replaced because the old one was fenced or fatal (each resumes delivery).
+                "producers_replaced": fw.stats.producers_replaced if fw else 0,
                 "last_error": fw.stats.last_error if fw else "",
             },
         }

@@ -27,6 +27,18 @@ ProducerFactory = Callable[[], Producer]
 
 # Delivery errors no retry can fix: larger than the broker accepts, or a record it rejects.
 _REFUSED = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD})
+# The idempotent producer's identity is spent: after message timeouts a broker may answer every
+# later send with one of these without librdkafka calling it fatal() (seen with PRODUCER_FENCED
+# after an outage past message.timeout.ms). Only a new producer (new producer id) delivers again.
+_NEW_PRODUCER = frozenset(
+    {
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError.INVALID_PRODUCER_ID_MAPPING,
+    }
+)
 
 
 @dataclass(slots=True)
@@ -37,6 +49,7 @@ class ForwardStats:
     # Entries Kafka refused outright (too large for message.max.bytes, producer or broker): kept in
     # the buffer and skipped until the next start, so what follows them still flows.
     refused: int = 0
+    producers_replaced: int = 0
     per_source: dict[str, int] = field(default_factory=dict)
     last_error: str = ""
     last_delivery_us: int | None = None
@@ -124,7 +137,7 @@ class Forwarder:
                 # (and re-send) everything behind it forever. Kept, not deleted.
                 self._refuse(rid, topic, err.str(), None)
                 return
-            if err.fatal():
+            if err.fatal() or err.code() in _NEW_PRODUCER:
                 self._fatal = True
             self._retry_from = rid if self._retry_from is None else min(self._retry_from, rid)
             n = self._throttle.should(f"fail:{err.name()}")
@@ -164,7 +177,11 @@ class Forwarder:
                 return 0
             if self._fatal:
                 # An idempotent producer in a fatal state never recovers; start a fresh one.
-                log.warning("kafka producer hit a fatal error; creating a new producer")
+                log.warning(
+                    "kafka producer cannot deliver again (fatal or fenced); creating a new producer",
+                    extra={"kv": {"error": self.stats.last_error}},
+                )
+                self.stats.producers_replaced += 1
                 self.producer = self._factory()
                 self._fatal = False
             if self._retry_from is not None:
