@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plantstream.producers.codec import Aggregate
-from plantstream.streams.logic.windows import ACCEPTED, LATE, MINUTE_US, SECOND_US, WindowEngine
+from plantstream.streams.logic.windows import ACCEPTED, LATE, MINUTE_US, REPLAYED, SECOND_US, WindowEngine
 
 T0 = 1_700_000_040 * SECOND_US - (1_700_000_040 * SECOND_US) % MINUTE_US  # a minute boundary
 
@@ -154,7 +154,13 @@ def test_streams_windows_match_brute_force_reference(samples: list[tuple[int, fl
         check(agg, reference(ordered, agg.start_us, SECOND_US if agg.window == "1s" else MINUTE_US))
     assert sum(a.count for a in out if a.window == "1s") == len(ordered)
     assert sum(a.count for a in out if a.window == "1m") == len(ordered)
-    assert sum(codes) == eng.stats.late  # LATE == 1, everything else accepted
+    assert codes.count(LATE) == eng.stats.late
+    # Nothing else refused but a second copy of a time already accepted (one reading per time).
+    assert all(
+        c == REPLAYED and T0 + t in stable
+        for (t, _), c in zip(samples, codes, strict=True)
+        if c not in (ACCEPTED, LATE)
+    )
 
 
 def run_with_crash(samples: Sequence[tuple[str, int, float]], crash_at: int) -> tuple[list[Aggregate], list[Aggregate]]:
@@ -222,3 +228,19 @@ def test_streams_windows_replay_after_out_of_order_arrival_keeps_the_earliest_re
     minute = [a for a in replayed if a.window == "1m"]
     assert [a.count for a in minute] == [4]
     assert minute == [a for a in full if a.window == "1m"]
+
+
+def test_streams_windows_same_time_twice_is_one_reading() -> None:
+    """The database keeps one reading per (tag, time); a second copy under a new seq (an OPC-UA
+    value reported again with its source time) must not count twice (chaos run: 2 vs 1)."""
+    eng = WindowEngine(allowed_lateness_us=0)
+    pts = [(T0 + 100_000, 1.0), (T0 + 100_000, 1.0), (T0 + 500_000, 4.0), (T0 + 300_000, 2.0), (T0 + 100_000, 1.0)]
+    out, codes = feed(eng, [("x", t, v) for t, v in pts])
+    assert codes == [ACCEPTED, REPLAYED, ACCEPTED, ACCEPTED, REPLAYED]
+    out, _ = feed(eng, [("x", T0 + MINUTE_US, 0.0)])
+    one_s = [a for a in out if a.window == "1s" and a.start_us == T0]
+    one_m = [a for a in out if a.window == "1m" and a.start_us == T0]
+    distinct = sorted(set(pts))
+    assert len(one_s) == 1 and one_s[0].count == 3
+    check(one_s[0], reference(distinct, T0, SECOND_US))
+    assert len(one_m) == 1 and one_m[0].count == 3
