@@ -282,7 +282,7 @@ class ChaosPipeline(Pipeline):
 
     def edge_config(self, plant: str) -> Path:
         from plantstream.edge.config import EdgeConfig, MqttSubscription
-        from plantstream.edge.simconfig import MQTT_ROOT, dump_config
+        from plantstream.sim.edgeconfig import MQTT_ROOT, dump_config
 
         path = super().edge_config(plant)
         cfg = EdgeConfig.model_validate(_load_yaml(path))
@@ -481,7 +481,7 @@ class Chaos:
     # --- setup --------------------------------------------------------------------------------
 
     def start(self) -> None:
-        from plantstream.edge.testing import IsolatedKafka
+        from plantstream.testing.edge import IsolatedKafka
 
         self.work.mkdir(parents=True, exist_ok=True)
         self.progress("chaos: private PostgreSQL cluster and Kafka-protocol broker behind the proxy")
@@ -536,7 +536,7 @@ class Chaos:
     def _mount_edge_disk(self) -> None:
         """Every edge's buffer on one small tmpfs (the edge server's disk), so the schedule can fill it.
         Without the right to mount one, the disk faults are taken out of the schedule and reported."""
-        from plantstream.edge.testing import small_filesystem
+        from plantstream.testing.edge import small_filesystem
 
         try:
             self.disk = self._stack.enter_context(small_filesystem(self.work / "edge-state", EDGE_DISK_BYTES))
@@ -551,7 +551,7 @@ class Chaos:
 
     def _logger_edge_config(self) -> Path:
         from plantstream.edge.config import EdgeConfig
-        from plantstream.edge.simconfig import dump_config
+        from plantstream.sim.edgeconfig import dump_config
 
         assert self.pipe is not None
         edge_cfg = {
@@ -592,7 +592,7 @@ class Chaos:
         elif f.kind == "hostile":
             self._hostile(f)
         elif f.kind == "edge_disk_full":
-            from plantstream.edge.testing import fill_disk
+            from plantstream.testing.edge import fill_disk
 
             if self.disk is None:
                 raise RuntimeError("no edge filesystem mounted")
@@ -602,7 +602,7 @@ class Chaos:
     def _disk_states(self) -> dict[str, Any]:
         """Each edge's storage state from its /metrics (the status file sits on the full disk and
         cannot be rewritten there); the status file where the metrics do not answer (restarting)."""
-        from plantstream.edge.testing import metric, scrape
+        from plantstream.testing.edge import metric, scrape
 
         assert self.pipe is not None
         out: dict[str, Any] = {}
@@ -653,7 +653,7 @@ class Chaos:
             self.kafka.proxy.start()
             self.recoveries.append(Recovery(f, now, lambda: self.kafka.proxy.connections_total > conns, now + 120))
         elif f.kind == "edge_disk_full":
-            from plantstream.edge.testing import fill_disk
+            from plantstream.testing.edge import fill_disk
 
             if self.disk is not None:
                 # Freed meanwhile (deletes of delivered entries): taken too, so the disk stays full to the end.
@@ -942,7 +942,7 @@ def conflicts(dsn: str) -> int:
 
 
 def same_value(want: Expected, got: Any) -> bool:
-    from plantstream.streams.logic.units import compile_converter
+    from plantstream.domain.units import compile_converter
 
     if want.value is None:  # a dropout or a NaN: delivered as NaN, never the last good value
         return isinstance(got, float) and math.isnan(got)
@@ -966,7 +966,7 @@ def _idle(quiet_s: float) -> Callable[[list[Any]], bool]:
 
 def topic_keys(bootstrap: str, topic: str, keys: set[Key], timeout: float = 60.0) -> set[Key]:
     """Which of ``keys`` occur in a readings topic (to say which stage lost a reading)."""
-    from plantstream.edge.testing import batches, read_topic
+    from plantstream.testing.edge import batches, read_topic
 
     msgs = read_topic(bootstrap, topic, _idle(5.0), timeout=timeout)
     found: set[Key] = set()
@@ -979,8 +979,8 @@ def topic_keys(bootstrap: str, topic: str, keys: set[Key], timeout: float = 60.0
 
 def dead_letters(bootstrap: str, topic: str, hostiles: list[Hostile], timeout: float = 60.0) -> dict[str, list[str]]:
     """Hostile topic -> reasons of the dead letters whose origin names it."""
-    from plantstream.edge.testing import read_topic
     from plantstream.producers.topics import DEADLETTER_ORIGIN_HEADER, DEADLETTER_REASON_HEADER
+    from plantstream.testing.edge import read_topic
 
     want = {h.topic for h in hostiles if h.expect == "deadletter"}
     out: dict[str, list[str]] = {}

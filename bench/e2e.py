@@ -443,7 +443,7 @@ class EndToEnd:
     def _restart_loggers(self, per_s: float) -> None:
         """One MQTT edge agent subscribed to the loggers' root; publishers at ``per_s`` readings/s in all."""
         from plantstream.edge.config import EdgeConfig
-        from plantstream.edge.simconfig import dump_config
+        from plantstream.sim.edgeconfig import dump_config
 
         self._stop_load()
         cfg = self.cfg

@@ -28,8 +28,8 @@ from plantstream.bench.infra import fresh_database
 from plantstream.bench.model import TARGETS, Metric, fmt_num
 from plantstream.bench.procs import cpu_share, cpu_times, self_peak_rss_mb
 from plantstream.bench.report import markdown, plots, write_json
+from plantstream.bench.timescale import Engine, engine
 from plantstream.config import Settings
-from plantstream.sinks.timescaledb.bench_timescale import Engine, engine
 from plantstream.sinks.timescaledb.migrate import migrate
 from plantstream.testing.plugin import free_port
 
@@ -362,7 +362,7 @@ TS_METRICS = [
 
 
 def _dataset_compressed(r: Run, dsn: str, uncompressed: dict[str, Any]) -> None:
-    from plantstream.datasets.bench import compressed
+    from plantstream.bench.pull import compressed
 
     res = compressed(dsn, uncompressed, r.quick)
     r.data["dataset_compressed"] = res
@@ -379,7 +379,7 @@ def _history(r: Run) -> None:
     """The monitor's "1 h of 50 tags at 1 s" from raw readings, on either engine."""
 
     def go() -> None:
-        from plantstream.sinks.timescaledb import bench_history
+        from plantstream.bench import history as bench_history
 
         with fresh_database(r.settings.dsn, "hist") as dsn:
             res = bench_history.run(dsn, r.quick)
@@ -405,7 +405,7 @@ def _timescale(r: Run, sz: Sizes) -> None:
         for name, group, unit in TS_METRICS:
             r.add(Metric(name, group, None, unit, status="not_applicable", note=why))
         return
-    from plantstream.sinks.timescaledb import bench_timescale as bt
+    from plantstream.bench import timescale as bt
 
     def compression() -> None:
         with fresh_database(r.settings.dsn, "tscomp") as dsn:

@@ -31,10 +31,10 @@ from plantstream.bench.model import Flatness, judge_flat, percentile, slope
 from plantstream.bench.procs import Worker, peak_rss_mb, python_module, spawn
 from plantstream.config import Settings
 from plantstream.edge.config import EdgeConfig
-from plantstream.edge.simconfig import dump_config
 from plantstream.pipeline import wait_for
 from plantstream.producers.kafka import ensure_topics
 from plantstream.producers.topics import Topics
+from plantstream.sim.edgeconfig import dump_config
 from plantstream.testing.plugin import free_port
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def run(settings: Settings, out: Path, cfg: SoakConfig) -> SoakResult:
     started here is stopped before returning or raising."""
     from urllib.parse import urlsplit
 
-    from plantstream.edge.testing import IsolatedKafka
+    from plantstream.testing.edge import IsolatedKafka
 
     work = out / "soak"
     logs = work / "logs"

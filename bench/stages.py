@@ -35,10 +35,10 @@ from plantstream.bench.procs import (
 )
 from plantstream.config import Settings
 from plantstream.edge.config import EdgeConfig
-from plantstream.edge.simconfig import dump_config
 from plantstream.pipeline import wait_for
 from plantstream.producers.kafka import ensure_topics
 from plantstream.producers.topics import Topics
+from plantstream.sim.edgeconfig import dump_config
 
 
 @dataclass
@@ -273,7 +273,7 @@ def sink(dsn: str, rows: int, rounds: int = 3) -> dict[str, Any]:
     ``readings`` table): this machine's speed drifts by tens of percent within minutes, so a limit
     measured minutes earlier made the ratio swing; medians of adjacent rounds do not."""
     from plantstream.bench.limits import pg_copy
-    from plantstream.sinks.timescaledb.bench import sink_rate
+    from plantstream.bench.sink import sink_rate
 
     per_flush = min(50_000, max(1000, rows // 4))
     sink_rates: list[float] = []
@@ -281,7 +281,7 @@ def sink(dsn: str, rows: int, rounds: int = 3) -> dict[str, Any]:
     flushes = 0
     import psycopg
 
-    from plantstream.sinks.timescaledb.queries import flavor
+    from plantstream.monitor.queries import flavor
 
     for _ in range(rounds):
         copy_rates.append(float(pg_copy(dsn, rows, plain=False)["readings_rows_per_s"]))
@@ -294,13 +294,13 @@ def sink(dsn: str, rows: int, rounds: int = 3) -> dict[str, Any]:
             "rows_per_flush": per_flush}  # fmt: skip
 
 
-DATASET_API = "plantstream.datasets.bench.run(dsn: str, quick: bool) -> {'cells_per_s': float, ...}"
+DATASET_API = "plantstream.bench.pull.run(dsn: str, quick: bool) -> {'cells_per_s': float, ...}"
 
 
 def dataset(dsn: str, quick: bool) -> dict[str, Any] | None:
     """Dataset pull through the datasets stage's own bench, when that stage provides one (None otherwise)."""
     try:
-        mod = importlib.import_module("plantstream.datasets.bench")
+        mod = importlib.import_module("plantstream.bench.pull")
     except ImportError:
         return None
     run = getattr(mod, "run", None)

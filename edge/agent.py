@@ -39,13 +39,15 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from plantstream.config import ConfigError, Settings
+from plantstream.config import Settings
 from plantstream.contract import Origin
 from plantstream.edge.batcher import Batcher, Sample
 from plantstream.edge.buffer import Buffer, Entry, WriteFailure, error_kind, is_storage_error
-from plantstream.edge.config import EdgeConfig, MqttSource, OpcuaSource, SparkplugSource, unlisted_meta
+from plantstream.edge.config import EdgeConfig, MqttSource, SparkplugSource, unlisted_meta
+from plantstream.edge.configbase import SourceConfig
 from plantstream.edge.forwarder import Forwarder
 from plantstream.edge.metrics import EdgeMetrics
+from plantstream.edge.registry import SourceContext, connector
 from plantstream.edge.source import DeadLetter, Delivery, Inbox, Source
 from plantstream.edge.vet import DEFAULT_LIMITS, Limits, batch_max_bytes
 from plantstream.log import Throttle
@@ -62,34 +64,17 @@ log = logging.getLogger(__name__)
 
 
 def build_source(
-    cfg: OpcuaSource | MqttSource | SparkplugSource,
+    cfg: SourceConfig,
     agent_id: str,
     inbox: Inbox,
     settings: Settings | None = None,
     limits: Limits = DEFAULT_LIMITS,
     buffer_path: Path | None = None,
 ) -> Source:
-    """The connector for ``cfg``. An MQTT source without a url takes PLANTSTREAM_MQTT_URL (``settings.mqtt``).
-    State a connector keeps across restarts (Sparkplug births) lives beside ``buffer_path``."""
-    if isinstance(cfg, OpcuaSource):
-        from plantstream.edge.opcua.source import OpcuaSourceRunner
-
-        return OpcuaSourceRunner(cfg, inbox, (settings or Settings.from_env()).state_dir, limits)
-    if cfg.url is None:
-        try:
-            cfg = cfg.with_default_url((settings or Settings.from_env()).mqtt)
-        except ValueError as exc:
-            raise ConfigError(
-                f"source {cfg.id!r}: no url in the config and PLANTSTREAM_MQTT_URL is unusable: {exc}"
-            ) from None
-    if isinstance(cfg, SparkplugSource):
-        from plantstream.edge.sparkplug.source import SparkplugBSource
-
-        births = buffer_path.with_name(f"{buffer_path.stem}.sparkplug-{cfg.id}.json") if buffer_path else None
-        return SparkplugBSource(cfg, agent_id, inbox, limits, births)
-    from plantstream.edge.mqtt.source import MqttJsonSource
-
-    return MqttJsonSource(cfg, agent_id, inbox, limits)
+    """The connector for ``cfg``, from the registry (edge/registry.py: each connector folder
+    registers its ``type``). State a connector keeps across restarts lives beside ``buffer_path``."""
+    ctx = SourceContext(agent_id, inbox, settings or Settings.from_env(), limits, buffer_path)
+    return connector(cfg.type).build(cfg, ctx)
 
 
 def identity(source: str, sample: Sample) -> int:

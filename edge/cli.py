@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from plantstream.config import ConfigError
+from plantstream.config import ConfigError, Settings, layered
 from plantstream.edge.config import EdgeConfig, load_config
 
 _config_opt = click.option(
@@ -43,9 +43,15 @@ def check(config_path: Path) -> None:
 
 @edge.command()
 @_config_opt
-def run(config_path: Path) -> None:
+@click.option(
+    "--metrics-port", type=int, default=None, help="Prometheus /metrics (over PLANTSTREAM_METRICS_PORT over the file)"
+)
+def run(config_path: Path, metrics_port: int | None) -> None:
     """Run the agent until SIGTERM/SIGINT."""
     cfg = _load(config_path)
+    port = layered(cli=metrics_port, env=Settings.from_env().metrics_port, file=cfg.metrics_port)
+    if port != cfg.metrics_port:
+        cfg = cfg.model_copy(update={"metrics_port": port})
     from plantstream.edge.agent import run_agent
 
     run_agent(cfg)

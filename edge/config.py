@@ -10,89 +10,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 from urllib.parse import SplitResult, unquote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from plantstream.config import ConfigError, Settings, load_yaml
-from plantstream.contract import Grade, TagMeta, validate_equipment_path
-
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-
-
-class _Strict(BaseModel):
-    # Unknown keys are typos in a config file; reject them so the operator hears about it.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_id(v: str) -> str:
-    if not _ID.match(v):
-        raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '-' (starting with a letter or digit)")
-    return v
-
-
-class Backoff(_Strict):
-    """Exponential reconnect backoff: min_s, doubling up to max_s."""
-
-    min_s: float = Field(0.5, gt=0, le=3600)
-    max_s: float = Field(30.0, gt=0, le=3600)
-
-    @model_validator(mode="after")
-    def _order(self) -> Backoff:
-        if self.max_s < self.min_s:
-            raise ValueError("max_s must be >= min_s")
-        return self
-
-
-class TagDefaults(_Strict):
-    """Metadata applied to a tag where the tag itself does not say."""
-
-    unit: str = ""
-    datatype: Literal["float", "int", "bool", "str"] = "float"
-    # Fail closed: unstated grades are core; a site lowers this on purpose, per file.
-    grade: Grade = Grade.CORE
-
-
-class TagBase(_Strict):
-    tag: str = Field(min_length=1, max_length=200)
-    equipment: str
-    unit: str | None = None
-    datatype: Literal["float", "int", "bool", "str"] | None = None
-    lo: float | None = None
-    hi: float | None = None
-    roc_limit: float | None = Field(None, gt=0)
-    grade: Grade | None = None
-    spec_property: str = ""
-    description: str = ""
-
-    @field_validator("equipment")
-    @classmethod
-    def _equipment(cls, v: str) -> str:
-        return validate_equipment_path(v)
-
-    @model_validator(mode="after")
-    def _range(self) -> TagBase:
-        if self.lo is not None and self.hi is not None and self.lo >= self.hi:
-            raise ValueError(f"engineering range lo ({self.lo}) must be below hi ({self.hi})")
-        return self
-
-    def meta(self, plant: str, defaults: TagDefaults, address: str) -> TagMeta:
-        return TagMeta(
-            plant=plant,
-            tag=self.tag,
-            equipment=self.equipment,
-            unit=self.unit if self.unit is not None else defaults.unit,
-            datatype=self.datatype or defaults.datatype,
-            lo=self.lo,
-            hi=self.hi,
-            roc_limit=self.roc_limit,
-            grade=self.grade or defaults.grade,
-            description=self.description,
-            source_address=address,
-            spec_property=self.spec_property,
-        )
+from plantstream.contract import TagMeta, validate_equipment_path
+from plantstream.edge.configbase import Backoff, TagBase, TagDefaults, _check_id, _Strict
 
 
 class OpcuaTag(TagBase):
@@ -435,7 +361,27 @@ class SparkplugSource(MqttConnection):
         return v
 
 
-Source = Annotated[OpcuaSource | MqttSource | SparkplugSource, Field(discriminator="type")]
+def _source_union() -> Any:
+    """The ``sources`` item type: every registered connector's model, told apart by ``type``
+    (edge/registry.py; a connector folder registers itself, nothing here lists them)."""
+    from functools import reduce
+    from operator import or_
+
+    from plantstream.edge.registry import connectors
+
+    models = [c.config_model() for c in connectors()]
+    union = models[0] if len(models) == 1 else reduce(or_, models)
+    return Annotated[union, Field(discriminator="type")]
+
+
+if TYPE_CHECKING:
+    # For the type checker only: the built-in connectors, so `src.type == "mqtt"` narrows. A
+    # connector registered elsewhere validates and runs the same; to mypy it is one of these.
+    from plantstream.edge.modbus.config import ModbusSource
+
+    Source = OpcuaSource | MqttSource | SparkplugSource | ModbusSource
+else:
+    Source = _source_union()
 
 
 class KafkaTarget(_Strict):
@@ -511,7 +457,10 @@ class TimestampWindow(_Strict):
 class EdgeConfig(_Strict):
     agent_id: str = Field(description="this agent's name (buffer and status file paths, metrics label)")
     plant: str = Field(description="plant id stamped on every reading (first part of every Kafka key)")
-    sources: list[Source] = Field(min_length=1, description="OPC-UA, MQTT and Sparkplug B sources, by `type`")
+    sources: list[Source] = Field(
+        min_length=1,
+        description="OPC-UA, MQTT, Sparkplug B and Modbus TCP sources (one per registered connector, edge/registry.py), by `type`",
+    )
     kafka: KafkaTarget = Field(default_factory=lambda: KafkaTarget.model_validate({}))
     buffer: BufferConfig = Field(
         default_factory=lambda: BufferConfig.model_validate({}), description="store-and-forward buffer (SQLite)"
@@ -602,8 +551,10 @@ class _AnyMapping(BaseModel):
 
 def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     """Drop the union tag pydantic inserts after a source index ('sources', 0, 'opcua', ...)."""
+    from plantstream.edge.registry import connectors
+
     out = list(loc)
-    if len(out) >= 3 and out[0] == "sources" and out[2] in ("opcua", "mqtt", "sparkplug"):
+    if len(out) >= 3 and out[0] == "sources" and out[2] in {c.type for c in connectors()}:
         del out[2]
     return tuple(out)
 

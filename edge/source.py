@@ -133,7 +133,36 @@ class SourceStatus:
 
 
 class Source:
-    """Base for connectors. ``run()`` runs until ``stop()``; it must survive any upstream failure."""
+    """Base for connectors. ``run()`` runs until ``stop()``; it must survive any upstream failure.
+
+    Failure contract (what each method may raise, and what the agent does about it):
+
+    * ``__init__`` (the registry factory, edge/registry.py): may raise
+      :class:`plantstream.config.ConfigError` for a config that validated but cannot be used
+      (e.g. no MQTT url and an unusable ``PLANTSTREAM_MQTT_URL``). The agent does not start:
+      ``edge run`` exits 2 with the message. Nothing else may raise here, and nothing may
+      connect: the constructor runs before the buffer is open.
+    * ``run()``: connects, delivers, and reconnects with backoff by itself. Upstream failures
+      (refused connection, timeout, protocol error, a peer restart) are NOT raised: they are
+      recorded in ``status`` (``connected=False``, ``last_error``, ``reconnects``,
+      ``failing[tag]``) and, where readings are lost, said in the data (bad-quality readings or a
+      gap marker: quality BAD, value NaN, ``reason``; OPC-UA status BadNoCommunication). A value
+      the connector cannot convert becomes a :class:`DeadLetter`, never an exception. ``run()``
+      returns only after ``stop()``. If it raises anyway (a connector bug) the agent logs it with
+      the traceback, sets ``status.last_error = "crashed (see log)"`` and calls ``run()`` again
+      after 1 s, for as long as the agent runs; ``asyncio.CancelledError`` is let through (the
+      agent cancels ``run()`` only at shutdown, after ``stop()`` did not end it within 5 s).
+    * ``stop()``: idempotent, returns promptly; makes ``run()`` return. Exceptions from it are
+      suppressed by the agent at shutdown (the buffer is still flushed and closed).
+    * ``ack(tokens)``: called on the loop thread after the deliveries carrying ``tokens`` were
+      committed to the buffer; must not block or raise (a lost connection makes it a no-op: the
+      broker redelivers, and the agent drops the copy it already committed). It is not called
+      for deliveries that were never committed (buffer unwritable, or dropped at shutdown).
+    * Deliveries: put into the :class:`Inbox` from any thread (``put``) or the loop thread
+      (``put_nowait_in_loop``); never block on the agent. A delivery the agent cannot process
+      (a connector bug) is dead-lettered (``internal error: ...``) and acknowledged; samples are
+      vetted by the connector (:func:`plantstream.edge.vet.vet`) before they are delivered.
+    """
 
     origin: Origin
 

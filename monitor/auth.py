@@ -97,6 +97,12 @@ class MonitorConfig(BaseModel):
     api_statement_timeout_s: float = Field(
         default=15.0, gt=0, le=3600, description="statement_timeout of API queries; history over it: 422"
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Prometheus /metrics on its own port too (--metrics-port > PLANTSTREAM_METRICS_PORT > this)",
+    )
 
     @field_validator("tokens")
     @classmethod

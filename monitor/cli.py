@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from plantstream.config import Settings
+from plantstream.config import Settings, layered
 from plantstream.monitor.auth import MonitorConfig, load_config
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,20 @@ def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
 )
 @click.option("--tls-cert", type=click.Path(path_type=Path), default=None, help="PEM certificate (chain): serve HTTPS")
 @click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="PEM private key of --tls-cert")
-def monitor(host: str, port: int, config_path: Path | None, tls_cert: Path | None, tls_key: Path | None) -> None:
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="/metrics on this port too (over PLANTSTREAM_METRICS_PORT over config)",
+)
+def monitor(
+    host: str,
+    port: int,
+    config_path: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    metrics_port: int | None,
+) -> None:
     """Serve the live page, the JSON API (/openapi.json), server-sent events and /metrics.
 
     Reads PLANTSTREAM_DB_DSN, PLANTSTREAM_KAFKA_BOOTSTRAP and PLANTSTREAM_TOPIC_PREFIX. Starts
@@ -81,12 +94,13 @@ def monitor(host: str, port: int, config_path: Path | None, tls_cert: Path | Non
     check_listen(host, cfg)
     ctx = tls_context(tls_cert, tls_key)
     app = make_app(settings, cfg)
-    if settings.metrics_port:
+    metrics_at = layered(cli=metrics_port, env=settings.metrics_port, file=cfg.metrics_port)
+    if metrics_at is not None:
         # The stack-wide contract: every long-running process serves /metrics on this port too.
         from prometheus_client import start_http_server
 
         start_http_server(
-            settings.metrics_port,
+            metrics_at,
             addr="0.0.0.0" if host == "0.0.0.0" else "127.0.0.1",
             registry=app[K_METRICS].registry,
         )

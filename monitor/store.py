@@ -22,7 +22,7 @@ from psycopg_pool import ConnectionPool
 
 from plantstream.datasets.models import PullRecord
 from plantstream.monitor import models as M
-from plantstream.sinks.timescaledb import queries as Q
+from plantstream.monitor import queries as Q
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +338,7 @@ def tag_limits(
 def _converter(src: str, dst: str) -> Any:
     if not dst or src == dst:
         return lambda v: v
-    from plantstream.streams.logic.units import convert_to
+    from plantstream.domain.units import convert_to
 
     convert_to(0.0, src, dst)  # raises UnitError (a ValueError) now rather than per value
     return lambda v: None if v is None else convert_to(v, src, dst)

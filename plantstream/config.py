@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from plantstream.paths import default_state_dir
 
 M = TypeVar("M", bound=BaseModel)
+_T = TypeVar("_T")
 
 
 class ConfigError(Exception):
@@ -212,11 +213,22 @@ class Settings(BaseModel):
         }
 
 
-def _local_stack_env() -> dict[str, str]:
-    from plantstream.stack import Stack
+def layered(
+    *, cli: _T | None = None, env: _T | None = None, file: _T | None = None, default: _T | None = None
+) -> _T | None:
+    """The one precedence rule of every service setting: command line > environment > config file >
+    default. ``None`` is "not given" at that level; 0 and "" are values (port 0: any free port)."""
+    for value in (cli, env, file):
+        if value is not None:
+            return value
+    return default
 
-    stack = Stack()
-    return stack.env() if stack.meta_file.exists() else {}
+
+def _local_stack_env() -> dict[str, str]:
+    # Read from the file `plantstream stack up` leaves, not the stack module: core never imports dev tooling.
+    from plantstream.paths import local_stack_env
+
+    return local_stack_env()
 
 
 # --- YAML with line numbers --------------------------------------------------------------------

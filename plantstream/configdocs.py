@@ -34,7 +34,7 @@ class Doc:
 DOCS = (
     Doc("edge", "plantstream.edge.config:EdgeConfig", "Edge agent", "plantstream edge run|check --config FILE"),
     Doc("streams", "plantstream.streams.config:StreamsConfig", "Streams worker", "plantstream streams worker --config FILE"),
-    Doc("sink", "plantstream.sinks.timescaledb.runner:SinkConfig", "Sink", "plantstream sink run --config FILE"),
+    Doc("sink", "plantstream.sinks.runner:SinkConfig", "Sink", "plantstream sink run --config FILE"),
     Doc("monitor", "plantstream.monitor.auth:MonitorConfig", "Live monitor", "plantstream monitor --config FILE"),
     Doc("dataset-pull", "plantstream.datasets.models:PullRequest", "Dataset pull request",
         "plantstream dataset pull FILE; POST /api/dataset-pulls"),

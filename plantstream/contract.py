@@ -9,7 +9,7 @@ Contract version 1 (see README "The reading contract"):
 * ``value``      float, int, bool or str, kept exact end to end
 * ``unit``       unit symbol as the source states it (normalized downstream)
 * ``quality``    good / uncertain / bad, plus the raw OPC-UA status code where there is one
-* ``origin``     opcua / mqtt / sparkplug
+* ``origin``     opcua / mqtt / sparkplug / modbus
 * ``source``     id of the edge source that assigned ``seq``
 * ``seq``        per-source sequence number, strictly increasing across agent restarts
 """
@@ -46,6 +46,9 @@ class Origin(enum.IntEnum):
     OPCUA = 1
     MQTT = 2
     SPARKPLUG = 3
+    # Added after contract version 1 shipped: a consumer built before it cannot decode a batch
+    # of this origin (its codec dead-letters it as 'bad dictionary or origin').
+    MODBUS = 4
 
     @property
     def label(self) -> str:

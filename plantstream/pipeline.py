@@ -205,7 +205,7 @@ class Pipeline:
         return True
 
     def edge_config(self, plant: str) -> Path:
-        from plantstream.edge.simconfig import config_for_sim, dump_config
+        from plantstream.sim.edgeconfig import config_for_sim, dump_config
 
         # The MQTT session is this pipeline's (its topic prefix): a run that stopped its edge agents
         # leaves a persistent session queuing the simulators' messages on the shared broker, and a

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from plantstream.paths import default_state_dir
+from plantstream.paths import STACK_META, default_state_dir
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class Stack:
         self.ports = ports or Ports()
         self.run = self.state / "run"
         self.logs = self.state / "logs"
-        self.meta_file = self.state / "stack.json"
+        self.meta_file = self.state / STACK_META
 
     # --- metadata ---------------------------------------------------------------------------
 
@@ -446,7 +446,12 @@ class Stack:
         self.run.mkdir(parents=True, exist_ok=True)
         if install:
             self.install()
-        return {"postgres": self.start_postgres(), "mosquitto": self.start_mosquitto(), "kafka": self.start_kafka()}
+        started = {"postgres": self.start_postgres(), "mosquitto": self.start_mosquitto(), "kafka": self.start_kafka()}
+        # What Settings.from_env falls back to when no PLANTSTREAM_* variable is set (paths.local_stack_env).
+        meta = self._meta()
+        meta["client_env"] = self.env()  # type: ignore[assignment]
+        self._save_meta(meta)
+        return started
 
     def down(self) -> dict[str, bool]:
         return {"kafka": self._kill("kafka"), "mosquitto": self._kill("mosquitto"), "postgres": self.stop_postgres()}

@@ -1,5 +1,5 @@
 """What a simulated plant exposes: one ``SimTag`` per signal. The simulators fill ``CATALOGS``;
-the demo turns a catalog into an edge-agent config (``plantstream.edge.simconfig``)."""
+the demo turns a catalog into an edge-agent config (``plantstream.sim.edgeconfig``)."""
 
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
 from plantstream.contract import ContextEvent, ContextKind, Value
+from plantstream.domain.materials import MATERIALS, PropertyLimit, lab_limits, process_limit
 from plantstream.sim.catalog import SimTag
-from plantstream.sim.materials import MATERIALS, PropertyLimit, lab_limits, process_limit
 
 MASK64 = (1 << 64) - 1
 MQTT_PREFIX = "plantstream-sim"

@@ -21,13 +21,24 @@ Failure contract
   the topic/partition/offset they came from), the rest of the batch is written, and the runner
   publishes them to the dead-letter topic before committing offsets.
 * ``close()`` drops anything staged and not flushed (it was never committed, so it is re-read).
+* ``maintain()`` is housekeeping the runner calls every ``maintenance_interval_s`` between
+  flushes (partitions, retention, settling): it may raise ``SinkUnavailable`` or anything else;
+  the runner logs it and goes on ingesting, and calls it again next interval.
+* ``last`` describes the most recent successful ``flush()`` (the runner's metrics and progress).
+
+The generic runner over this protocol is ``plantstream.sinks.runner.SinkRunner``; the storage
+implementations live in their folders (``timescaledb/``: PostgreSQL and TimescaleDB).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+from plantstream.producers import codec
+from plantstream.producers.codec import CodecError
+from plantstream.producers.topics import DEADLETTER_ORIGIN_HEADER, DEADLETTER_REASON_HEADER, DEADLETTER_STAGE_HEADER
 
 
 class SinkUnavailable(ConnectionError):
@@ -63,16 +74,58 @@ class DeadLetter:
     origin: RecordOrigin | None
 
 
+@dataclass(slots=True)
+class FlushStats:
+    readings: int = 0  # rows offered (written or already present)
+    aggregates: int = 0
+    other: int = 0
+    dead_letters: int = 0
+    seconds: float = 0.0
+    value_conflicts: int = 0  # readings kept aside in reading_conflicts (same key, other value)
+
+
 @runtime_checkable
 class Sink(Protocol):
+    last: FlushStats
+
     def connect(self) -> None:
         """(Re)open the storage connection; raises ``SinkUnavailable`` if it cannot."""
 
-    def write(self, batch: Sequence[Record]) -> None:
-        """Stage records for the next ``flush`` (no I/O)."""
+    def write(self, batch: Sequence[Record | DeadLetter]) -> None:
+        """Stage records for the next ``flush`` (no I/O); dead letters from decoding come back from it."""
 
     def flush(self) -> list[DeadLetter]:
         """Commit everything staged in one transaction; see the module's failure contract."""
 
     def close(self) -> None:
         """Release the connection; staged, unflushed records are dropped."""
+
+    def maintain(self) -> None:
+        """Housekeeping between flushes; failures are logged by the runner, never fatal."""
+
+
+def decode(kind: str, value: bytes | None, origin: RecordOrigin, key: bytes | None = None) -> Record | DeadLetter:
+    """Decode one Kafka record of ``kind``; a ``DeadLetter`` with the codec's reason if it cannot be."""
+    decoders: dict[str, Callable[[bytes], Any]] = {
+        "readings": codec.decode_readings,
+        "aggregates": codec.decode_aggregates,
+        "context": codec.decode_context,
+        "tags": codec.decode_tag_meta,
+        "deviations": codec.decode_deviation,
+    }
+    raw = value if value is not None else b""
+    try:
+        if value is None:
+            raise CodecError("empty record (tombstone)")
+        return Record(origin, kind, decoders[kind](value), raw, key)
+    except CodecError as exc:
+        return DeadLetter(raw, key, f"undecodable: {exc.reason}", origin)
+
+
+def iter_dead_letters(dead: Sequence[DeadLetter]) -> Iterator[tuple[bytes, bytes | None, dict[str, str]]]:
+    """(value, key, headers) for each dead letter, with the contract's headers."""
+    for d in dead:
+        headers = {DEADLETTER_REASON_HEADER: d.reason, DEADLETTER_STAGE_HEADER: "sink"}
+        if d.origin is not None:
+            headers[DEADLETTER_ORIGIN_HEADER] = str(d.origin)
+        yield d.value, d.key, headers

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import psycopg
 
-from plantstream.config import ConfigError, Settings, load_yaml, mask_url
+from plantstream.config import ConfigError, Settings, layered, load_yaml, mask_url
 from plantstream.contract import Grade
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,8 @@ def sink() -> None:
 @click.option("--static-assignment", is_flag=True, help="assign all partitions without a consumer group join")
 def run(config_path: Path | None, no_migrate: bool, metrics_port: int | None, static_assignment: bool) -> None:
     """Consume clean readings, aggregates, context, tags and deviations into the database."""
+    from plantstream.sinks.runner import SinkConfig, SinkRunner
     from plantstream.sinks.timescaledb.migrate import MigrationError, migrate, require_current
-    from plantstream.sinks.timescaledb.runner import SinkConfig, SinkRunner
 
     settings = Settings.from_env()
     cfg = load_yaml(config_path, SinkConfig) if config_path else SinkConfig()
@@ -38,8 +38,8 @@ def run(config_path: Path | None, no_migrate: bool, metrics_port: int | None, st
         updates["migrate"] = False
     if static_assignment:
         updates["static_assignment"] = True
-    port = metrics_port or cfg.metrics_port or settings.metrics_port
-    if port:
+    port = layered(cli=metrics_port, env=settings.metrics_port, file=cfg.metrics_port)
+    if port is not None:
         updates["metrics_port"] = port
     cfg = cfg.model_copy(update=updates)
     runner = SinkRunner(settings, cfg)

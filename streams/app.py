@@ -661,7 +661,7 @@ def _set_fetch_wait(ms: int) -> None:
 def run_worker(settings: Settings, cfg: StreamsConfig) -> None:
     """Run until SIGINT/SIGTERM. Creates missing contract topics first (retrying while the broker
     is unreachable)."""
-    metrics_port = cfg.metrics_port if cfg.metrics_port is not None else settings.metrics_port
+    metrics_port = cfg.metrics_port  # `streams worker` resolved it: CLI > environment > file (config.layered)
     while True:
         try:
             ensure_contract_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix, settings.partitions))

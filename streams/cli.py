@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from plantstream.config import Settings
+from plantstream.config import Settings, layered
 
 
 @click.group()
@@ -22,7 +22,12 @@ def streams() -> None:
     default=None,
     help="YAML (see streams/streams.example.yaml); defaults apply without it",
 )
-@click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port (overrides config/env)")
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Prometheus /metrics port (over PLANTSTREAM_METRICS_PORT over the config file)",
+)
 @click.option("--web-port", type=int, default=None, help="enable faust's web server on this port")
 def worker(config_path: Path | None, metrics_port: int | None, web_port: int | None) -> None:
     """Run a worker until SIGINT/SIGTERM (reads PLANTSTREAM_* from the environment)."""
@@ -31,11 +36,8 @@ def worker(config_path: Path | None, metrics_port: int | None, web_port: int | N
 
     settings = Settings.from_env()
     cfg = load(config_path)
-    updates = {
-        k: v
-        for k, v in {"metrics_port": metrics_port or settings.metrics_port, "web_port": web_port}.items()
-        if v is not None
-    }
+    port = layered(cli=metrics_port, env=settings.metrics_port, file=cfg.metrics_port)
+    updates = {k: v for k, v in {"metrics_port": port, "web_port": web_port}.items() if v is not None}
     if updates:
         cfg = cfg.model_copy(update=updates)
     run_worker(settings, cfg)

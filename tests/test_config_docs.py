@@ -23,7 +23,7 @@ def test_committed_config_docs_are_current() -> None:
 
 def test_docs_cover_every_field_and_check_catches_drift(tmp_path: Path) -> None:
     from plantstream.edge.config import BufferConfig
-    from plantstream.sinks.timescaledb.runner import SinkConfig
+    from plantstream.sinks.runner import SinkConfig
 
     docs = generate()
     assert sorted(docs) == sorted(f"{d.name}.md" for d in DOCS)

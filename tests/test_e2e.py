@@ -133,7 +133,7 @@ def monitor_feed_state(port: int) -> str:
 
 
 def test_database_holds_exactly_what_the_simulators_emitted(transport: Settings, tmp_path: Path) -> None:
-    from plantstream.streams.logic.units import compile_converter
+    from plantstream.domain.units import compile_converter
 
     settings = transport
     monitor_port = free_port()

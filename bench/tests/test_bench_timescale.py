@@ -11,11 +11,11 @@ import numpy as np
 import psycopg
 import pytest
 
-from plantstream.datasets.bench import T0
-from plantstream.sinks.timescaledb import bench_timescale as bt
+from plantstream.bench import timescale as bt
+from plantstream.bench.pull import T0
+from plantstream.monitor.queries import flavor
 from plantstream.sinks.timescaledb.migrate import migrate
-from plantstream.sinks.timescaledb.queries import flavor
-from plantstream.sinks.timescaledb.testdata import timescale_db
+from plantstream.testing.sinks import timescale_db
 
 pytestmark = [pytest.mark.integration]
 
@@ -108,7 +108,7 @@ def test_cagg_history_is_served_from_the_materialization(fresh_db: str) -> None:
 
 @pytest.mark.timescaledb
 def test_dataset_pull_over_compressed_chunks_gives_the_same_output(fresh_db: str) -> None:
-    from plantstream.datasets.bench import compressed, run
+    from plantstream.bench.pull import compressed, run
 
     dsn = timescale_db(fresh_db)
     first = run(dsn, quick=True)

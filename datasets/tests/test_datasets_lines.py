@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from plantstream.access import Tier
-from plantstream.datasets import testing
 from plantstream.datasets.logic.segments import NO_LOT, LineLots, line_of
 from plantstream.datasets.models import Requester, validate_request
 from plantstream.datasets.pull import pull
+from plantstream.testing import datasets as testing
 
 T0 = datetime.fromtimestamp(testing.T0_US / 1e6, UTC)
 SECONDS = 720

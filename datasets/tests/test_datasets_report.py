@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from plantstream.access import Tier
-from plantstream.datasets import testing
 from plantstream.datasets.models import Requester, RequestError, validate_request
 from plantstream.datasets.pull import list_pulls, pull
+from plantstream.testing import datasets as testing
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -15,7 +15,6 @@ from psycopg import sql
 
 from plantstream.access import DB_ROLE, Tier
 from plantstream.datasets import pull as pull_mod
-from plantstream.datasets import testing
 from plantstream.datasets.models import Requester, validate_request
 from plantstream.datasets.source import (
     PG_EPOCH_US,
@@ -26,6 +25,7 @@ from plantstream.datasets.source import (
     parse_blob_copy,
     share_snapshot,
 )
+from plantstream.testing import datasets as testing
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)
@@ -178,7 +178,7 @@ def _plan_nodes(plan: dict[str, Any]) -> list[str]:
 def test_window_query_reads_each_heap_page_once_for_many_tags(fresh_db: str) -> None:
     """50 tags stored time-major: the window query must not loop over tags (one heap scan per
     tag visits every page 50 times); under tune_for_windows it is one scan joined by hash."""
-    from plantstream.datasets.bench import load
+    from plantstream.bench.pull import load
     from plantstream.datasets.source import NUMERIC_SQL, tune_for_windows
 
     seconds = 3_000

@@ -18,7 +18,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Hashable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -26,15 +26,18 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from plantstream.config import mask_url
+from plantstream.config import ConfigError, mask_url
 from plantstream.contract import Origin
 from plantstream.edge.config import MqttConnection, MqttSource
 from plantstream.edge.mqtt.decode import Malformed, MqttDecoder
+from plantstream.edge.registry import SourceContext
 from plantstream.edge.source import DeadLetter, Delivery, Inbox, Source, message_identity, now_us
 from plantstream.edge.vet import DEFAULT_LIMITS, Limits
 from plantstream.log import Throttle
 
 log = logging.getLogger(__name__)
+
+MqttConnectionT = TypeVar("MqttConnectionT", bound=MqttConnection)
 
 
 class MqttClientSource(Source):  # type: ignore[misc]  # Source is Any to mypy: editable-install namespace
@@ -283,3 +286,20 @@ class MqttJsonSource(MqttClientSource):
             dl = DeadLetter(bytes(payload), reason, f"{self.id}:{topic}")
         ident = message_identity(self.id, topic, payload) if token is not None else None
         self.inbox.put(Delivery(self.id, Origin.MQTT, samples, dl, token, redelivered=dup, identity=ident))
+
+
+def with_broker_url(cfg: MqttConnectionT, ctx: SourceContext) -> MqttConnectionT:
+    """``cfg`` with PLANTSTREAM_MQTT_URL (``ctx.settings.mqtt``) where the file has no url."""
+    if cfg.url is not None:
+        return cfg
+    try:
+        return cfg.with_default_url(ctx.settings.mqtt)
+    except ValueError as exc:
+        raise ConfigError(
+            f"source {cfg.id!r}: no url in the config and PLANTSTREAM_MQTT_URL is unusable: {exc}"
+        ) from None
+
+
+def build(cfg: MqttSource, ctx: SourceContext) -> MqttJsonSource:
+    """The registry's factory (edge/mqtt/connector.py)."""
+    return MqttJsonSource(with_broker_url(cfg, ctx), ctx.agent_id, ctx.inbox, ctx.limits)

@@ -47,6 +47,7 @@ from plantstream.edge.batcher import Sample
 from plantstream.edge.config import OpcuaSource, OpcuaTag
 from plantstream.edge.opcua.fastpath import FastDataChange, FastPublish
 from plantstream.edge.opcua.secure import secure
+from plantstream.edge.registry import SourceContext
 from plantstream.edge.source import DeadLetter, Delivery, Inbox, Source, now_us
 from plantstream.edge.vet import DEFAULT_LIMITS, Limits, Uncarriable, vet
 from plantstream.log import Throttle
@@ -574,3 +575,8 @@ class OpcuaSourceRunner(Source):  # type: ignore[misc]  # Source is Any to mypy:
             dl = DeadLetter(payload, f"tag {t.tag!r}: {exc.reason}", f"{self.id}:{t.node_id}")
             self.inbox.put_nowait_in_loop(Delivery(self.id, Origin.OPCUA, None, dl))
             return None
+
+
+def build(cfg: OpcuaSource, ctx: SourceContext) -> OpcuaSourceRunner:
+    """The registry's factory (edge/opcua/connector.py)."""
+    return OpcuaSourceRunner(cfg, ctx.inbox, ctx.settings.state_dir, ctx.limits)

@@ -32,7 +32,8 @@ import paho.mqtt.client as mqtt
 from plantstream.config import Settings
 from plantstream.contract import Origin
 from plantstream.edge.config import SparkplugSource
-from plantstream.edge.mqtt.source import MqttClientSource
+from plantstream.edge.mqtt.source import MqttClientSource, with_broker_url
+from plantstream.edge.registry import SourceContext
 from plantstream.edge.source import DeadLetter, Delivery, Inbox, now_us
 from plantstream.edge.sparkplug.decode import NAMESPACE, Malformed, SparkplugDecoder, ncmd_topic, rebirth_request
 from plantstream.edge.vet import DEFAULT_LIMITS, Limits
@@ -202,3 +203,10 @@ class SparkplugBSource(MqttClientSource):
         deliveries[-1].ack = token
         for d in deliveries:
             self.inbox.put(d)
+
+
+def build(cfg: SparkplugSource, ctx: SourceContext) -> SparkplugBSource:
+    """The registry's factory (edge/sparkplug/connector.py); births survive restarts beside the buffer."""
+    return SparkplugBSource(
+        with_broker_url(cfg, ctx), ctx.agent_id, ctx.inbox, ctx.limits, ctx.state_file(f"sparkplug-{cfg.id}.json")
+    )

@@ -19,8 +19,8 @@ from plantstream.edge.agent import read_status
 from plantstream.edge.config import EdgeConfig
 from plantstream.edge.sparkplug import sparkplug_b_pb2 as pb
 from plantstream.edge.sparkplug.decode import DOUBLE, UINT64
-from plantstream.edge.testing import AgentThread, batches, metric, read_topic, scrape
 from plantstream.producers.topics import Topics
+from plantstream.testing.edge import AgentThread, batches, metric, read_topic, scrape
 from plantstream.testing.plugin import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]

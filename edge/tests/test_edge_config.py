@@ -11,8 +11,8 @@ import pytest
 
 from plantstream.config import ConfigError
 from plantstream.edge.config import MqttSource, OpcuaSource, load_config, template_filter
-from plantstream.edge.simconfig import config_for_sim, dump_config
 from plantstream.sim.catalog import SimTag
+from plantstream.sim.edgeconfig import config_for_sim, dump_config
 
 HERE = Path(__file__).resolve().parent.parent
 
@@ -89,7 +89,9 @@ def test_secrets_masked_in_repr(tmp_path: Path) -> None:
     assert "hunter2" not in text and "s3cret" not in text
 
 
-@pytest.mark.parametrize("example", ["opcua/example.yaml", "mqtt/example.yaml", "sparkplug/example.yaml"])
+@pytest.mark.parametrize(
+    "example", ["opcua/example.yaml", "mqtt/example.yaml", "sparkplug/example.yaml", "modbus/example.yaml"]
+)
 def test_examples_are_valid(example: str) -> None:
     cfg = load_config(HERE / example)
     assert cfg.sources and cfg.tag_metas()

@@ -27,7 +27,9 @@ from plantstream.edge.buffer import Buffer, Entry, error_kind, is_storage_error
 from plantstream.edge.cli import edge as edge_cli
 from plantstream.edge.config import EdgeConfig
 from plantstream.edge.source import Delivery
-from plantstream.edge.testing import (
+from plantstream.producers.codec import decode_readings
+from plantstream.producers.topics import Topics
+from plantstream.testing.edge import (
     AgentThread,
     MqttAckCounter,
     batches,
@@ -37,8 +39,6 @@ from plantstream.edge.testing import (
     run_on_small_filesystem,
     scrape,
 )
-from plantstream.producers.codec import decode_readings
-from plantstream.producers.topics import Topics
 from plantstream.testing.plugin import wait_until
 
 

@@ -26,10 +26,10 @@ from plantstream.config import Settings
 from plantstream.edge.agent import read_status
 from plantstream.edge.buffer import Buffer
 from plantstream.edge.config import EdgeConfig
-from plantstream.edge.testing import AgentThread, IsolatedKafka, OpcuaServerThread, batches, metric, read_topic, scrape
 from plantstream.producers.codec import decode_readings
 from plantstream.producers.kafka import ensure_contract_topics
 from plantstream.producers.topics import Topics
+from plantstream.testing.edge import AgentThread, IsolatedKafka, OpcuaServerThread, batches, metric, read_topic, scrape
 from plantstream.testing.plugin import free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

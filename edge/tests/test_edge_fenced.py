@@ -15,8 +15,8 @@ from confluent_kafka import Producer
 
 from plantstream.edge.buffer import Buffer, Entry
 from plantstream.edge.forwarder import Forwarder
-from plantstream.edge.testing import IsolatedKafka
 from plantstream.producers.kafka import ensure_topics, make_producer
+from plantstream.testing.edge import IsolatedKafka
 from plantstream.testing.plugin import wait_until
 
 

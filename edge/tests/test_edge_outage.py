@@ -13,9 +13,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from plantstream.config import Settings
 from plantstream.edge.agent import read_status
 from plantstream.edge.config import EdgeConfig
-from plantstream.edge.testing import AgentThread, batches, read_topic
 from plantstream.producers.kafka import ensure_contract_topics
 from plantstream.producers.topics import Topics
+from plantstream.testing.edge import AgentThread, batches, read_topic
 from plantstream.testing.plugin import free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

@@ -159,9 +159,9 @@ def test_agent_reports_a_refused_entry_in_status_and_metrics_and_delivers_it_aft
     no longer send is loud (status, /metrics, not healthy) and kept until a start that can."""
     from plantstream.config import Settings
     from plantstream.edge.agent import read_status
-    from plantstream.edge.testing import AgentThread, metric, scrape
     from plantstream.producers.codec import ReadingBatch, encode_readings
     from plantstream.producers.topics import Topics
+    from plantstream.testing.edge import AgentThread, metric, scrape
 
     topics = Topics(topic_prefix, 1)
     big = ReadingBatch("steel", "acme/site", Origin.MQTT, "m1")

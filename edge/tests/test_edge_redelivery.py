@@ -20,9 +20,9 @@ from plantstream.edge.batcher import Batcher, Sample
 from plantstream.edge.buffer import Buffer
 from plantstream.edge.config import EdgeConfig
 from plantstream.edge.source import Delivery
-from plantstream.edge.testing import AgentThread, batches, read_topic
 from plantstream.producers.codec import decode_readings
 from plantstream.producers.topics import Topics
+from plantstream.testing.edge import AgentThread, batches, read_topic
 from plantstream.testing.plugin import wait_until
 from plantstream.testing.proxy import TcpProxy
 

@@ -1,4 +1,4 @@
-"""Fixtures of the monitor tests (helpers live in plantstream.monitor.testdata)."""
+"""Fixtures of the monitor tests (helpers live in plantstream.testing.monitor)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 
 from plantstream.config import Settings
 from plantstream.monitor.auth import MonitorConfig
-from plantstream.monitor.testdata import TOKENS, Served, ServerThread, load
 from plantstream.monitor.web import make_app
+from plantstream.testing.monitor import TOKENS, Served, ServerThread, load
 from plantstream.testing.plugin import wait_until
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from plantstream.monitor.testdata import MEMBER, OWNER, PUBLIC, TAGS, TOKENS_ENV, Served, ServerThread, value_at
+from plantstream.testing.monitor import MEMBER, OWNER, PUBLIC, TAGS, TOKENS_ENV, Served, ServerThread, value_at
 from plantstream.testing.plugin import free_port, wait_until
 
 pytestmark = pytest.mark.integration

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from plantstream.config import Settings
-from plantstream.datasets import testing as dstesting
 from plantstream.monitor.auth import MonitorConfig, token_label
 from plantstream.monitor.cli import check_listen, is_loopback
-from plantstream.monitor.testdata import MEMBER, OWNER, PUBLIC, TOKENS, TOKENS_ENV, Served, ServerThread, SseReader
 from plantstream.monitor.web import make_app
+from plantstream.testing import datasets as dstesting
+from plantstream.testing.monitor import MEMBER, OWNER, PUBLIC, TOKENS, TOKENS_ENV, Served, ServerThread, SseReader
 from plantstream.testing.plugin import free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

@@ -22,12 +22,12 @@ import pytest
 
 from plantstream.config import Settings
 from plantstream.contract import now_us
-from plantstream.monitor.testdata import CASTER, OWNER, PUBLIC, TAGS, TOKENS_ENV
 from plantstream.producers import codec
 from plantstream.producers.kafka import ensure_contract_topics, make_producer, produce
 from plantstream.producers.topics import Topics
 from plantstream.testing.browser import CHROMIUM, open_page, save_screenshot
 from plantstream.testing.browser import chromium as launch_chromium
+from plantstream.testing.monitor import CASTER, OWNER, PUBLIC, TAGS, TOKENS_ENV
 from plantstream.testing.plugin import free_port, wait_until
 
 pytestmark = [

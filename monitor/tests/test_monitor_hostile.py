@@ -20,7 +20,7 @@ from plantstream.config import Settings
 from plantstream.monitor import web
 from plantstream.monitor.auth import MonitorConfig
 from plantstream.monitor.hub import Event
-from plantstream.monitor.testdata import (
+from plantstream.testing.monitor import (
     OWNER,
     PUBLIC,
     TAGS,

@@ -7,11 +7,11 @@ import pytest
 from plantstream.config import Settings
 from plantstream.contract import ContextEvent, ContextKind, Grade, TagMeta, now_us
 from plantstream.monitor.auth import MonitorConfig
-from plantstream.monitor.testdata import OWNER, PUBLIC, TOKENS, ServerThread, SseReader
 from plantstream.monitor.web import make_app
 from plantstream.producers import codec
 from plantstream.producers.kafka import ensure_contract_topics, make_producer, produce
 from plantstream.producers.topics import Topics
+from plantstream.testing.monitor import OWNER, PUBLIC, TOKENS, ServerThread, SseReader
 from plantstream.testing.plugin import wait_until
 
 pytestmark = pytest.mark.integration

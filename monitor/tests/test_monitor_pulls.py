@@ -16,12 +16,12 @@ import pytest
 
 from plantstream.access import Tier
 from plantstream.config import Settings
-from plantstream.datasets import testing
 from plantstream.datasets.models import PullRecord, PullRequest, Requester
 from plantstream.monitor import pulls
 from plantstream.monitor.auth import MonitorConfig, TokenSpec
-from plantstream.monitor.testdata import Served, ServerThread
 from plantstream.monitor.web import K_METRICS, K_PULLS, make_app
+from plantstream.testing import datasets as testing
+from plantstream.testing.monitor import Served, ServerThread
 from plantstream.testing.plugin import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

@@ -118,3 +118,16 @@ def test_yaml_the_parser_refuses_is_a_config_error(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=why) as err:
             load_yaml(path, EdgeConfig)
         assert str(err.value).startswith(str(path))
+
+
+def test_one_precedence_rule_cli_over_environment_over_file_over_default() -> None:
+    from plantstream.config import layered
+
+    assert layered(cli=1, env=2, file=3, default=4) == 1
+    assert layered(env=2, file=3, default=4) == 2
+    assert layered(file=3, default=4) == 3
+    assert layered(default=4) == 4
+    assert layered() is None
+    # 0 is a value (any free port), not "unset": it wins over the lower levels.
+    assert layered(cli=0, env=2, file=3) == 0
+    assert layered(env=0, file=3) == 0

@@ -6,9 +6,9 @@ import pint
 import pytest
 
 from plantstream.contract import ContextKind, validate_equipment_path
+from plantstream.domain.materials import MATERIALS, PropertyLimit, lab_limits, violations
 from plantstream.sim.catalog import CATALOGS, PLANTS, catalog
 from plantstream.sim.engine import PlantModel, draw_lab, stable_key
-from plantstream.sim.materials import MATERIALS, PropertyLimit, lab_limits, violations
 from plantstream.sim.plants import build
 
 STEP_US = 10_000_000  # 10 s of sim time per sample: hours of process in a few thousand samples

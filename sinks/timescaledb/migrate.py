@@ -13,7 +13,7 @@ Contract:
 * An applied migration whose file has changed since is refused (``MigrationError``), never
   re-applied; so is a database that has migrations this build does not know.
 * Concurrent ``migrate`` calls (several sinks starting) serialize on an advisory lock.
-* ``seed_materials`` upserts ``plantstream.sim.materials.MATERIALS``; running it again with the
+* ``seed_materials`` upserts ``plantstream.domain.materials.MATERIALS``; running it again with the
   same data writes nothing.
 """
 
@@ -30,7 +30,7 @@ from typing import Any, Literal, cast
 
 import psycopg
 
-from plantstream.sim.materials import MaterialSpec
+from plantstream.domain.materials import MaterialSpec
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 Flavor = Literal["timescale", "plain"]
@@ -182,7 +182,7 @@ def migrate(dsn: str, seed: bool = True, flavor: Flavor | None = None) -> list[M
                 except psycopg.Error as exc:
                     raise MigrationError(f"{m.path.name}: {exc}") from exc
             if seed:
-                from plantstream.sim.materials import MATERIALS
+                from plantstream.domain.materials import MATERIALS
 
                 seed_materials(conn, MATERIALS)
             return pending

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plantstream.contract import ContextEvent, ContextKind, TagMeta
+from plantstream.domain.units import Converter, UnitError, compile_converter
+from plantstream.domain.validate import BAD, RuleError, TagRule, Validator, compile_rule
 from plantstream.producers.codec import (
     Aggregate,
     CodecError,
@@ -30,8 +32,6 @@ from plantstream.streams.logic.dedup import Deduplicator
 from plantstream.streams.logic.lot_tags import LotTagSpec, LotTagTracker
 from plantstream.streams.logic.lots import LotTracker
 from plantstream.streams.logic.specs import Deviation, SpecChecker, SpecRegistry, deviation_id
-from plantstream.streams.logic.units import Converter, UnitError, compile_converter
-from plantstream.streams.logic.validate import BAD, RuleError, TagRule, Validator, compile_rule
 from plantstream.streams.logic.windows import ACCEPTED, LATE, MINUTE_US, SECOND_US, WindowEngine
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ Limits are converted into the tag's canonical unit once per (spec, property, uni
 limits (``"thickness_mm<=16"``) apply when the lot's attributes satisfy them; a lone limit
 whose condition names something the lot does not carry (a test condition such as
 ``test_temperature=-20degC``) applies as is. Specs come from a :class:`SpecRegistry`;
-:class:`MaterialsRegistry` reads ``plantstream.sim.materials.MATERIALS`` (the database can
+:class:`MaterialsRegistry` reads ``plantstream.domain.materials.MATERIALS`` (the database can
 implement the same protocol later).
 """
 
@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from plantstream.contract import ContextEvent, ContextKind
-from plantstream.sim.materials import MaterialSpec, PropertyLimit
+from plantstream.domain.materials import MaterialSpec, PropertyLimit
+from plantstream.domain.units import UnitError, convert_to
 from plantstream.streams.logic.lots import LotTracker
-from plantstream.streams.logic.units import UnitError, convert_to
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,11 @@ class SpecRegistry(Protocol):
 
 
 class MaterialsRegistry:
-    """Specs from a mapping (default: the simulators' MATERIALS, read live on every lookup)."""
+    """Specs from a mapping (default: the core catalogue ``domain.materials.MATERIALS``, read live)."""
 
     def __init__(self, specs: Mapping[str, MaterialSpec] | None = None) -> None:
         if specs is None:
-            from plantstream.sim.materials import MATERIALS
+            from plantstream.domain.materials import MATERIALS
 
             specs = MATERIALS
         self._specs = specs

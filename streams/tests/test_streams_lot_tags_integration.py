@@ -16,8 +16,8 @@ from plantstream.contract import ContextEvent, Origin, Quality, Reading, Value
 from plantstream.producers.codec import ReadingBatch, decode_context, decode_readings, encode_readings
 from plantstream.producers.kafka import make_producer, produce
 from plantstream.producers.topics import Topics
-from plantstream.streams.testing import worker_process
 from plantstream.testing.plugin import wait_until
+from plantstream.testing.streams import worker_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]  # ~20 s: one group join
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from plantstream.contract import ContextEvent, ContextKind, Origin, Quality, Reading, TagMeta
+from plantstream.domain.materials import MaterialSpec, PropertyLimit
 from plantstream.producers.codec import encode_readings, encode_tag_meta
-from plantstream.sim.materials import MaterialSpec, PropertyLimit
 from plantstream.streams.logic.processor import LATE_REASON, Processor, ProcessorConfig, SharedContext
 from plantstream.streams.logic.specs import MaterialsRegistry
 

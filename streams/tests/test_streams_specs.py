@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from plantstream.contract import ContextEvent, ContextKind
-from plantstream.sim.materials import MaterialSpec, PropertyLimit
+from plantstream.domain.materials import MaterialSpec, PropertyLimit
 from plantstream.streams.logic.lots import LotTracker
 from plantstream.streams.logic.specs import MaterialsRegistry, SpecChecker, condition_holds
 

@@ -27,8 +27,8 @@ from plantstream.producers.codec import (
 from plantstream.producers.kafka import make_producer, produce
 from plantstream.producers.topics import Topics
 from plantstream.streams.checkpoints import checkpoint_topic
-from plantstream.streams.testing import worker_process
 from plantstream.testing.plugin import wait_until
+from plantstream.testing.streams import worker_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 

@@ -16,9 +16,9 @@ from plantstream.contract import Origin, Quality, Reading, now_us
 from plantstream.producers.codec import ReadingBatch, decode_aggregates, decode_readings, encode_readings
 from plantstream.producers.kafka import make_producer, produce
 from plantstream.producers.topics import Topics
-from plantstream.streams.testing import worker_process
 from plantstream.streams.tests.test_streams_worker_integration import TopicReader
 from plantstream.testing.plugin import wait_until
+from plantstream.testing.streams import worker_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 

@@ -14,8 +14,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from plantstream.config import Settings
 from plantstream.edge.config import EdgeConfig
-from plantstream.edge.testing import AgentThread, batches, read_topic
 from plantstream.producers.topics import Topics
+from plantstream.testing.edge import AgentThread, batches, read_topic
 from plantstream.testing.plugin import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

@@ -19,9 +19,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from plantstream.config import Settings
 from plantstream.edge.config import EdgeConfig
-from plantstream.edge.testing import AgentThread, batches, read_topic
 from plantstream.producers.topics import Topics
 from plantstream.stack import port_open
+from plantstream.testing.edge import AgentThread, batches, read_topic
 from plantstream.testing.plugin import free_port, wait_until
 from plantstream.testing.tls import make_pki
 

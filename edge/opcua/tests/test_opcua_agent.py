@@ -23,9 +23,9 @@ from asyncua.ua.status_codes import StatusCodes
 from plantstream.config import Settings
 from plantstream.edge.agent import Agent
 from plantstream.edge.config import EdgeConfig, dump_dict
-from plantstream.edge.testing import batches, read_topic
 from plantstream.producers.codec import decode_tag_meta
 from plantstream.producers.topics import Topics
+from plantstream.testing.edge import batches, read_topic
 from plantstream.testing.plugin import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

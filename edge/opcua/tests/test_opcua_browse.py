@@ -18,8 +18,8 @@ from asyncua.server.server import Server
 from plantstream.config import Settings
 from plantstream.edge.agent import Agent
 from plantstream.edge.config import load_config
-from plantstream.edge.testing import batches, read_topic
 from plantstream.producers.topics import Topics
+from plantstream.testing.edge import batches, read_topic
 from plantstream.testing.plugin import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

@@ -15,7 +15,7 @@ import pytest
 from plantstream.edge.config import OpcuaSource
 from plantstream.edge.opcua.source import OpcuaSourceRunner
 from plantstream.edge.source import Inbox
-from plantstream.edge.testing import OpcuaServerThread
+from plantstream.testing.edge import OpcuaServerThread
 from plantstream.testing.plugin import free_port
 from plantstream.testing.proxy import TcpProxy
 

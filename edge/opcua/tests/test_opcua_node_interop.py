@@ -17,8 +17,8 @@ import pytest
 from plantstream.config import Settings
 from plantstream.edge.config import EdgeConfig
 from plantstream.edge.opcua.pki import create_client_certificate, trust
-from plantstream.edge.testing import AgentThread, batches, read_topic
 from plantstream.producers.topics import Topics
+from plantstream.testing.edge import AgentThread, batches, read_topic
 from plantstream.testing.plugin import free_port, wait_until
 
 PEERS = Path(__file__).resolve().parents[3] / "tests" / "peers"

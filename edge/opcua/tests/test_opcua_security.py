@@ -27,8 +27,8 @@ from plantstream.config import Settings
 from plantstream.edge.agent import Agent
 from plantstream.edge.config import EdgeConfig
 from plantstream.edge.opcua.pki import create_client_certificate, list_certs
-from plantstream.edge.testing import batches, read_topic
 from plantstream.producers.topics import Topics
+from plantstream.testing.edge import batches, read_topic
 from plantstream.testing.plugin import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

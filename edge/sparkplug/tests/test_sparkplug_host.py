@@ -21,7 +21,7 @@ from plantstream.config import Settings
 from plantstream.edge.config import EdgeConfig
 from plantstream.edge.sparkplug import sparkplug_b_pb2 as pb
 from plantstream.edge.sparkplug.decode import DOUBLE, REBIRTH_METRIC, UINT64
-from plantstream.edge.testing import AgentThread
+from plantstream.testing.edge import AgentThread
 from plantstream.testing.plugin import free_port, wait_until
 from plantstream.testing.proxy import TcpProxy
 

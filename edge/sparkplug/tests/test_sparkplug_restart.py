@@ -18,8 +18,8 @@ from plantstream.config import Settings
 from plantstream.edge.config import EdgeConfig
 from plantstream.edge.sparkplug import sparkplug_b_pb2 as pb
 from plantstream.edge.sparkplug.decode import DOUBLE, UINT64
-from plantstream.edge.testing import AgentThread, batches, read_topic
 from plantstream.producers.topics import Topics
+from plantstream.testing.edge import AgentThread, batches, read_topic
 from plantstream.testing.plugin import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

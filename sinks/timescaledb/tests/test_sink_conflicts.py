@@ -11,7 +11,7 @@ import pytest
 from plantstream.contract import Quality
 from plantstream.sinks.timescaledb.migrate import migrate
 from plantstream.sinks.timescaledb.sink import PostgresSink
-from plantstream.sinks.timescaledb.testdata import checksums, reading_records, readings
+from plantstream.testing.sinks import checksums, reading_records, readings
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from plantstream.contract import Grade, TagMeta
 from plantstream.sinks.timescaledb.grades import GradeError, grade_changes, set_tag_grade
 from plantstream.sinks.timescaledb.migrate import migrate
 from plantstream.sinks.timescaledb.sink import PostgresSink
-from plantstream.sinks.timescaledb.testdata import EQ, reading_records, readings, records
+from plantstream.testing.sinks import EQ, reading_records, readings, records
 
 pytestmark = pytest.mark.integration
 

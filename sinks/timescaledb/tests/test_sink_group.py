@@ -18,8 +18,8 @@ from plantstream.contract import Reading
 from plantstream.producers.kafka import ensure_contract_topics, make_producer, produce
 from plantstream.producers.topics import Topics
 from plantstream.sinks.timescaledb.migrate import migrate
-from plantstream.sinks.timescaledb.testdata import messages, readings
 from plantstream.testing.plugin import wait_until
+from plantstream.testing.sinks import messages, readings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 

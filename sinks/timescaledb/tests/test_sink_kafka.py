@@ -29,13 +29,13 @@ from plantstream.producers.topics import (
     DEADLETTER_STAGE_HEADER,
     Topics,
 )
+from plantstream.sinks.runner import SinkConfig, SinkRunner
 from plantstream.sinks.timescaledb.migrate import migrate
-from plantstream.sinks.timescaledb.runner import SinkConfig, SinkRunner
 from plantstream.sinks.timescaledb.sink import PostgresSink
-from plantstream.sinks.timescaledb.testdata import checksums, messages, readings
 from plantstream.stack import Stack
 from plantstream.testing.plugin import free_port, wait_until
 from plantstream.testing.proxy import TcpProxy
+from plantstream.testing.sinks import checksums, messages, readings
 
 pytestmark = pytest.mark.integration
 

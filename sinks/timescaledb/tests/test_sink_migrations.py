@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from plantstream.config import Settings
-from plantstream.sim.materials import MaterialSpec, PropertyLimit
+from plantstream.domain.materials import MaterialSpec, PropertyLimit
 from plantstream.sinks.cli import db
 from plantstream.sinks.timescaledb import migrate as M
-from plantstream.sinks.timescaledb.testdata import checksums
+from plantstream.testing.sinks import checksums
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import pytest
 
 from plantstream.contract import now_us
 from plantstream.sinks.timescaledb.sink import PostgresSink
-from plantstream.sinks.timescaledb.testdata import reading_records, readings, timescale_db
+from plantstream.testing.sinks import reading_records, readings, timescale_db
 
 pytestmark = [pytest.mark.integration, pytest.mark.timescaledb]
 

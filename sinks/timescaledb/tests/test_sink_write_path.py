@@ -12,10 +12,10 @@ import pytest
 from plantstream.contract import ContextEvent, ContextKind, Grade, Origin, Quality, Reading, TagMeta, Value, now_us
 from plantstream.producers import codec
 from plantstream.producers.codec import Aggregate
-from plantstream.sinks.base import DeadLetter, RecordOrigin
+from plantstream.sinks.base import DeadLetter, RecordOrigin, decode
 from plantstream.sinks.timescaledb.migrate import migrate
-from plantstream.sinks.timescaledb.sink import PostgresSink, decode
-from plantstream.sinks.timescaledb.testdata import EQ, checksums, reading_records, readings, records
+from plantstream.sinks.timescaledb.sink import PostgresSink
+from plantstream.testing.sinks import EQ, checksums, reading_records, readings, records
 
 pytestmark = pytest.mark.integration
 
@@ -250,7 +250,7 @@ def test_out_of_window_rows_land_in_default_partition(fresh_db: str) -> None:
 
 def test_tag_registry_keeps_the_canonical_unit_and_range(sink: PostgresSink, fresh_db: str) -> None:
     """Readings arrive normalized by streams; the registry must label them with that unit."""
-    from plantstream.sinks.timescaledb.sink import canonical_meta
+    from plantstream.sinks.timescaledb.ids import canonical_meta
 
     legacy = TagMeta("chemical", "condenser.cw_outlet_temperature", "acme/antwerp/pta/train1/condenser", "degF",
                      lo=32.0, hi=212.0, roc_limit=9.0)  # fmt: skip

@@ -11,7 +11,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from plantstream.datasets import bench
+from plantstream.bench import pull as bench
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -41,7 +41,7 @@ def test_copy_loader_writes_the_described_readings(fresh_db: str) -> None:
 def test_bench_reports_cells_and_peak_memory(fresh_db: str, settings_env: dict[str, str]) -> None:
     bench.load(fresh_db, 4, 3_000, jobs=1)
     proc = subprocess.run(
-        [sys.executable, "-m", "plantstream.datasets.bench", "--tags", "4", "--seconds", "3000", "--dsn", fresh_db],
+        [sys.executable, "-m", "plantstream.bench.pull", "--tags", "4", "--seconds", "3000", "--dsn", fresh_db],
         env=settings_env,
         capture_output=True,
         text=True,

@@ -1,6 +1,6 @@
 """A/B of the OPC-UA decode paths on the bench's OPC-UA edge stage (readings per agent core-second).
 
-``python -m plantstream.edge.opcua.perf [--rounds 3] [--seconds 8] [--profile-s 0]`` runs
+``python -m plantstream.bench.opcua [--rounds 3] [--seconds 8] [--profile-s 0]`` runs
 ``bench.stages.edge_opcua`` (2 asyncua load servers x 200 tags, 100 ms publishing, agent ->
 Kafka raw topic) alternately with ``fast_decode`` off and on, and prints each run and the medians.
 The machine is shared: alternating runs see the same drift, so the ratio of medians is what counts.

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TypeGuard
 
 from plantstream.contract import Quality, TagMeta, Value
-from plantstream.streams.logic.units import Converter, UnitError, compile_converter
+from plantstream.domain.units import Converter, UnitError, compile_converter
 
 GOOD, UNCERTAIN, BAD = int(Quality.GOOD), int(Quality.UNCERTAIN), int(Quality.BAD)
 DATATYPES = ("float", "int", "bool", "str")

@@ -1,7 +1,7 @@
 """Benchmark: cells per second from the database to Parquet, and the pull's peak memory.
 
-    python -m plantstream.datasets.bench --rows 50000000            # 50 tags x 1M s: 50M readings
-    python -m plantstream.datasets.bench --tags 50 --seconds 60000  # 3M readings -> 3M cells
+    python -m plantstream.bench.pull --rows 50000000            # 50 tags x 1M s: 50M readings
+    python -m plantstream.bench.pull --tags 50 --seconds 60000  # 3M readings -> 3M cells
 
 Creates a scratch database on the server of PLANTSTREAM_DB_DSN (dropped afterwards unless
 --keep) and loads it with binary COPY in chunks of ~1M readings built with numpy (no Python per
@@ -82,7 +82,7 @@ def copy_rows(
 
 def load(dsn: str, tags: int, seconds: int, lot_s: int = 600, jobs: int = 2) -> dict[str, float]:
     """Migrate ``dsn`` and load ``tags`` x ``seconds`` readings; returns timings (s)."""
-    from plantstream.sinks.timescaledb.bench_timescale import pause_policies
+    from plantstream.bench.timescale import pause_policies
     from plantstream.sinks.timescaledb.migrate import migrate
 
     migrate(dsn)
@@ -250,7 +250,7 @@ def pull_in_child(dsn: str, seconds: int, labels: bool = False) -> tuple[dict[st
     with TemporaryDirectory() as tmp:
         t = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, "-m", "plantstream.datasets.bench", "--child", "--dsn", dsn, "--seconds", str(seconds),
+            [sys.executable, "-m", "plantstream.bench.pull", "--child", "--dsn", dsn, "--seconds", str(seconds),
              "--out", str(Path(tmp) / "ds"), *(["--labels"] if labels else [])],
             capture_output=True,
             text=True,
@@ -320,7 +320,7 @@ def measure(
 
 
 # Sizes for `plantstream bench`: the full run pulls 10M readings (a 50M-row run takes minutes to load;
-# `python -m plantstream.datasets.bench --rows 50000000` measures it by hand).
+# `python -m plantstream.bench.pull --rows 50000000` measures it by hand).
 QUICK_SIZE = (10, 3_000)
 FULL_SIZE = (50, 200_000)
 
@@ -335,7 +335,7 @@ def compressed(dsn: str, uncompressed: dict[str, Any], quick: bool = False) -> d
     """The same pull again after ``run`` on ``dsn`` (TimescaleDB), with the chunks compressed as
     the compression policy does: cells/s on compressed chunks against ``uncompressed`` (run's
     result on the same data, same request), and whether the output is the same."""
-    from plantstream.sinks.timescaledb.bench_timescale import compress_as_policy, require_timescale
+    from plantstream.bench.timescale import compress_as_policy, require_timescale
 
     _, seconds = QUICK_SIZE if quick else FULL_SIZE
     with psycopg.connect(dsn, autocommit=True) as conn:

@@ -1,5 +1,6 @@
-"""Material specifications the simulated lots reference (real standards; figures from public
-specs). The simulators draw lab results against these; the database seeds them (sinks)."""
+"""Material specifications (real standards; figures from public specs): the catalogue the
+database's spec registry is seeded with (sinks), the streams' default registry, and what the
+simulated plants draw their lab results against. Core domain: never imports a stage."""
 
 from __future__ import annotations
 

@@ -8,10 +8,10 @@ import psycopg
 import pytest
 
 from plantstream.contract import ContextEvent, ContextKind, Origin, Quality, Reading
-from plantstream.sinks.timescaledb import queries as Q
+from plantstream.monitor import queries as Q
 from plantstream.sinks.timescaledb.migrate import migrate
 from plantstream.sinks.timescaledb.sink import PostgresSink
-from plantstream.sinks.timescaledb.testdata import reading_records, records
+from plantstream.testing.sinks import reading_records, records
 
 pytestmark = pytest.mark.integration
 

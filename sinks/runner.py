@@ -1,4 +1,6 @@
-"""Kafka -> PostgreSQL runner: consume, decode, flush through ``PostgresSink``, then commit offsets.
+"""The generic sink runner: consume from Kafka, decode, flush through any ``Sink`` (``sinks/base.py``:
+the protocol and its failure contract), then commit offsets. ``plantstream sink run`` runs it over
+``timescaledb.PostgresSink``; another storage implements the protocol and reuses all of this.
 
 Delivery guarantee (at-least-once delivery + idempotent writes = effectively exactly-once rows):
 offsets are committed synchronously, per partition, only after the database transaction holding
@@ -30,8 +32,7 @@ from plantstream.config import Settings
 from plantstream.log import Throttle
 from plantstream.producers.kafka import consume_ready, make_consumer, make_producer, produce
 from plantstream.producers.topics import Topics
-from plantstream.sinks.base import DeadLetter, Record, RecordOrigin, SinkUnavailable
-from plantstream.sinks.timescaledb.sink import PostgresSink, decode, iter_dead_letters
+from plantstream.sinks.base import DeadLetter, Record, RecordOrigin, Sink, SinkUnavailable, decode, iter_dead_letters
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class Progress:
 
 
 class SinkRunner:
-    def __init__(self, settings: Settings, config: SinkConfig | None = None, sink: PostgresSink | None = None) -> None:
+    def __init__(self, settings: Settings, config: SinkConfig | None = None, sink: Sink | None = None) -> None:
         self.settings = settings
         self.config = config or SinkConfig()
         self.topics = Topics(settings.topic_prefix, settings.partitions)
@@ -128,7 +129,7 @@ class SinkRunner:
             raise ValueError(f"unknown topics {unknown}; choose from {sorted(TOPIC_KINDS)}")
         self.kinds = {getattr(self.topics, t): TOPIC_KINDS[t] for t in self.config.topics}
         self.group_id = self.config.group or f"{settings.topic_prefix}-sink"
-        self.sink = sink or PostgresSink(settings.dsn)
+        self.sink: Sink = sink if sink is not None else _default_sink(settings)
         self.progress = Progress()
         self._stop = threading.Event()
         self._pending: list[Record | DeadLetter] = []
@@ -493,3 +494,10 @@ class SinkRunner:
     @staticmethod
     def _kafka_error(err: KafkaError) -> None:
         log.debug("kafka: %s", err.str())
+
+
+def _default_sink(settings: Settings) -> Sink:
+    # The product's storage when the caller names none; the runner itself knows only the protocol.
+    from plantstream.sinks.timescaledb.sink import PostgresSink
+
+    return PostgresSink(settings.dsn)

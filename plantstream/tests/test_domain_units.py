@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from plantstream.streams.logic.units import UnitError, canonical_table, compile_converter, convert_to
+from plantstream.domain.units import UnitError, canonical_table, compile_converter, convert_to
 
 
 @pytest.mark.parametrize(

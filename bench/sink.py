@@ -1,4 +1,4 @@
-"""Sink throughput against the floor PostgreSQL allows: ``python -m plantstream.sinks.timescaledb.bench``.
+"""Sink throughput against the floor PostgreSQL allows: ``python -m plantstream.bench.sink``.
 
 Two timings over the same readings in the same database and run:
 
@@ -25,10 +25,10 @@ import psycopg
 
 from plantstream.contract import now_us
 from plantstream.producers import codec
-from plantstream.sinks.base import RecordOrigin
+from plantstream.sinks.base import RecordOrigin, decode
 from plantstream.sinks.timescaledb.migrate import migrate
-from plantstream.sinks.timescaledb.sink import READINGS_COLUMN_TYPES, PostgresSink, decode
-from plantstream.sinks.timescaledb.testdata import messages, readings
+from plantstream.sinks.timescaledb.sink import READINGS_COLUMN_TYPES, PostgresSink
+from plantstream.testing.sinks import messages, readings
 
 
 @dataclass(frozen=True, slots=True)

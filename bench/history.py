@@ -8,8 +8,8 @@ the same 50 tags one query at a time with the former per-tag downsampling SQL
 (``queries.history_sql``, 50 round trips), and a split of the one-call latency into server
 execution, transfer and decoding, and the decoding alternatives. Prints JSON.
 
-    python -m plantstream.sinks.timescaledb.bench_history --rows 50000000
-    python -m plantstream.sinks.timescaledb.bench_history --dsn postgresql://...  # loaded already
+    python -m plantstream.bench.history --rows 50000000
+    python -m plantstream.bench.history --dsn postgresql://...  # loaded already
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import psycopg
 from psycopg import pq
 from psycopg.adapt import Buffer, Loader
 
+from plantstream.bench.pull import load
 from plantstream.config import Settings
-from plantstream.datasets.bench import load
-from plantstream.sinks.timescaledb import queries as Q
+from plantstream.monitor import queries as Q
 
 TAGS = 50
 WIDTH = timedelta(seconds=1)

@@ -15,7 +15,7 @@ The bench's data lies at a fixed date years back (runs compare); the background 
 scratch database (retention 90 days, compression after 3 days) would drop or compress it while
 it is measured, so :func:`pause_policies` unschedules them and the bench runs them itself.
 
-    python -m plantstream.sinks.timescaledb.bench_timescale --what compression
+    python -m plantstream.bench.timescale --what compression
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
-from plantstream.datasets.bench import _COPY_HEADER, _COPY_TRAILER, PG_EPOCH_US, T0
-from plantstream.sinks.timescaledb import queries as Q
+from plantstream.bench.pull import _COPY_HEADER, _COPY_TRAILER, PG_EPOCH_US, T0
+from plantstream.monitor import queries as Q
 from plantstream.sinks.timescaledb.migrate import available_flavor, migrate
 
 POLICY_PROCS = ("policy_compression", "policy_retention", "policy_refresh_continuous_aggregate")

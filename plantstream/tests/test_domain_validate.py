@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from plantstream.contract import TagMeta
-from plantstream.streams.logic.units import compile_converter
-from plantstream.streams.logic.validate import BAD, GOOD, UNCERTAIN, RuleError, Validator, compile_rule
+from plantstream.domain.units import compile_converter
+from plantstream.domain.validate import BAD, GOOD, UNCERTAIN, RuleError, Validator, compile_rule
 
 
 def meta(**kw: object) -> TagMeta:

@@ -15,11 +15,11 @@ import psycopg
 import pytest
 
 from plantstream.contract import Origin, Quality, Reading
-from plantstream.sinks.timescaledb import queries as Q
+from plantstream.monitor import queries as Q
 from plantstream.sinks.timescaledb.migrate import migrate
 from plantstream.sinks.timescaledb.sink import PostgresSink
-from plantstream.sinks.timescaledb.testdata import reading_records, timescale_db
 from plantstream.stack import Stack
+from plantstream.testing.sinks import reading_records, timescale_db
 
 SEC = 1_000_000
 HOUR = 3600 * SEC
