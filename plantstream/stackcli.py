@@ -81,3 +81,75 @@ def topics_create() -> None:
     ensure_contract_topics(s.kafka_bootstrap, t, security=s.kafka)
     for name in t.all():
         click.echo(name)
+
+
+@topics.command("tail")
+@click.argument("topic")
+@click.option("--from-beginning", is_flag=True, help="start at the oldest record kept (default: only new records)")
+@click.option("--max", "max_records", type=click.IntRange(min=1), default=None, help="stop after this many records")
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0.1, max=86_400),
+    default=None,
+    help="stop when no record came for this many seconds (default: follow until Ctrl-C)",
+)
+@click.option("--json", "as_json", is_flag=True, help="JSON lines: one object per reading/aggregate/event")
+def topics_tail(
+    topic: str, from_beginning: bool, max_records: int | None, idle_timeout: float | None, as_json: bool
+) -> None:
+    """Print a topic's records: TOPIC is a contract name (raw, clean, context, tags, aggregates,
+    deviations, deadletter) or a full topic name. Every partition is read (no consumer group)."""
+    import time
+
+    import orjson
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
+
+    from plantstream.producers.jsonview import record_objects
+    from plantstream.producers.kafka import make_consumer
+    from plantstream.producers.topics import Topics
+
+    s = Settings.from_env()
+    t = Topics(s.topic_prefix, s.partitions)
+    names = {"raw": t.raw, "clean": t.clean, "context": t.context, "tags": t.tags, "aggregates": t.aggregates}
+    names |= {"deviations": t.deviations, "deadletter": t.deadletter}
+    name = names.get(topic, topic)
+    consumer = make_consumer(
+        s.kafka_bootstrap,
+        {"group.id": "plantstream-tail", "enable.auto.commit": False, "enable.partition.eof": False},
+        security=s.kafka,
+    )
+    try:
+        meta = consumer.list_topics(name, timeout=10).topics.get(name)
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise click.BadParameter(f"no topic {name!r} on {s.kafka_bootstrap}", param_hint="TOPIC")
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        consumer.assign([TopicPartition(name, p, start) for p in sorted(meta.partitions)])
+        seen, last = 0, time.monotonic()
+        while max_records is None or seen < max_records:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error() is not None:
+                if idle_timeout is not None and time.monotonic() - last > idle_timeout:
+                    break
+                continue
+            last = time.monotonic()
+            seen += 1
+            objs = record_objects(
+                msg.value(),
+                topic=name,
+                partition=msg.partition() or 0,
+                offset=msg.offset() or 0,
+                key=msg.key(),
+                headers=msg.headers(),
+            )
+            for o in objs:
+                if as_json:
+                    click.echo(orjson.dumps(o).decode())
+                else:
+                    what = o.get("tag") or o.get("lot") or o.get("error") or ""
+                    click.echo(
+                        f"{o['partition']}/{o['offset']} {o['key'] or '-'} {o['type']} {what} {o.get('value', '')}"
+                    )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
