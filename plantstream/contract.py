@@ -43,12 +43,26 @@ class Quality(enum.IntEnum):
 
 
 class Origin(enum.IntEnum):
+    """How the edge got a reading: one byte on the wire (docs/wire-format.md).
+
+    Open-ended, so a new connector never breaks an older consumer: an id 1..255 this build does
+    not know decodes to a pseudo-member labelled ``origin_<id>`` and travels through streams and
+    sinks like any other (0 and ids beyond a byte are refused). MODBUS came after contract version
+    1 shipped: builds from before this rule dead-letter its batches ('bad dictionary or origin')."""
+
     OPCUA = 1
     MQTT = 2
     SPARKPLUG = 3
-    # Added after contract version 1 shipped: a consumer built before it cannot decode a batch
-    # of this origin (its codec dead-letters it as 'bad dictionary or origin').
     MODBUS = 4
+
+    @classmethod
+    def _missing_(cls, value: object) -> Origin | None:
+        if type(value) is not int or not 1 <= value <= 255:
+            return None
+        member = int.__new__(cls, value)
+        member._name_ = f"ORIGIN_{value}"
+        member._value_ = value
+        return cls._value2member_map_.setdefault(value, member)  # type: ignore[return-value]
 
     @property
     def label(self) -> str:

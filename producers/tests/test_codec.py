@@ -151,3 +151,16 @@ def test_context_fields_of_the_wrong_type_are_a_codec_error() -> None:
     for change in changes:
         with pytest.raises(CodecError, match="bad context event"):
             decode_context(codec._pack(codec.Kind.CONTEXT, {**good, **change}))
+
+
+def test_an_unknown_origin_id_decodes_and_a_bad_one_is_refused() -> None:
+    r = Reading("p", "a", "t", 1, 1.0, "", Quality.GOOD, Origin.MQTT, "s", 1)
+    body = msgpack.unpackb(codec.encode_readings([r])[4:])
+    for origin, ok in ((4, True), (200, True), (255, True), (0, False), (256, False), ("mqtt", False)):
+        body[2] = origin
+        data = codec.encode_readings([r])[:4] + msgpack.packb(body)
+        if ok:
+            assert int(codec.decode_readings(data).origin) == origin
+        else:
+            with pytest.raises(codec.CodecError, match="origin"):
+                codec.decode_readings(data)

@@ -121,3 +121,18 @@ def test_streams_processor_lab_result_only_when_asked() -> None:
     ev = ContextEvent(ContextKind.LAB_RESULT, "steel", CASTER, T0, "H1", results={"C": (0.3, "percent")})
     assert p.process_context(ev, emit_lab=False).deviations == []
     assert len(p.process_context(ev, emit_lab=True).deviations) == 1
+
+
+def test_streams_processor_passes_an_origin_it_does_not_know() -> None:
+    """A connector newer than this worker (origin id 200 on the wire) is processed, not dead-lettered."""
+    import dataclasses
+
+    from plantstream.producers.codec import decode_readings
+
+    p = make()
+    batch = [dataclasses.replace(reading("temp", T0 + i * 1000, 212.0, i + 1), origin=Origin(200)) for i in range(5)]
+    out = p.process_raw(encode_readings(batch), "raw/0/0", 0, 0)
+    assert out.readings_in == 5 and not out.deadletters
+    again = decode_readings(encode_readings(out.clean[0]))
+    assert int(again.origin) == 200 and again.origin.label == "origin_200"
+    assert again.value[0] == pytest.approx(100.0)
