@@ -26,6 +26,7 @@ MOUNTS: list[tuple[str, str, str]] = [
     ("dataset", "plantstream.datasets.cli", "dataset"),
     ("monitor", "plantstream.monitor.cli", "monitor"),
     ("bench", "plantstream.bench.cli", "bench"),
+    ("audit", "plantstream.auditcli", "audit_group"),
     ("config-docs", "plantstream.configdocs", "config_docs"),
 ]
 

@@ -21,6 +21,9 @@ from plantstream.sinks.timescaledb.sink import PostgresSink
 from plantstream.stack import Stack
 from plantstream.testing.sinks import reading_records, timescale_db
 
+# Builds its own databases from the stack (not fresh_db): CI's PostgreSQL-only pass must keep it.
+pytestmark = pytest.mark.db
+
 SEC = 1_000_000
 HOUR = 3600 * SEC
 EQ = "acme/works/melt/lf/lf1"

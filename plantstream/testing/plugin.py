@@ -141,3 +141,31 @@ def pytest_configure(config: Any) -> None:
     config.addinivalue_line("markers", "e2e: whole pipeline through real services")
     config.addinivalue_line("markers", "timescaledb: needs the TimescaleDB extension installed")
     config.addinivalue_line("markers", "slow: takes more than ~30 s")
+    config.addinivalue_line("markers", "db: reads or writes PostgreSQL without the fresh_db fixture")
+
+
+DB_ONLY_ENV = "PLANTSTREAM_TEST_DB_ONLY"
+
+
+def _uses_db(item: pytest.Item) -> bool:
+    # fixturenames is the transitive closure, so a test reaching fresh_db through settings counts.
+    return "fresh_db" in getattr(item, "fixturenames", ()) or item.get_closest_marker("db") is not None
+
+
+def pytest_collection_modifyitems(config: Any, items: list[pytest.Item]) -> None:
+    """``PLANTSTREAM_TEST_DB_ONLY=1`` (CI's second pass, on the other storage engine): run only the
+    tests that touch PostgreSQL. Everything else does not depend on the engine and ran in the first
+    pass; the count deselected is printed so the pass says what it left out."""
+    if os.environ.get(DB_ONLY_ENV, "") in ("", "0"):
+        return
+    keep = [i for i in items if _uses_db(i)]
+    dropped = [i for i in items if not _uses_db(i)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(
+            f"{DB_ONLY_ENV}=1: {len(keep)} tests that touch PostgreSQL run; "
+            f"{len(dropped)} engine-independent tests deselected (they run in the other pass)"
+        )

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from plantstream.sinks.timescaledb.copybin import ReadingColumns, encode, encode_parts
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.db]
 
 _PG_EPOCH_US = 946_684_800_000_000
 _COLS = "tag_id, time, v_float, v_int, v_bool, v_text, quality, status_code, lot_id, server_time, seq"
