@@ -6,7 +6,7 @@ namespace (`plantstream.edge`, `plantstream.sinks`, ...) and never claims generi
 
 from setuptools import find_packages, setup
 
-STAGES = ("sim", "edge", "producers", "streams", "sinks", "datasets", "monitor", "bench")
+STAGES = ("sim", "edge", "producers", "streams", "sinks", "datasets", "monitor", "federation", "bench")
 
 package_dir = {"plantstream": "plantstream"}
 packages = ["plantstream"] + [f"plantstream.{p}" for p in find_packages("plantstream", exclude=["*tests*"])]

@@ -23,21 +23,21 @@ from typing import Any
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from plantstream.bench import workers
+from plantstream.bench import copyload, workers
 from plantstream.bench.infra import reading_batches
 from plantstream.bench.procs import Worker, python_module, spawn
 from plantstream.pipeline import wait_for
 from plantstream.producers.kafka import ensure_topics, librdkafka_conf, make_producer
-from plantstream.sinks.timescaledb.sink import READINGS_COLUMN_TYPES
 
-READINGS_TYPES = list(READINGS_COLUMN_TYPES.values())
-READINGS_COLUMNS = ", ".join(READINGS_COLUMN_TYPES)
+READINGS_TYPES = list(copyload.TYPES.values())
+READINGS_COLUMNS = ", ".join(copyload.COLUMNS)
 
 
 def _rows(n: int, tags: int = 200) -> list[tuple[Any, ...]]:
     t0 = datetime.now(UTC) - timedelta(microseconds=n * 100)
     step = timedelta(microseconds=100)
-    return [(t0 + i * step, 1_000_000 + i % tags, 1500.0 + i * 0.5, None, None, None, 0, None, None, None, i)
+    row = copyload.row
+    return [row(time=t0 + i * step, tag_id=1_000_000 + i % tags, v_float=1500.0 + i * 0.5, quality=0, seq=i)
             for i in range(n)]  # fmt: skip
 
 

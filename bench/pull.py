@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -30,54 +30,29 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
+from plantstream.bench import copyload
+from plantstream.bench.copyload import T0, T0_US
 from plantstream.config import Settings
 
-T0 = datetime(2025, 6, 1, tzinfo=UTC)
-PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z, the origin of binary timestamps
 CHUNK_READINGS = 1_000_000
 
-# One binary COPY row of (time, tag_id, v_float, quality, lot_id, seq): field count, then each
-# field as (length, value), big-endian, packed. 60 bytes a row.
-_ROW = np.dtype(
-    [
-        ("n", ">i2"),
-        ("l_time", ">i4"),
-        ("time", ">i8"),
-        ("l_tag", ">i4"),
-        ("tag", ">i4"),
-        ("l_v", ">i4"),
-        ("v", ">f8"),
-        ("l_q", ">i4"),
-        ("q", ">i2"),
-        ("l_lot", ">i4"),
-        ("lot", ">i4"),
-        ("l_seq", ">i4"),
-        ("seq", ">i8"),
-    ]
-)
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
-_COPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
-_COPY_SQL = "COPY readings (time, tag_id, v_float, quality, lot_id, seq) FROM STDIN (FORMAT BINARY)"
 
-
-def copy_rows(
+def columns(
     s_lo: int, s_hi: int, tag_ids: npt.NDArray[np.int32], lot_ids: npt.NDArray[np.int32], lot_s: int
-) -> bytes:
-    """Binary COPY data of every tag at each second in [s_lo, s_hi), time-major like live data.
-    Value of tag t at second s: 100 + (s % 97) * 0.5 + t (deterministic, so runs compare)."""
+) -> dict[str, npt.NDArray[Any] | int]:
+    """Every tag at each second in [s_lo, s_hi) after T0, time-major like live data, as the
+    loader's columns. Value of tag t at second s: 100 + (s % 97) * 0.5 + t (deterministic, so
+    runs compare)."""
     s = np.repeat(np.arange(s_lo, s_hi, dtype=np.int64), tag_ids.size)
     tag = np.tile(tag_ids, s_hi - s_lo)
-    rows = np.empty(s.size, dtype=_ROW)
-    rows["n"] = 6
-    rows["l_time"], rows["l_tag"], rows["l_v"], rows["l_q"], rows["l_lot"], rows["l_seq"] = 8, 4, 8, 2, 4, 8
-    t0_us = int(T0.timestamp()) * 1_000_000 - PG_EPOCH_US
-    rows["time"] = t0_us + s * 1_000_000
-    rows["tag"] = tag
-    rows["v"] = 100.0 + (s % 97) * 0.5 + tag
-    rows["q"] = 0
-    rows["lot"] = lot_ids[s // lot_s]
-    rows["seq"] = s
-    return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
+    return {
+        "time": T0_US + s * 1_000_000,
+        "tag_id": tag,
+        "v_float": 100.0 + (s % 97) * 0.5 + tag,
+        "quality": 0,
+        "lot_id": lot_ids[s // lot_s],
+        "seq": s,
+    }
 
 
 def load(dsn: str, tags: int, seconds: int, lot_s: int = 600, jobs: int = 2) -> dict[str, float]:
@@ -121,9 +96,7 @@ def load(dsn: str, tags: int, seconds: int, lot_s: int = 600, jobs: int = 2) -> 
             # chunk keeps WAL and lock memory flat. synchronous_commit off: a scratch database.
             with psycopg.connect(dsn, autocommit=True, options="-c synchronous_commit=off") as conn:
                 for s in range(lo, hi, step):
-                    data = copy_rows(s, min(hi, s + step), tag_ids, lot_ids, lot_s)
-                    with conn.cursor().copy(_COPY_SQL) as copy:
-                        copy.write(data)
+                    copyload.write(conn, columns(s, min(hi, s + step), tag_ids, lot_ids, lot_s))
         except BaseException as exc:
             errors.append(exc)
 

@@ -23,11 +23,12 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
+from plantstream.bench import copyload
 from plantstream.contract import now_us
 from plantstream.producers import codec
 from plantstream.sinks.base import RecordOrigin, decode
 from plantstream.sinks.timescaledb.migrate import migrate
-from plantstream.sinks.timescaledb.sink import READINGS_COLUMN_TYPES, PostgresSink
+from plantstream.sinks.timescaledb.sink import PostgresSink
 from plantstream.testing.sinks import messages, readings
 
 
@@ -93,18 +94,13 @@ def measure(
         b = codec.decode_readings(m)
         for i in range(len(b)):
             tuples.append(
-                (
-                    epoch + timedelta(microseconds=b.ts_us[i]),
-                    i % tags,
-                    b.value[i],
-                    None,
-                    None,
-                    None,
-                    b.quality[i],
-                    b.status_code[i],
-                    None,
-                    None,
-                    b.seq[i],
+                copyload.row(
+                    time=epoch + timedelta(microseconds=b.ts_us[i]),
+                    tag_id=i % tags,
+                    v_float=b.value[i],
+                    quality=b.quality[i],
+                    status_code=b.status_code[i],
+                    seq=b.seq[i],
                 )
             )
     with psycopg.connect(dsn) as conn:
@@ -117,8 +113,8 @@ def measure(
         t0 = time.perf_counter()
         with conn.cursor() as cur:
             for start in range(0, len(tuples), rows_per_flush):
-                with cur.copy("COPY bench_copy FROM STDIN (FORMAT BINARY)") as cp:
-                    cp.set_types(list(READINGS_COLUMN_TYPES.values()))
+                with cur.copy(f"COPY bench_copy ({', '.join(copyload.COLUMNS)}) FROM STDIN (FORMAT BINARY)") as cp:
+                    cp.set_types(list(copyload.TYPES.values()))
                     for row in tuples[start : start + rows_per_flush]:
                         cp.write_row(row)
                 conn.commit()

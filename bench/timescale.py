@@ -33,7 +33,8 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
-from plantstream.bench.pull import _COPY_HEADER, _COPY_TRAILER, PG_EPOCH_US, T0
+from plantstream.bench import copyload
+from plantstream.bench.copyload import T0, T0_US
 from plantstream.monitor import queries as Q
 from plantstream.sinks.timescaledb.migrate import available_flavor, migrate
 
@@ -126,29 +127,7 @@ def compress_as_policy(conn: psycopg.Connection[Any], table: str = "readings") -
     return {"job_id": job, "compress_after": after, "chunks": chunks, "chunk_seconds": seconds}
 
 
-# --- demo-like readings as binary COPY (the datasets bench's format, with int and bool columns) ---
-
-
-def _copy_block(
-    s: npt.NDArray[np.int64], tag: npt.NDArray[np.int32], v: npt.NDArray[Any], vtype: str, lot: npt.NDArray[np.int32]
-) -> bytes:
-    """Binary COPY data for (time, tag_id, <value column>, quality, lot_id, seq); ``vtype`` is
-    the value's big-endian numpy type (>f8 float, >i8 int, >i1 bool)."""
-    vt = np.dtype(vtype)
-    row = np.dtype(
-        [("n", ">i2"), ("l_time", ">i4"), ("time", ">i8"), ("l_tag", ">i4"), ("tag", ">i4"), ("l_v", ">i4"),
-         ("v", vt), ("l_q", ">i4"), ("q", ">i2"), ("l_lot", ">i4"), ("lot", ">i4"), ("l_seq", ">i4"), ("seq", ">i8")]
-    )  # fmt: skip
-    rows = np.empty(s.size, dtype=row)
-    rows["n"] = 6
-    rows["l_time"], rows["l_tag"], rows["l_v"], rows["l_q"], rows["l_lot"], rows["l_seq"] = 8, 4, vt.itemsize, 2, 4, 8
-    rows["time"] = int(T0.timestamp()) * 1_000_000 - PG_EPOCH_US + s * 1_000_000
-    rows["tag"] = tag
-    rows["v"] = v
-    rows["q"] = 0
-    rows["lot"] = lot
-    rows["seq"] = s
-    return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
+# --- demo-like readings (loaded by bench.copyload, as the datasets bench's, with int and bool columns) ---
 
 
 def demo_values(kind: str, tag_index: npt.NDArray[np.int64], s: npt.NDArray[np.int64], seed: int = 7) -> Any:
@@ -190,7 +169,7 @@ def load_demo_day(
         conn.execute("SELECT ps_ensure_partitions('readings', %s, %s)", (T0, T0 + timedelta(seconds=seconds + 1)))
         tag_ids = np.array([r[0] for r in conn.execute("SELECT id FROM tags ORDER BY tag")], np.int32)
         lot_ids = np.array([r[0] for r in conn.execute("SELECT id FROM lots ORDER BY lot")], np.int32)
-    col = {"float": ("v_float", ">f8"), "int": ("v_int", ">i8"), "bool": ("v_bool", ">i1")}
+    col = {"float": "v_float", "int": "v_int", "bool": "v_bool"}
     step = max(1, 1_000_000 // len(kinds))
     t = time.perf_counter()
     with psycopg.connect(dsn, autocommit=True, options="-c synchronous_commit=off") as conn:
@@ -202,13 +181,17 @@ def load_demo_day(
                     continue
                 s = np.repeat(np.arange(lo, hi, dtype=np.int64), idx.size)
                 ti = np.tile(idx, hi - lo)
-                v = demo_values(kind, ti, s)
-                name, vtype = col[kind]
-                data = _copy_block(s, tag_ids[ti], v, vtype, lot_ids[s // lot_s])
-                with conn.cursor().copy(
-                    f"COPY readings (time, tag_id, {name}, quality, lot_id, seq) FROM STDIN (FORMAT BINARY)"
-                ) as cp:
-                    cp.write(data)
+                copyload.write(
+                    conn,
+                    {
+                        "time": T0_US + s * 1_000_000,
+                        "tag_id": tag_ids[ti],
+                        col[kind]: demo_values(kind, ti, s),
+                        "quality": 0,
+                        "lot_id": lot_ids[s // lot_s],
+                        "seq": s,
+                    },
+                )
     load_s = time.perf_counter() - t
     return {"floats": floats, "ints": ints, "bools": bools, "seconds": seconds,
             "readings": len(kinds) * seconds, "load_s": round(load_s, 1)}  # fmt: skip

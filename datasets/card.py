@@ -14,7 +14,7 @@ from plantstream.contract import Grade
 from plantstream.datasets.logic.durations import format_duration_us
 from plantstream.datasets.logic.units import ucum
 from plantstream.datasets.models import PullRequest
-from plantstream.datasets.output import FORMAT_SEMVER
+from plantstream.datasets.output import FORMAT_SEMVER, PROPERTY_KEY, vocabulary_ref
 from plantstream.datasets.provenance import missing_summary
 
 if TYPE_CHECKING:
@@ -146,13 +146,21 @@ def render_card(
             "belongs to its equipment's nearest line.\n"
         )
     )
-    w("| tag | equipment | unit | type | grade | gap rule | max gap |")
-    w("|---|---|---|---|---|---|---|")
+    w("| tag | equipment | unit | type | grade | standard property | gap rule | max gap |")
+    w("|---|---|---|---|---|---|---|---|")
     for t in plan.tags:
         g = req.gap_for(t.tag)
         gap = format_duration_us(req.max_gap_us(g)) if g.rule != "none" else "-"
-        w(f"| `{t.tag}` | `{t.equipment}` | {t.unit or '-'} | {t.datatype} | {t.grade} | {g.rule} | {gap} |")
+        prop = f"`{t.std_property}`" if t.std_property else "-"
+        w(f"| `{t.tag}` | `{t.equipment}` | {t.unit or '-'} | {t.datatype} | {t.grade} | {prop} | {g.rule} | {gap} |")
     w("")
+    if any(t.std_property for t in plan.tags):
+        ref = vocabulary_ref()
+        w(
+            f"Standard properties are ids of the shared vocabulary {ref['name']} {ref['version']} (`{ref['iri']}`): "
+            "columns of one property line up across plants, in the property's canonical unit "
+            f"(Parquet field metadata `{PROPERTY_KEY}`).\n"
+        )
     if len(outs) > 1:
         w("## Tables\n")
         w(

@@ -1,4 +1,4 @@
-"""``plantstream dataset pull|list|show``: datasets for model builders (see datasets/README.md)."""
+"""``plantstream dataset pull|list|show|publish|products|verify-product``: datasets for model builders (see datasets/README.md)."""
 
 from __future__ import annotations
 
@@ -161,3 +161,101 @@ def show_cmd(ident: str) -> None:
     if rec is None:
         raise ConfigError(f"no dataset pull {ident!r}")
     click.echo(json.dumps(rec.model_dump(mode="json"), indent=2))
+
+
+@dataset.command("publish")
+@click.argument("request_file", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="product name: lower-case letters, digits, '.', '_', '-'")
+@click.option("--version", "version", required=True, help="semantic version MAJOR.MINOR.PATCH, e.g. 1.0.0")
+@click.option("--field", "field", required=True, help="material field, e.g. advanced-steel")
+@click.option("--access", required=True, help="free | member | paid")
+@click.option("--license", "license_", required=True, help="SPDX licence identifier, e.g. CC-BY-4.0")
+@click.option("--title", default=None, help="default: the name")
+@click.option("--description", default="", help="default: generated from the request")
+@click.option(
+    "--products-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="default: $PLANTSTREAM_PRODUCTS_DIR or <state dir>/products",
+)
+@click.option("--publisher", default=None, help="who publishes (recorded); default: $USER")
+def publish_cmd(
+    request_file: Path,
+    name: str,
+    version: str,
+    field: str,
+    access: str,
+    license_: str,
+    title: str | None,
+    description: str,
+    products_dir: Path | None,
+    publisher: str | None,
+) -> None:
+    """Publish REQUEST_FILE (a pull request with absolute times) as NAME@VERSION. Exit 2 naming the
+    field when refused (relative range, duplicate, bad semver, a bump that understates the change)."""
+    from plantstream.config import load_yaml
+    from plantstream.datasets import products as P
+    from plantstream.datasets.models import RequestError, RequestFile
+
+    data = load_yaml(request_file, RequestFile).model_dump()
+    settings = Settings.from_env()
+    try:
+        spec = P.ProductSpec.of(name, version, field, access, license_, title, description)
+        product = P.publish(
+            data,
+            spec,
+            settings=settings,
+            root=P.products_dir(settings, products_dir),
+            publisher=publisher,
+            progress=_progress,
+        )
+    except RequestError as exc:
+        _fail(exc.field, exc.message)
+        return
+    click.echo(
+        f"\npublished {product.key}: grade {product.grade}, access {product.access}, {product.change}, "
+        f"snapshot {product.snapshot}, {product.rows} rows, {len(product.files)} files -> {product.location}",
+        err=True,
+    )
+    click.echo(product.key)
+
+
+@dataset.command("products")
+@click.option("--name", default=None, help="only this product's versions")
+@click.option("--json", "as_json", is_flag=True)
+def products_cmd(name: str | None, as_json: bool) -> None:
+    """Published dataset products (every grade: this is the owner's view)."""
+    from plantstream.datasets.products import list_products
+
+    items = list_products(Settings.from_env().dsn, name)
+    if as_json:
+        click.echo(json.dumps([p.model_dump(mode="json") for p in items], indent=2))
+        return
+    for p in items:
+        click.echo(
+            f"{p.key:<32} {p.field:<22} {p.grade:<9} {p.access:<6} {p.license:<12} {p.change:<7} "
+            f"{p.rows:>10} rows  {p.published_at:%Y-%m-%d %H:%M:%S}  {p.snapshot}"
+        )
+
+
+@dataset.command("verify-product")
+@click.argument("key", metavar="NAME@VERSION")
+@click.option("--products-dir", type=click.Path(path_type=Path), default=None)
+def verify_product_cmd(key: str, products_dir: Path | None) -> None:
+    """Re-pull NAME@VERSION and check every file is byte-identical to the recorded manifest (exit 0),
+    naming each difference otherwise (exit 1)."""
+    from plantstream.datasets import products as P
+    from plantstream.datasets.models import RequestError
+
+    settings = Settings.from_env()
+    try:
+        res = P.verify_product(key, settings=settings, root=P.products_dir(settings, products_dir))
+    except RequestError as exc:
+        _fail(exc.field, exc.message)
+        return
+    for line in res.differences:
+        click.echo(f"DIFFERS {line}", err=True)
+    if not res.ok:
+        click.echo(f"{res.product.key}: NOT reproducible ({len(res.differences)} difference(s))")
+        sys.exit(1)
+    click.echo(f"{res.product.key}: ok, {len(res.repulled)} files byte-identical to the recorded manifest")

@@ -20,14 +20,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from plantstream.datasets.logic.units import ucum
+from plantstream.domain.vocabulary import StdProperty, Vocabulary, current
 
 ROW_GROUP_ROWS = 65_536
 # The file format: layout, column meaning, metadata. Its semantic version is the dataset's
 # version (croissant.json ``version``): MAJOR changes when a reader of the previous format could
 # misread the files (2: one table per line, a row's lot from the process segments), MINOR when
-# columns or metadata are only added, PATCH for corrections that leave the data as it was. The
-# snapshot id (which data) rides along as semver build metadata: ``2.0.0+<snapshot>``.
-FORMAT_SEMVER = "2.0.0"
+# columns or metadata are only added (2.1: a tag column's standard property), PATCH for corrections
+# that leave the data as it was. The snapshot id (which data) rides along as semver build
+# metadata: ``2.1.0+<snapshot>``.
+FORMAT_SEMVER = "2.1.0"
 FORMAT_VERSION = f"plantstream-dataset/{FORMAT_SEMVER.split('.')[0]}"
 _WRITER_OPTS: dict[str, Any] = {
     "version": "2.6",
@@ -50,10 +52,36 @@ class Column:
     description: str = ""
     grade: str = ""
     nullable: bool = True
+    std_property: str = ""  # standard property id of the shared vocabulary ('' for none)
+
+    def __post_init__(self) -> None:
+        prop = self.standard_property
+        # Readings reach the database in the canonical unit of their quantity, which is the
+        # property's unit by the vocabulary's own check: anything else is a broken invariant
+        # upstream, and a column labelled with a property in another unit would mislead.
+        if prop is not None and prop.unit != self.unit:
+            raise ValueError(
+                f"column {self.name!r}: unit {self.unit!r} is not the unit {prop.unit!r} of its standard property "
+                f"{prop.id} (tag metadata and readings disagree with the vocabulary)"
+            )
+
+    @property
+    def standard_property(self) -> StdProperty | None:
+        """The column's property in the vocabulary in use; None without one, or for an id this
+        vocabulary does not know (another node's; the id is still written)."""
+        if not self.std_property:
+            return None
+        vocab = current()
+        return vocab.get(self.std_property) if self.std_property in vocab else None
 
     @property
     def unit_code(self) -> str | None:
-        return ucum(self.unit) if self.unit else None
+        if not self.unit:
+            return None
+        code = ucum(self.unit)
+        prop = self.standard_property
+        # The vocabulary states a code for units the certain mapping leaves out (1/min -> /min).
+        return code or (prop.ucum if prop is not None and prop.ucum else None)
 
     def arrow_field(self) -> pa.Field:
         meta = {"description": self.description}
@@ -63,11 +91,28 @@ class Column:
                 meta["unit_ucum"] = self.unit_code
         if self.grade:
             meta["grade"] = self.grade
+        if self.std_property:
+            meta[PROPERTY_KEY] = self.std_property
         return pa.field(self.name, self.type, nullable=self.nullable, metadata=meta)
 
 
+# Parquet field metadata key of a column's standard property id; the schema metadata names the
+# vocabulary (name, version, IRI) when a column has one.
+PROPERTY_KEY = "plantstream.property"
+VOCABULARY_KEY = "plantstream.vocabulary"
+
+
+def vocabulary_ref(vocab: Vocabulary | None = None) -> dict[str, str]:
+    """What identifies the vocabulary in use: name, version and base IRI (and the file's prefix)."""
+    v = vocab or current()
+    return {"name": v.name, "version": v.version, "iri": v.iri, "prefix": v.prefix}
+
+
 def schema_of(columns: Sequence[Column]) -> pa.Schema:
-    return pa.schema([c.arrow_field() for c in columns], metadata={"format": FORMAT_VERSION})
+    meta = {"format": FORMAT_VERSION}
+    if any(c.std_property for c in columns):
+        meta[VOCABULARY_KEY] = json.dumps(vocabulary_ref(), sort_keys=True)
+    return pa.schema([c.arrow_field() for c in columns], metadata=meta)
 
 
 @dataclass
@@ -237,6 +282,8 @@ def croissant(
                 f["sc:unitText"] = c.unit
                 if c.unit_code:
                     f["sc:unitCode"] = c.unit_code
+            if c.std_property:
+                f["sc:additionalProperty"] = property_value(c)
             fields.append(f)
         fields.append(
             {
@@ -307,6 +354,23 @@ def croissant(
         "distribution": distribution,
         "recordSet": [splits, *record_sets],
     }
+
+
+def property_value(c: Column) -> dict[str, Any]:
+    """The column's standard property as a schema.org PropertyValue: the id (propertyID), the
+    vocabulary it comes from, its IRI and unit (for an id the vocabulary in use does not know:
+    the id alone)."""
+    out: dict[str, Any] = {"@type": "sc:PropertyValue", "sc:propertyID": c.std_property}
+    prop = c.standard_property
+    if prop is not None:
+        vocab = current()
+        out["sc:name"] = prop.label
+        out["sc:value"] = vocab.property_iri(prop.id)
+        out["sc:description"] = f"standard property {prop.id} of {vocab.name} {vocab.version} ({vocab.iri})"
+        if prop.unit:
+            out["sc:unitText"] = prop.unit
+            out["sc:unitCode"] = prop.ucum
+    return out
 
 
 def _ident(table: str) -> str:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from plantstream.datasets.logic.durations import format_duration_us
 from plantstream.datasets.models import PullRequest
-from plantstream.datasets.output import FORMAT_SEMVER
+from plantstream.datasets.output import FORMAT_SEMVER, PROPERTY_KEY, vocabulary_ref
 
 if TYPE_CHECKING:
     from plantstream.datasets.pull import Plan, TableOut
@@ -128,6 +128,16 @@ def croissant_extra(req: PullRequest, plan: Plan, outs: Sequence[TableOut], snap
         "Lots: a row's lot is the lot running on its table's line at the row time (process segments); one "
         "table per line.",
     ]
+    with_prop = sorted({t.std_property for t in plan.tags if t.std_property})
+    if with_prop:
+        ref = vocabulary_ref()
+        preprocessing.append(
+            f"Standard properties: {sum(1 for t in plan.tags if t.std_property)} tag column(s) carry the id of the "
+            f"standard property they measure ({', '.join(with_prop)}), from the shared vocabulary {ref['name']} "
+            f"{ref['version']} ({ref['iri']}), in the Parquet field metadata ({PROPERTY_KEY}) and here "
+            "(additionalProperty); such a column's unit is its property's canonical unit, so columns of one "
+            "property line up across plants."
+        )
     if req.split is not None:
         preprocessing.append(
             f"Splits by lot (seed {req.split.seed}, train {req.split.train:g} / validation "
@@ -164,6 +174,7 @@ def croissant_extra(req: PullRequest, plan: Plan, outs: Sequence[TableOut], snap
         "keywords": keywords(req, plan),
         "inLanguage": "en",
         "isLiveDataset": False,
+        **({"sc:additionalProperty": vocabulary_value()} if with_prop else {}),
         "rai:dataCollection": collection,
         "rai:dataCollectionType": ["Direct measurement", "Software Collection"],
         "rai:dataCollectionMissingData": missing,
@@ -215,6 +226,18 @@ def croissant_extra(req: PullRequest, plan: Plan, outs: Sequence[TableOut], snap
         "the data), the build metadata names the snapshot."
     )
     return extra
+
+
+def vocabulary_value() -> dict[str, Any]:
+    """The vocabulary the fields' standard properties come from, as a schema.org PropertyValue."""
+    ref = vocabulary_ref()
+    return {
+        "@type": "sc:PropertyValue",
+        "sc:propertyID": "plantstream.vocabulary",
+        "sc:name": ref["name"],
+        "sc:value": ref["iri"],
+        "sc:description": f"standard property vocabulary {ref['name']} version {ref['version']} (prefix {ref['prefix']})",
+    }
 
 
 def _iso(t_us: int) -> str:

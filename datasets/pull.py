@@ -395,7 +395,11 @@ def columns_of(req: PullRequest, plan: Plan, table: Table | None = None) -> list
         desc = (t.description or t.tag) + f"; equipment {t.equipment}; gap rule {g.rule}"
         if g.rule != "none":
             desc += f" within {format_duration_us(req.max_gap_us(g))}"
-        cols.append(output.Column(t.tag, _ARROW[t.datatype], unit=t.unit, description=desc, grade=t.grade))
+        cols.append(
+            output.Column(
+                t.tag, _ARROW[t.datatype], unit=t.unit, description=desc, grade=t.grade, std_property=t.std_property
+            )
+        )
     if req.labels:
         for kind in EVENT_KINDS:
             cols.append(
@@ -1070,7 +1074,7 @@ def _record(row: Sequence[Any]) -> PullRecord:
 def get_pull(dsn: str, ident: int | str) -> PullRecord | None:
     """A pull by id or by snapshot id (the latest complete one with that snapshot)."""
     with psycopg.connect(dsn) as conn:
-        if isinstance(ident, int) or str(ident).isdigit():
+        if isinstance(ident, int) or (str(ident).isascii() and str(ident).isdigit()):
             row = conn.execute(f"SELECT {_RECORD_COLS} FROM dataset_pulls WHERE id = %s", (int(ident),)).fetchone()
         else:
             row = conn.execute(

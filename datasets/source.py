@@ -42,7 +42,9 @@ _HEADER = b"PGCOPY\n\xff\r\n\x00"
 # plus 4 x quality: bad readings travel too (a few bytes each) so the pull can count them per tag
 # for the quality report without a second scan; decode drops them before anything uses values.
 # The columns of a SourceTag, in its field order.
-SOURCE_TAGS_SQL = "SELECT id, tag, equipment, unit, datatype, grade, description, spec_property, lo, hi FROM ds_tags"
+SOURCE_TAGS_SQL = (
+    "SELECT id, tag, equipment, unit, datatype, grade, description, spec_property, lo, hi, std_property FROM ds_tags"
+)
 
 NUMERIC_SQL = """COPY (SELECT string_agg(
         int4send(tag_id)
@@ -113,6 +115,7 @@ class SourceTag:
     spec_property: str
     lo: float | None = None  # engineering range (out-of-range counts in the quality report)
     hi: float | None = None
+    std_property: str = ""  # standard property id of the shared vocabulary ('' for none)
 
 
 @dataclass

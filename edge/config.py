@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from plantstream.config import ConfigError, Settings, load_yaml
 from plantstream.contract import TagMeta, validate_equipment_path
-from plantstream.edge.configbase import Backoff, TagBase, TagDefaults, _check_id, _Strict
+from plantstream.edge.configbase import Backoff, TagBase, TagDefaults, _check_id, _Strict, check_std_property
 
 
 class OpcuaTag(TagBase):
@@ -559,6 +559,24 @@ def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     return tuple(out)
 
 
+def default_unit_property_problems(cfg: EdgeConfig) -> list[tuple[tuple[int | str, ...], str]]:
+    """(location, message) per tag whose standard property does not fit the unit or datatype it
+    takes from its source's defaults (a tag's own unit is checked where the tag is validated)."""
+    out: list[tuple[tuple[int | str, ...], str]] = []
+    for i, s in enumerate(cfg.sources):
+        for j, t in enumerate(s.tags):
+            if not t.std_property or (t.unit is not None and t.datatype is not None):
+                continue
+            try:
+                check_std_property(t.std_property, t.unit if t.unit is not None else s.defaults.unit,
+                                   t.datatype or s.defaults.datatype)  # fmt: skip
+            except ValueError as exc:
+                out.append(
+                    (("sources", i, "tags", j, "property"), f"{exc} (unit or datatype from the source's defaults)")
+                )
+    return out
+
+
 def load_config(path: str | Path) -> EdgeConfig:
     """Validate ``path``; ConfigError (CLI exit 2) names file:line: key on any problem."""
     from pydantic import ValidationError
@@ -577,6 +595,12 @@ def load_config(path: str | Path) -> EdgeConfig:
             key = ".".join(str(x) for x in loc) or "(top level)"
             lines.append(f"{path}:{_line_of(node, loc)}: key '{key}': {err['msg']}")
         raise ConfigError("\n".join(lines)) from None
+    problems = [
+        f"{path}:{_line_of(node, loc)}: key '{'.'.join(str(x) for x in loc)}': {msg}"
+        for loc, msg in default_unit_property_problems(cfg)
+    ]
+    if problems:
+        raise ConfigError("\n".join(problems))
     # Relative paths (buffer, certificates) are relative to the config file, not to wherever the
     # agent was started.
     base = Path(path).parent

@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from typing import Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from plantstream.contract import Grade, TagMeta, validate_equipment_path
 
@@ -52,6 +52,10 @@ class TagDefaults(_Strict):
 
 
 class TagBase(_Strict):
+    # `property` in the file (the word operators use); `std_property` in Python, where `property`
+    # would shadow the builtin in the model's namespace.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, serialize_by_alias=True)
+
     tag: str = Field(min_length=1, max_length=200)
     equipment: str
     unit: str | None = None
@@ -62,11 +66,27 @@ class TagBase(_Strict):
     grade: Grade | None = None
     spec_property: str = ""
     description: str = ""
+    std_property: str = Field(
+        "",
+        alias="property",
+        description="standard property id from the shared vocabulary (docs/vocabulary.md), e.g. ps:temperature.melt",
+    )
 
     @field_validator("equipment")
     @classmethod
     def _equipment(cls, v: str) -> str:
         return validate_equipment_path(v)
+
+    @field_validator("std_property")
+    @classmethod
+    def _std_property(cls, v: str, info: ValidationInfo) -> str:
+        # Checked here (not at start) so the error names this key and line; a unit left to the
+        # source's defaults is checked by EdgeConfig, which sees them.
+        v = v.strip()
+        unit = info.data.get("unit")
+        if v:
+            check_std_property(v, unit, info.data.get("datatype"))
+        return v
 
     @model_validator(mode="after")
     def _range(self) -> TagBase:
@@ -88,7 +108,23 @@ class TagBase(_Strict):
             description=self.description,
             source_address=address,
             spec_property=self.spec_property,
+            std_property=self.std_property,
         )
+
+
+def check_std_property(ident: str, unit: str | None, datatype: str | None = None) -> None:
+    """ValueError (a config error at the key) when ``ident`` is not in the vocabulary in use or a
+    tag of ``unit`` (None: not known yet, only the id is checked) cannot carry it."""
+    from plantstream.domain.vocabulary import VocabularyError, current
+
+    try:
+        vocab = current()
+        if unit is None:
+            vocab.get(ident)
+        else:
+            vocab.check_tag(ident, unit, datatype or "float")
+    except VocabularyError as exc:
+        raise ValueError(str(exc)) from None
 
 
 check_id = _check_id

@@ -11,13 +11,18 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import logging
+import random
 import time
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from plantstream.contract import Origin
 from plantstream.edge.batcher import Sample
+from plantstream.log import Throttle
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True, frozen=True)
@@ -203,3 +208,132 @@ class Source:
 
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+class BackoffLimits(Protocol):
+    """What :class:`Reconnect` reads of a connector's ``reconnect`` setting (configbase.Backoff)."""
+
+    @property
+    def min_s(self) -> float: ...
+
+    @property
+    def max_s(self) -> float: ...
+
+
+ClientT = TypeVar("ClientT")
+
+# Each wait is shortened by up to this fraction at random, so agents that lost the same server
+# together do not all reconnect in the same instant; shortened only, so max_s stays the cap.
+RECONNECT_JITTER = 0.1
+
+
+def next_backoff(current: float, limits: BackoffLimits) -> float:
+    """The wait after another failed attempt: doubled, capped at ``max_s``."""
+    return min(current * 2, limits.max_s)
+
+
+def jittered(delay: float, jitter: float, rng: Callable[[], float] = random.random) -> float:
+    """``delay`` shortened by a random fraction of at most ``jitter`` (never longer)."""
+    return delay * (1.0 - jitter * rng())
+
+
+class Reconnect(Generic[ClientT]):
+    """The connection loop of a session-based connector (OPC-UA, Modbus TCP), until ``stop()``.
+
+    Each attempt builds a NEW client (``open``, no I/O: nothing is assumed to survive a peer
+    restart), connects it (``connect``), then runs ``session(client)`` until the connection is lost (it
+    raises) or the source is stopped (it returns; a session must watch the source's stop event).
+    ``close(client)`` follows every attempt. When a session that was up ends other than by a stop,
+    ``on_lost()`` says so in the data (gap markers). Then it waits and tries again:
+
+    * backoff: ``limits.min_s`` doubling after each failed attempt up to ``limits.max_s``, back to
+      ``min_s`` after a session that was up; each wait shortened at random by up to ``jitter``;
+    * the wait ends early when the source is stopped, and ``run()`` returns;
+    * ``status.reconnects`` counts successful connects after the first attempt; failures (any
+      exception of ``open``/``connect``/``session``) are counted in :attr:`failures`, kept in
+      ``status.last_error`` and logged as a structured warning (throttled to one per 30 s with
+      the number suppressed).
+
+    Raises: nothing but :class:`asyncio.CancelledError` (the source failure contract: run()
+    returns only after stop()). Exceptions of ``close`` and ``on_lost`` are suppressed (the
+    latter logged with its traceback): they must not end the loop either.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        name: str,
+        limits: BackoffLimits,
+        *,
+        open: Callable[[], ClientT],
+        connect: Callable[[ClientT], Awaitable[None]],
+        session: Callable[[ClientT], Awaitable[None]],
+        close: Callable[[ClientT], Awaitable[None]],
+        on_lost: Callable[[], None] | None = None,
+        jitter: float = RECONNECT_JITTER,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.source = source
+        self.name = name
+        self.limits = limits
+        self._open, self._connect, self._session, self._close = open, connect, session, close
+        self._on_lost = on_lost
+        self.jitter = jitter
+        self._rng = rng
+        self._throttle = Throttle(30.0)
+        self.attempts = 0
+        self.failures = 0
+        self.waits: list[float] = []  # the last few waits (for status and tests)
+
+    async def run(self) -> None:
+        src = self.source
+        status = src.status
+        backoff = self.limits.min_s
+        while not src._stop.is_set():
+            client: ClientT | None = None
+            session_up = False
+            try:
+                client = self._open()
+                await self._connect(client)
+                session_up = True
+                if self.attempts:
+                    status.reconnects += 1
+                await self._session(client)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the contract: nothing leaves run() but a stop
+                self.failures += 1
+                status.last_error = f"{type(exc).__name__}: {exc}"
+                n = self._throttle.should("conn")
+                if n >= 0:
+                    log.warning(
+                        f"{self.name}: connection failed or lost; reconnecting with backoff",
+                        extra={
+                            "kv": {
+                                "source": src.id,
+                                "endpoint": status.endpoint,
+                                "error": status.last_error,
+                                "retry_in_s": round(backoff, 3),
+                                "failures": self.failures,
+                                "suppressed": n,
+                            }
+                        },
+                    )
+            finally:
+                status.connected = False
+                if session_up and not src._stop.is_set() and self._on_lost is not None:
+                    try:
+                        self._on_lost()
+                    except Exception:
+                        log.exception(f"{self.name}: marking the loss failed", extra={"kv": {"source": src.id}})
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        await self._close(client)
+            self.attempts += 1
+            if session_up:
+                backoff = self.limits.min_s  # it worked for a while: start the backoff over
+            wait = jittered(backoff, self.jitter, self._rng)
+            self.waits = [*self.waits[-9:], wait]
+            if await src.sleep(wait):
+                break
+            backoff = next_backoff(backoff, self.limits)

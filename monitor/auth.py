@@ -1,8 +1,10 @@
 """Tokens -> tiers (and requester names), and what a tier may see.
 
 Tokens come from a YAML file (``tokens: {<token>: owner|member|public}``, or with a requester name
-``<token>: {tier: member, name: mia}``) and/or the environment variable
-``PLANTSTREAM_MONITOR_TOKENS="tok1=owner,tok2=member:mia"`` (the environment wins on a clash).
+``<token>: {tier: member, name: mia}``, or a platform credential ``{tier: member, name: hub,
+platform: true}``) and/or the environment variable
+``PLANTSTREAM_MONITOR_TOKENS="tok1=owner,tok2=member:mia,tok3=member:hub:platform"`` (the
+environment wins on a clash).
 The name is what dataset pulls record as their requester; without one it is ``token-`` and the
 first 12 hex digits of the token's SHA-256, so the token itself is never stored or shown.
 A request presents its token as ``Authorization: Bearer <token>`` or ``?token=<token>`` (the
@@ -45,6 +47,9 @@ class TokenSpec(BaseModel):
 
     tier: Tier
     name: str | None = Field(default=None, pattern=_NAME_PATTERN)
+    # A platform credential (issue 18): the platform of a "1+N" data program speaks for its members
+    # with it, asserting a member's tier and access levels in headers (never above this tier).
+    platform: bool = False
 
 
 class MonitorConfig(BaseModel):
@@ -67,6 +72,15 @@ class MonitorConfig(BaseModel):
     # <pull id>/), pulls running at once (more answer 429), and how long a POST waits for the
     # request to pass the database checks (so an unknown tag is a 422, not a failed pull later).
     datasets_dir: Path | None = None
+    # Dataset products (issue 18): where `plantstream dataset publish` put them (default
+    # $PLANTSTREAM_PRODUCTS_DIR, else $PLANTSTREAM_STATE_DIR/products), and how the catalog names
+    # this node and its own URL (default: scheme and host of each request).
+    products_dir: Path | None = None
+    node_id: str = Field(default="plantstream-node", pattern=_NAME_PATTERN, description="the catalog's identifier")
+    node_title: str = Field(default="plantstream data resource node", min_length=1, max_length=200)
+    public_url: str | None = Field(
+        default=None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$", description="base URL catalog links use"
+    )
     max_concurrent_pulls: int = Field(default=1, ge=1, le=64)
     pull_answer_wait_s: float = Field(default=10.0, ge=0, le=300)
     # Bounds. Every one is enforced on the server and named in the answer when hit, so a client
@@ -124,8 +138,17 @@ def parse_tokens_env(text: str) -> dict[str, Tier | TokenSpec]:
         if not sep or not tok:
             raise ConfigError(f"environment variable {TOKENS_ENV}: entry {i + 1} must be token=tier")
         tier, colon, name = tier.partition(":")
+        name, _, flag = name.partition(":")
+        if flag and flag.strip() != "platform":
+            raise ConfigError(
+                f"environment variable {TOKENS_ENV}: entry {i + 1}: the third part may only be 'platform'"
+            )
         try:
-            out[tok] = TokenSpec(tier=Tier(tier.strip()), name=name.strip()) if colon else Tier(tier.strip())
+            out[tok] = (
+                TokenSpec(tier=Tier(tier.strip()), name=name.strip(), platform=bool(flag))
+                if colon
+                else Tier(tier.strip())
+            )
         except ValidationError:
             raise ConfigError(
                 f"environment variable {TOKENS_ENV}: entry {i + 1} has name {name.strip()!r}; "
@@ -160,6 +183,7 @@ class Identity:
     anonymous: bool = False
     # Per-token limits count by this key (a hash prefix of the token; names may be shared).
     key: str = ANONYMOUS
+    platform: bool = False  # a platform credential (TokenSpec.platform)
 
 
 def token_label(token: str) -> str:
@@ -172,8 +196,9 @@ class Authenticator:
         self._tokens: list[tuple[bytes, Identity]] = []
         for tok, spec in cfg.tokens.items():
             tier, name = (spec.tier, spec.name) if isinstance(spec, TokenSpec) else (spec, None)
+            platform = isinstance(spec, TokenSpec) and spec.platform
             label = token_label(tok)
-            self._tokens.append((tok.encode(), Identity(tier, name or label, key=label)))
+            self._tokens.append((tok.encode(), Identity(tier, name or label, key=label, platform=platform)))
         anon = cfg.anonymous_tier
         if anon is None:
             anon = "none" if self._tokens else Tier.PUBLIC

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 Value = float | int | bool | str | None
 
@@ -58,6 +58,8 @@ class Tag(BaseModel):
     hi: float | None = None
     spec_property: str = ""
     description: str = ""
+    # Standard property of the shared vocabulary (e.g. ps:temperature.melt), "" for none (issue 18).
+    std_property: str = ""
 
 
 class TagList(BaseModel):
@@ -322,8 +324,16 @@ class LiveDeviation(BaseModel):
     unit: str | None = None
 
 
+class JsonLdDocument(BaseModel):
+    """A JSON-LD document (``application/ld+json``): the node's catalog (schema.org ``DataCatalog``
+    / ``dcat:Catalog``) or one product (``Dataset``); see ``plantstream.domain.catalog``."""
+
+    model_config = ConfigDict(extra="allow")
+
+
 API_MODELS: list[type[BaseModel]] = [
     Problem,
+    JsonLdDocument,
     Me,
     EquipmentTree,
     TagList,

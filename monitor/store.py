@@ -82,7 +82,9 @@ def equipment_tree(conn: psycopg.Connection[Any], grades: list[str], plant: str 
     return M.EquipmentTree(plants=[M.PlantTree(plant=p, roots=r) for p, r in sorted(roots.items())])
 
 
-_TAG_COLS = "t.plant, t.tag, e.path, t.unit, t.datatype, t.grade, t.lo, t.hi, t.spec_property, t.description"
+_TAG_COLS = (
+    "t.plant, t.tag, e.path, t.unit, t.datatype, t.grade, t.lo, t.hi, t.spec_property, t.description, t.std_property"
+)
 
 
 def tags(
@@ -103,7 +105,7 @@ def tags(
 
 
 def _tag(r: tuple[Any, ...]) -> M.Tag:
-    plant, tag, path, unit, datatype, grade, lo, hi, prop, desc = r
+    plant, tag, path, unit, datatype, grade, lo, hi, prop, desc, std = r
     return M.Tag(
         plant=plant,
         tag=tag,
@@ -115,6 +117,7 @@ def _tag(r: tuple[Any, ...]) -> M.Tag:
         hi=hi,
         spec_property=prop,
         description=desc,
+        std_property=std,
     )
 
 

@@ -16,6 +16,11 @@ stream keeps working without a database).
 Dataset pulls: ``POST /api/dataset-pulls`` validates the request, waits up to
 ``pull_answer_wait_s`` for the database checks (unknown tag, empty range: 422 at once), then
 answers 202 with a ``Location`` to poll while the pull runs on a background thread (see ``pulls``).
+
+Dataset products (issue 18): ``/api/catalog`` and ``/api/products/...`` serve this node's published
+products as JSON-LD and files; who may see and use what is decided in ``products`` (tier in the
+database, then access level), and every request, decision and download is a record of the
+hash-chained audit log, cited by the ``X-Plantstream-Audit`` header of the answer.
 """
 
 from __future__ import annotations
@@ -38,11 +43,14 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from plantstream import audit as chain  # the hash-chained audit log (``audit`` is the API log)
 from plantstream.access import Tier
-from plantstream.config import Settings
+from plantstream.config import Settings, layered
 from plantstream.datasets.models import PullRecord, PullRequest, Requester, RequestError, validate_request
+from plantstream.domain.catalog import AUDIT_HEADER, CATALOG_PATH, catalog_jsonld
+from plantstream.domain.catalog import CONTEXT as CATALOG_CONTEXT
 from plantstream.monitor import models as M
-from plantstream.monitor import pulls, store
+from plantstream.monitor import products, pulls, store
 from plantstream.monitor.auth import Authenticator, Identity, MonitorConfig, token_of, visible_grades
 from plantstream.monitor.feed import KafkaFeed
 from plantstream.monitor.hub import END, GradeBook, Hub
@@ -68,6 +76,10 @@ K_POOL: web.AppKey[ConnectionPool[Any]] = web.AppKey("pool", ConnectionPool)
 K_FEED = web.AppKey("feed", KafkaFeed)
 K_PULLS = web.AppKey("pulls", pulls.PullRunner)
 K_INFLIGHT: web.AppKey[dict[str, int]] = web.AppKey("inflight", dict)
+# Audit records are written (the API pool is read-only): a small pool of its own.
+K_AUDIT_POOL: web.AppKey[ConnectionPool[Any]] = web.AppKey("audit_pool", ConnectionPool)
+K_AUDIT_READY: web.AppKey[dict[str, bool]] = web.AppKey("audit_ready", dict)
+K_PRODUCTS_DIR = web.AppKey("products_dir", Path)
 K_TIER = web.RequestKey("tier", Tier)
 K_WHO = web.RequestKey("who", Identity)
 audit = logging.getLogger("plantstream.monitor.audit")
@@ -122,7 +134,7 @@ def parse_time(text: str, now: datetime, name: str) -> datetime:
         return now
     if len(text) > 64:
         raise BadParam(name, "is longer than 64 characters")
-    if text.startswith("-") and text[-1:] in "smhd" and text[1:-1].replace(".", "", 1).isdigit():
+    if text.startswith("-") and text[-1:] in "smhd" and text[1:-1].replace(".", "", 1).isdigit() and text.isascii():
         mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}[text[-1]]
         try:
             return now - timedelta(seconds=float(text[1:-1]) * mult)
@@ -372,7 +384,7 @@ def _loads(text: str) -> Any:
 
 def _pull_id(request: web.Request) -> int:
     text = request.match_info["id"]
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:  # "²".isdigit() is True
         raise _NOT_FOUND
     return int(text)
 
@@ -416,6 +428,179 @@ async def h_pull_file(request: web.Request) -> web.StreamResponse:
             "Cache-Control": "private, max-age=3600",
         },
     )
+
+
+# --- dataset products (issue 18): the node's catalog and downloads ----------------------------------
+
+PRODUCT_URL = "/api/products/{name}/{version}"
+_TITLES = {400: "bad request", 403: "forbidden", 404: "not found"}
+
+
+@dataclass(frozen=True, slots=True)
+class ProductCall:
+    caller: products.Caller
+    found: products.Found | None
+    file: tuple[Path, Any] | None
+    decision: chain.AuditRecord
+
+
+async def _audit(
+    request: web.Request, kind: str, actor: str, subject: str, detail: dict[str, Any]
+) -> chain.AuditRecord:
+    pool, ready = request.app[K_AUDIT_POOL], request.app[K_AUDIT_READY]
+
+    def run() -> chain.AuditRecord:
+        with pool.connection() as conn:
+            if not ready.get("ensured"):
+                chain.ensure(conn)
+                ready["ensured"] = True
+            return chain.append(conn, kind, products.safe_text(actor), products.safe_text(subject, 400), detail)
+
+    rec: chain.AuditRecord = await asyncio.to_thread(run)
+    return rec
+
+
+async def _product_call(request: web.Request, what: str, *, use: bool, path: str | None = None) -> ProductCall:
+    """Audit the request, decide (see ``products``), audit the decision. Refused: ApiError with the
+    reason and the decision record's AUDIT_HEADER. No record, no answer: an audit write that fails
+    is a 503 (fail closed)."""
+    who = _who(request)
+    name, version = request.match_info.get("name"), request.match_info.get("version")
+    subject = "catalog" if name is None else f"{name}@{version}" + (f"/{path}" if path else "")
+    try:
+        caller: products.Caller | None = products.caller_of(who, request.headers)
+        bad: str | None = None
+    except products.HeaderError as exc:
+        caller, bad = None, str(exc)
+    ident = caller.describe() if caller else {"token": who.name, "token_tier": who.tier.value, "platform": who.platform}
+    actor = caller.actor if caller else who.name
+    asked = await _audit(request, "request", actor, subject, {"what": what, **ident})
+    found: products.Found | None = None
+    file: tuple[Path, Any] | None = None
+    if caller is None:
+        decision = products.Decision(False, 400, bad or "bad member headers")
+    elif name is None or version is None:
+        decision = products.Decision(True, 200, "allowed")
+    elif not products.valid_key(name, version):
+        decision = products.Decision(False, 404, "no such product on this node")
+    else:
+        try:
+            found = await _db(request, products.find, caller.tier, name, version)
+        except products.SchemaMissing as exc:
+            raise ApiError(503, "products unavailable", str(exc)) from None
+        decision = products.decide(caller, found, use=use)
+        if decision.allowed and path is not None and found is not None:
+            file = products.file_of(found, request.app[K_PRODUCTS_DIR], path)
+            if file is None:
+                decision = products.Decision(False, 404, "no such file in this product")
+    detail: dict[str, Any] = {
+        "request": asked.seq,
+        "outcome": "allow" if decision.allowed else "deny",
+        "status": decision.status,
+        "reason": decision.reason,
+        "tier": caller.tier.value if caller else None,
+    }
+    if found is not None:
+        detail.update(grade=found.entry.grade.value, access=found.entry.access.value, snapshot=found.entry.snapshot)
+    decided = await _audit(request, "decision", actor, subject, detail)
+    if not decision.allowed:
+        raise ApiError(
+            decision.status, _TITLES.get(decision.status, "refused"), decision.reason, {AUDIT_HEADER: decided.ref}
+        )
+    assert caller is not None
+    return ProductCall(caller, found, file, decided)
+
+
+def _base_url(request: web.Request) -> str:
+    cfg = request.app[K_CONFIG]
+    return (cfg.public_url or f"{request.scheme}://{request.host}").rstrip("/")
+
+
+def _jsonld(doc: dict[str, Any], ref: str) -> web.Response:
+    import json
+
+    return web.Response(
+        body=json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode(),
+        content_type="application/ld+json",
+        headers={AUDIT_HEADER: ref, "Cache-Control": "private, no-cache"},
+    )
+
+
+async def h_catalog(request: web.Request) -> web.Response:
+    """The products the caller's tier may read (the database decides), as a JSON-LD DataCatalog."""
+    call = await _product_call(request, "catalog", use=False)
+    try:
+        entries = await _db(request, products.visible, call.caller.tier)
+    except products.SchemaMissing as exc:
+        raise ApiError(503, "products unavailable", str(exc)) from None
+    cfg = request.app[K_CONFIG]
+    return _jsonld(catalog_jsonld(cfg.node_id, cfg.node_title, entries, _base_url(request)), call.decision.ref)
+
+
+async def h_product(request: web.Request) -> web.Response:
+    call = await _product_call(request, "describe", use=False)
+    assert call.found is not None
+    return _jsonld({"@context": CATALOG_CONTEXT, **call.found.entry.to_jsonld(_base_url(request))}, call.decision.ref)
+
+
+async def _send_product_file(request: web.Request, call: ProductCall, subject: str) -> web.StreamResponse:
+    """Stream a product file from disk (sendfile, never read whole into memory), then record the
+    download with how it ended."""
+    assert call.file is not None
+    path, entry = call.file
+    digest = base64.b64encode(bytes.fromhex(entry.sha256)).decode()
+    resp = web.FileResponse(
+        path,
+        headers={
+            "Content-Type": entry.media_type,
+            "Content-Disposition": f'attachment; filename="{path.name}"',
+            "Repr-Digest": f"sha-256=:{digest}:",
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "private, max-age=3600",
+            AUDIT_HEADER: call.decision.ref,
+        },
+    )
+    outcome = "head" if request.method == "HEAD" else "complete"
+    try:
+        await resp.prepare(request)
+    except (ConnectionResetError, asyncio.CancelledError):
+        outcome = "interrupted"
+        raise
+    finally:
+        await asyncio.shield(
+            _audit(
+                request,
+                "download",
+                call.caller.actor,
+                subject,
+                {
+                    "decision": call.decision.seq,
+                    "path": entry.path,
+                    "bytes": entry.bytes,
+                    "sha256": entry.sha256,
+                    "outcome": outcome,
+                    "range": request.headers.get("Range", "")[:100] or None,
+                },
+            )
+        )
+    return resp
+
+
+async def h_product_croissant(request: web.Request) -> web.StreamResponse:
+    call = await _product_call(request, "croissant", use=False, path="croissant.json")
+    return await _send_product_file(request, call, f"{call.found.entry.key if call.found else '?'}/croissant.json")
+
+
+async def h_product_quality(request: web.Request) -> web.StreamResponse:
+    call = await _product_call(request, "quality", use=False, path="quality.json")
+    return await _send_product_file(request, call, f"{call.found.entry.key if call.found else '?'}/quality.json")
+
+
+async def h_product_file(request: web.Request) -> web.StreamResponse:
+    """A data file of a product: the tier (in the database), the access level, the manifest."""
+    rel = request.match_info["path"]
+    call = await _product_call(request, "download", use=True, path=rel)
+    return await _send_product_file(request, call, f"{call.found.entry.key if call.found else '?'}/{rel}")
 
 
 async def h_stream(request: web.Request) -> web.StreamResponse:
@@ -509,6 +694,17 @@ P_PLANT_REQ = Param("plant", "plant id, e.g. steel", True)
 P_EQ = Param("equipment", "ISA-95 equipment path; the whole subtree is included")
 P_START = Param("start", "ISO-8601, 'now' or relative (-15m, -2h, -1d)")
 P_END = Param("end", "ISO-8601, 'now' or relative")
+
+
+P_NAME = Param("name", "product name", True, "string", "path")
+P_VERSION = Param("version", "semantic version MAJOR.MINOR.PATCH", True, "string", "path")
+_PRODUCT_ERRORS: tuple[tuple[int, str], ...] = (
+    (400, "member headers from a token that is not a platform credential, or malformed"),
+    (401, "missing or unknown token"),
+    (403, "the caller's tier may not read the product's grade, or may not use its access level (named)"),
+    (404, "no such product or file (a core-grade product, to anyone but the owner)"),
+    (503, "database unavailable"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -649,6 +845,52 @@ ROUTES: tuple[Route, ...] = (
         media=tuple(sorted(set(pulls.CONTENT_TYPES.values()))),
     ),
     Route(
+        CATALOG_PATH,
+        h_catalog,
+        "The node's dataset products the caller's tier may read (the database decides), as a JSON-LD "
+        "schema.org DataCatalog / dcat:Catalog; a platform credential may speak for a member (headers)",
+        M.JsonLdDocument,
+        errors=_PRODUCT_ERRORS[:2] + _PRODUCT_ERRORS[-1:],
+        media=("application/ld+json",),
+    ),
+    Route(
+        PRODUCT_URL,
+        h_product,
+        "One product version as a JSON-LD schema.org Dataset / dcat:Dataset (files, Croissant, quality report)",
+        M.JsonLdDocument,
+        (P_NAME, P_VERSION),
+        errors=_PRODUCT_ERRORS,
+        media=("application/ld+json",),
+    ),
+    Route(
+        PRODUCT_URL + "/croissant.json",
+        h_product_croissant,
+        "The product's Croissant 1.0 file",
+        None,
+        (P_NAME, P_VERSION),
+        errors=_PRODUCT_ERRORS,
+        media=("application/ld+json",),
+    ),
+    Route(
+        PRODUCT_URL + "/quality.json",
+        h_product_quality,
+        "The product's data-quality report (GB/T 36344 dimensions)",
+        None,
+        (P_NAME, P_VERSION),
+        errors=_PRODUCT_ERRORS,
+        media=(products.QUALITY_MEDIA,),
+    ),
+    Route(
+        PRODUCT_URL + "/files/{path:.+}",
+        h_product_file,
+        "Download a file of a product (a path of its distribution); checks the tier in the database, then the "
+        "product's access level against the caller's; the answer carries X-Plantstream-Audit",
+        None,
+        (P_NAME, P_VERSION, Param("path", "file path as listed in the product's distribution", True, "string", "path")),
+        errors=_PRODUCT_ERRORS,
+        media=tuple(sorted(set(products.MEDIA_TYPES.values()))),
+    ),
+    Route(
         "/api/stream",
         h_stream,
         "Live events (text/event-stream): hello, aggregates (LiveAggregates), deviation (LiveDeviation), lot (LiveLot)",
@@ -684,7 +926,10 @@ def openapi() -> dict[str, Any]:
     )
     for r in ROUTES:
         ok: dict[str, Any]
-        if r.media:
+        if r.media and r.model is not None:  # JSON-LD documents
+            ref = {"schema": {"$ref": f"#/components/schemas/{r.model.__name__}"}}
+            ok = {"description": "OK", "content": {m: ref for m in r.media}}
+        elif r.media:
             ok = {
                 "description": "the file",
                 "content": {m: {"schema": {"type": "string", "format": "binary"}} for m in r.media},
@@ -896,6 +1141,8 @@ def make_app(settings: Settings, cfg: MonitorConfig, kafka: bool = True) -> web.
         metrics,
         max_per_token=cfg.max_pulls_per_token,
     )
+    app[K_AUDIT_READY] = {}
+    app[K_PRODUCTS_DIR] = products_root(settings, cfg)
     for r in ROUTES:
         if r.method == "get":
             app.router.add_get(r.path, r.handler)
@@ -907,11 +1154,46 @@ def make_app(settings: Settings, cfg: MonitorConfig, kafka: bool = True) -> web.
     app.router.add_get("/", h_index)
     app.router.add_static("/static/", STATIC, append_version=False)
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_audit_database)
     if kafka:
         app.cleanup_ctx.append(_kafka)
     app.on_shutdown.append(_end_streams)
     app.on_cleanup.append(_stop_pulls)
     return app
+
+
+def products_root(settings: Settings, cfg: MonitorConfig) -> Path:
+    """monitor YAML ``products_dir`` < ``PLANTSTREAM_PRODUCTS_DIR`` < default ``<state dir>/products``
+    (no command-line option: the environment is the level publish and monitor share)."""
+    import os
+
+    env = os.environ.get(products.PRODUCTS_ENV)
+    chosen = layered(env=Path(env) if env else None, file=cfg.products_dir, default=settings.state_dir / "products")
+    assert chosen is not None
+    return chosen
+
+
+async def _audit_database(app: web.Application) -> AsyncIterator[None]:
+    """The audit writer's own pool: the API's sessions are read-only."""
+    timeout_ms = int(app[K_CONFIG].api_statement_timeout_s * 1000)
+    pool: ConnectionPool[Any] = ConnectionPool(
+        app[K_SETTINGS].dsn,
+        min_size=0,
+        max_size=2,
+        open=False,
+        timeout=5.0,
+        kwargs={
+            "autocommit": True,
+            "options": f"-c statement_timeout={timeout_ms}",
+            "application_name": "plantstream-monitor-audit",
+            "connect_timeout": 5,
+        },
+        name="monitor-audit",
+    )
+    pool.open(wait=False)
+    app[K_AUDIT_POOL] = pool
+    yield
+    await asyncio.to_thread(pool.close, 5.0)
 
 
 async def _stop_pulls(app: web.Application) -> None:

@@ -219,7 +219,7 @@ def verify(conn: psycopg.Connection[Any], table: str = "audit_log", expect_head:
             prev, expected, n, last = rec.hash, expected + 1, n + 1, rec
     if expect_head is not None:
         seq_s, _, h = expect_head.partition(":")
-        if not seq_s.isdigit():
+        if not (seq_s.isascii() and seq_s.isdigit()):
             raise AuditError(f"expect_head: {expect_head!r} is not '<seq>:<hash>'")
         want = int(seq_s)
         if last is None or last.seq < want:

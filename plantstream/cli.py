@@ -25,6 +25,7 @@ MOUNTS: list[tuple[str, str, str]] = [
     ("db", "plantstream.sinks.cli", "db"),
     ("dataset", "plantstream.datasets.cli", "dataset"),
     ("monitor", "plantstream.monitor.cli", "monitor"),
+    ("platform", "plantstream.federation.cli", "platform"),
     ("bench", "plantstream.bench.cli", "bench"),
     ("audit", "plantstream.auditcli", "audit_group"),
     ("config-docs", "plantstream.configdocs", "config_docs"),

@@ -166,6 +166,8 @@ class Settings(BaseModel):
     metrics_port: int | None = None
     log_format: str = "json"
     kafka: KafkaSecurity = Field(default_factory=lambda: KafkaSecurity())
+    # The shared vocabulary of standard properties; None: the one shipped in plantstream.domain.
+    vocabulary_path: Path | None = None
 
     ENV: ClassVar[dict[str, str]] = {
         "db_dsn": "PLANTSTREAM_DB_DSN",
@@ -176,6 +178,7 @@ class Settings(BaseModel):
         "state_dir": "PLANTSTREAM_STATE_DIR",
         "metrics_port": "PLANTSTREAM_METRICS_PORT",
         "log_format": "PLANTSTREAM_LOG_FORMAT",
+        "vocabulary_path": "PLANTSTREAM_VOCABULARY",
     }
 
     @classmethod

@@ -101,6 +101,42 @@ class Reading:
         return datetime.fromtimestamp(self.ts_us / 1e6, tz=UTC)
 
 
+@dataclass(slots=True, frozen=True)
+class ReadingColumn:
+    """One per-reading column of a reading batch (``producers.codec.ReadingBatch``).
+
+    ``name`` is the batch attribute, the :class:`Reading` field and the column's name in
+    docs/wire-format.md. ``dtype`` is the numpy dtype its values fit ("object" for text and for
+    ``value``, which mixes float, int, bool and str). ``wire`` is how the batch body carries it:
+    ``dict`` (strings, dictionary-encoded once per batch: a names array, then a codes array),
+    ``int``, ``str`` or ``value`` (float, int, bool or str). ``nullable``: entries may be None,
+    and a column whose entries are all None travels as a single nil.
+    """
+
+    name: str
+    dtype: str
+    wire: str
+    nullable: bool = False
+
+
+# The per-reading columns, in wire order (after the batch's plant, equipment, origin, source):
+# the one declaration the codec, the edge batcher, streams and the sink derive theirs from
+# (producers/tests/test_reading_columns.py fails for a consumer that does not follow it).
+READING_COLUMNS: tuple[ReadingColumn, ...] = (
+    ReadingColumn("tag", "object", "dict"),
+    ReadingColumn("unit", "object", "dict"),
+    ReadingColumn("ts_us", "int64", "int"),
+    ReadingColumn("value", "object", "value"),
+    ReadingColumn("quality", "int16", "int"),
+    ReadingColumn("status_code", "int64", "int", nullable=True),
+    ReadingColumn("seq", "int64", "int"),
+    ReadingColumn("server_ts_us", "int64", "int", nullable=True),
+    ReadingColumn("lot", "object", "str", nullable=True),
+    ReadingColumn("reason", "object", "str", nullable=True),
+)
+READING_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in READING_COLUMNS)
+
+
 class ContextKind(enum.StrEnum):
     LOT_START = "lot_start"
     LOT_END = "lot_end"
@@ -171,6 +207,9 @@ class TagMeta:
     description: str = ""
     source_address: str = ""  # node id or topic, for operators
     spec_property: str = ""  # material-spec property this tag is checked against, if any
+    # Standard property id from the shared vocabulary (plantstream.domain.vocabulary), "" for none:
+    # the same quantity in two plants lines up by it, not by tag name.
+    std_property: str = ""
 
     @property
     def key(self) -> str:

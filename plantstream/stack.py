@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from plantstream.paths import STACK_META, default_state_dir
+from plantstream.paths import STACK_META, StackMeta, StackMetaError, default_state_dir, read_stack_meta
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +105,13 @@ class Stack:
 
     # --- metadata ---------------------------------------------------------------------------
 
-    def _meta(self) -> dict[str, str]:
-        if self.meta_file.exists():
-            return dict(json.loads(self.meta_file.read_text()))
-        return {}
+    def _meta(self) -> StackMeta:
+        try:
+            return read_stack_meta(self.meta_file)
+        except StackMetaError as exc:
+            raise StackError(f"{exc} (the local stack's metadata, written by `plantstream stack up`)") from None
 
-    def _save_meta(self, meta: dict[str, str]) -> None:
+    def _save_meta(self, meta: StackMeta) -> None:
         self.meta_file.write_text(json.dumps(meta, indent=2))
         self.meta_file.chmod(0o600)
 
@@ -449,7 +450,7 @@ class Stack:
         started = {"postgres": self.start_postgres(), "mosquitto": self.start_mosquitto(), "kafka": self.start_kafka()}
         # What Settings.from_env falls back to when no PLANTSTREAM_* variable is set (paths.local_stack_env).
         meta = self._meta()
-        meta["client_env"] = self.env()  # type: ignore[assignment]
+        meta["client_env"] = self.env()
         self._save_meta(meta)
         return started
 

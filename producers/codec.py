@@ -16,7 +16,18 @@ from typing import Any
 
 import msgpack
 
-from plantstream.contract import ContextEvent, ContextKind, Grade, Origin, Quality, Reading, TagMeta, Value
+from plantstream.contract import (
+    READING_COLUMN_NAMES,
+    READING_COLUMNS,
+    ContextEvent,
+    ContextKind,
+    Grade,
+    Origin,
+    Quality,
+    Reading,
+    TagMeta,
+    Value,
+)
 
 MAGIC = b"PS"
 SCHEMA_VERSION = 1
@@ -76,9 +87,16 @@ def peek_kind(data: bytes) -> Kind:
         raise CodecError(f"unknown message kind {data[3]}") from None
 
 
+# A reading batch's per-batch fields, before its per-reading columns (contract.READING_COLUMNS).
+BATCH_FIELDS = ("plant", "equipment", "origin", "source")
+
+
 @dataclass(slots=True)
 class ReadingBatch:
-    """Readings of one source on one equipment unit, columnar, in source order."""
+    """Readings of one source on one equipment unit, columnar, in source order.
+
+    The columns are ``contract.READING_COLUMNS``, spelled out here for the type checker (a test
+    holds them to the declaration: same names, same order)."""
 
     plant: str
     equipment: str
@@ -103,16 +121,14 @@ class ReadingBatch:
         return f"{self.plant}/{self.equipment}"
 
     def append(self, r: Reading) -> None:
-        self.tag.append(r.tag)
-        self.unit.append(r.unit)
-        self.ts_us.append(r.ts_us)
-        self.value.append(r.value)
-        self.quality.append(int(r.quality))
-        self.status_code.append(r.status_code)
-        self.seq.append(r.seq)
-        self.server_ts_us.append(r.server_ts_us)
-        self.lot.append(r.lot)
-        self.reason.append(r.reason)
+        for name in READING_COLUMN_NAMES:
+            getattr(self, name).append(getattr(r, name))
+        self.quality[-1] = int(r.quality)  # the column holds the code, not the enum
+
+    def slice(self, lo: int, hi: int) -> ReadingBatch:
+        """Rows ``lo:hi`` as a batch of the same plant, equipment, origin and source."""
+        cols = {name: getattr(self, name)[lo:hi] for name in READING_COLUMN_NAMES}
+        return ReadingBatch(self.plant, self.equipment, self.origin, self.source, **cols)
 
     @classmethod
     def of(cls, readings: Sequence[Reading]) -> ReadingBatch:
@@ -130,23 +146,12 @@ class ReadingBatch:
         return batch
 
     def readings(self) -> Iterator[Reading]:
-        for i in range(len(self.ts_us)):
-            yield Reading(
-                plant=self.plant,
-                equipment=self.equipment,
-                tag=self.tag[i],
-                ts_us=self.ts_us[i],
-                value=self.value[i],
-                unit=self.unit[i],
-                quality=Quality(self.quality[i]),
-                origin=self.origin,
-                source=self.source,
-                seq=self.seq[i],
-                status_code=self.status_code[i],
-                server_ts_us=self.server_ts_us[i],
-                lot=self.lot[i],
-                reason=self.reason[i],
-            )
+        head: dict[str, Any] = {"plant": self.plant, "equipment": self.equipment, "origin": self.origin}
+        head["source"] = self.source
+        for row in zip(*(getattr(self, name) for name in READING_COLUMN_NAMES), strict=True):
+            kw: dict[str, Any] = dict(zip(READING_COLUMN_NAMES, row, strict=True))
+            kw["quality"] = Quality(kw["quality"])
+            yield Reading(**head, **kw)
 
 
 def _dict_encode(values: list[str]) -> tuple[list[str], list[int]]:
@@ -160,29 +165,27 @@ def _optional(col: list[Any]) -> list[Any] | None:
     return col if any(v is not None for v in col) else None
 
 
+# How each column travels, from the declaration: a dictionary-encoded one as two arrays (names,
+# codes), a nullable one as nil when all None, the others as they are. Body: BATCH_FIELDS, then these.
+_DICT, _NULLABLE, _PLAIN = 0, 1, 2
+_LAYOUT: tuple[tuple[str, int], ...] = tuple(
+    (c.name, _DICT if c.wire == "dict" else _NULLABLE if c.nullable else _PLAIN) for c in READING_COLUMNS
+)
+READINGS_BODY_LEN = len(BATCH_FIELDS) + sum(2 if how == _DICT else 1 for _, how in _LAYOUT)
+
+
 def encode_readings(batch: ReadingBatch | Sequence[Reading]) -> bytes:
     if not isinstance(batch, ReadingBatch):
         batch = ReadingBatch.of(batch)
-    tags, tag_codes = _dict_encode(batch.tag)
-    units, unit_codes = _dict_encode(batch.unit)
-    body = [
-        batch.plant,
-        batch.equipment,
-        int(batch.origin),
-        batch.source,
-        tags,
-        tag_codes,
-        units,
-        unit_codes,
-        batch.ts_us,
-        batch.value,
-        batch.quality,
-        _optional(batch.status_code),
-        batch.seq,
-        _optional(batch.server_ts_us),
-        _optional(batch.lot),
-        _optional(batch.reason),
-    ]
+    body: list[Any] = [batch.plant, batch.equipment, int(batch.origin), batch.source]
+    for name, how in _LAYOUT:
+        col = getattr(batch, name)
+        if how == _PLAIN:
+            body.append(col)
+        elif how == _NULLABLE:
+            body.append(_optional(col))
+        else:
+            body += _dict_encode(col)
     return _pack(Kind.READINGS, body)
 
 
@@ -194,77 +197,68 @@ _QUALITIES = frozenset({0, 1, 2})
 _VALUE_TYPES = frozenset({float, int, bool, str})
 
 
+# (name, how, position after BATCH_FIELDS) of each column in the body.
+_DECODE: tuple[tuple[str, int, int], ...] = tuple(
+    (name, how, sum(2 if h == _DICT else 1 for _, h in _LAYOUT[:k])) for k, (name, how) in enumerate(_LAYOUT)
+)
+_ROWS_FROM = next(pos for name, _, pos in _DECODE if name == "ts_us")  # the column that gives the row count
+
+
 def decode_readings(data: bytes) -> ReadingBatch:
     body = _body(data, Kind.READINGS)
     try:
-        (
-            plant,
-            equipment,
-            origin,
-            source,
-            tags,
-            tag_codes,
-            units,
-            unit_codes,
-            ts,
-            values,
-            quality,
-            status,
-            seq,
-            sts,
-            lots,
-            reasons,
-        ) = body
+        plant, equipment, origin, source, *body_cols = body
     except (TypeError, ValueError):
-        raise CodecError("readings body must be a 16-element array") from None
+        body_cols = None
+    if body_cols is None or len(body_cols) != READINGS_BODY_LEN - len(BATCH_FIELDS):
+        raise CodecError(f"readings body must be a {READINGS_BODY_LEN}-element array")
+    ts = body_cols[_ROWS_FROM]
     n = len(ts) if isinstance(ts, list) else -1
     if not (isinstance(plant, _STR) and isinstance(equipment, _STR) and isinstance(source, _STR)):
         raise CodecError("plant, equipment and source must be strings")
-    for name, col in (("tag", tag_codes), ("unit", unit_codes), ("value", values), ("quality", quality), ("seq", seq)):
-        if not isinstance(col, list) or len(col) != n:
-            raise CodecError(f"column {name!r} has {len(col) if isinstance(col, list) else 'no'} rows, expected {n}")
-    for name, opt in (("status_code", status), ("server_ts_us", sts), ("lot", lots), ("reason", reasons)):
-        if opt is not None and (not isinstance(opt, list) or len(opt) != n):
-            raise CodecError(f"column {name!r} has the wrong length")
+    cols: dict[str, Any] = {}
+    dicts: list[tuple[str, Any, Any]] = []
+    for name, how, pos in _DECODE:
+        col = body_cols[pos]
+        if how == _NULLABLE:
+            if col is None:
+                col = [None] * n
+            elif not isinstance(col, list) or len(col) != n:
+                raise CodecError(f"column {name!r} has the wrong length")
+        else:
+            codes = body_cols[pos + 1] if how == _DICT else col
+            if not isinstance(codes, list) or len(codes) != n:
+                got = len(codes) if isinstance(codes, list) else "no"
+                raise CodecError(f"column {name!r} has {got} rows, expected {n}")
+            if how == _DICT:
+                dicts.append((name, col, codes))
+                continue
+        cols[name] = col
     # Column checks run at C speed (map/set) - they are per reading, in every consumer's hot path;
     # the slow loop only runs to name the offending row.
     try:
         org = Origin(origin)
-        tag_col = list(map(tags.__getitem__, tag_codes))
-        unit_col = list(map(units.__getitem__, unit_codes))
+        for name, names, codes in dicts:
+            cols[name] = list(map(names.__getitem__, codes))
     except (ValueError, IndexError, TypeError, KeyError, AttributeError) as exc:
         raise CodecError(f"bad dictionary or origin: {exc}") from None
     if not set(map(type, ts)) <= _INT_ONLY:
         raise CodecError("ts_us must be integers (microseconds)")
+    quality = cols["quality"]
     try:
         quality_ok = set(quality) <= _QUALITIES
     except TypeError:  # an unhashable element
         quality_ok = False
     if not quality_ok:
         raise CodecError("quality must be 0 (good), 1 (uncertain) or 2 (bad)")
+    values = cols["value"]
     if not set(map(type, values)) <= _VALUE_TYPES:
         for i, v in enumerate(values):
             if not isinstance(v, float | int | str):  # bool is an int
                 raise CodecError(
-                    f"value of row {i} ({tag_col[i]!r}) is {type(v).__name__}; expected float, int, bool or str"
+                    f"value of row {i} ({cols['tag'][i]!r}) is {type(v).__name__}; expected float, int, bool or str"
                 )
-    none = [None] * n
-    return ReadingBatch(
-        plant=plant,
-        equipment=equipment,
-        origin=org,
-        source=source,
-        tag=tag_col,
-        unit=unit_col,
-        ts_us=ts,
-        value=values,
-        quality=quality,
-        status_code=status if status is not None else list(none),
-        seq=seq,
-        server_ts_us=sts if sts is not None else list(none),
-        lot=lots if lots is not None else list(none),
-        reason=reasons if reasons is not None else list(none),
-    )
+    return ReadingBatch(plant, equipment, org, source, **cols)
 
 
 # --- aggregates --------------------------------------------------------------------------------
@@ -402,9 +396,17 @@ _TAG_FIELDS = (
 )
 
 
+# Optional keys: written only when set, so a message without one is byte-identical to what an
+# older producer sends; a consumer that does not know a key ignores it, a missing one decodes to "".
+_TAG_OPTIONAL = ("std_property",)
+
+
 def encode_tag_meta(meta: TagMeta) -> bytes:
     body = {f: getattr(meta, f) for f in _TAG_FIELDS}
     body["grade"] = meta.grade.value
+    for f in _TAG_OPTIONAL:
+        if getattr(meta, f):
+            body[f] = getattr(meta, f)
     return _pack(Kind.TAG_META, body)
 
 
@@ -413,7 +415,9 @@ def decode_tag_meta(data: bytes) -> TagMeta:
     if not isinstance(body, dict):
         raise CodecError("tag metadata body must be a map")
     try:
-        kw = {f: body[f] for f in _TAG_FIELDS if f in body}
+        kw = {f: body[f] for f in (*_TAG_FIELDS, *_TAG_OPTIONAL) if f in body}
+        if not all(isinstance(kw.get(f, ""), str) for f in _TAG_OPTIONAL):
+            raise ValueError(f"{', '.join(_TAG_OPTIONAL)} must be a string")
         kw["grade"] = Grade(kw.get("grade", "core"))  # unstated: core (fail closed)
         return TagMeta(**kw)
     except (KeyError, ValueError, TypeError) as exc:

@@ -22,6 +22,7 @@ class SimTag:
     spec_property: str = ""  # material-spec property this tag is checked against (e.g. "casting_speed")
     description: str = ""
     material: str = ""  # material spec id whose process limit ``spec_property`` refers to
+    std_property: str = ""  # standard property id of the shared vocabulary (plantstream.domain.vocabulary)
 
 
 PLANTS = ("steel", "chemical", "fiber")

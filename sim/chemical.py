@@ -46,6 +46,44 @@ LAB_TYPICAL = {
 }
 
 
+# Standard property per tag (shared vocabulary, docs/vocabulary.md): what lines up across plants.
+_VALVES = (
+    "feed.d_feed_valve", "feed.e_feed_valve", "feed.a_feed_valve", "compressor.recycle_valve", "separator.purge_valve",
+    "separator.liquid_valve", "stripper.liquid_valve", "reactor.cw_valve",
+)  # fmt: skip
+STD_PROPERTIES: dict[str, str] = {
+    "feed.a_flow": "ps:volume-flow.gas",
+    "feed.d_flow": "ps:mass-flow",
+    "feed.e_flow": "ps:mass-flow",
+    "feed.ac_flow": "ps:volume-flow.gas",
+    "reactor.pressure": "ps:pressure.gauge",
+    "reactor.temperature": "ps:temperature.process",
+    "reactor.level": "ps:fraction.level",
+    "reactor.feed_rate": "ps:volume-flow.gas",
+    "reactor.cw_outlet_temperature": "ps:temperature.coolant",
+    "reactor.agitator_running": "ps:running",
+    "separator.temperature": "ps:temperature.process",
+    "separator.level": "ps:fraction.level",
+    "separator.pressure": "ps:pressure.gauge",
+    "separator.underflow": "ps:volume-flow",
+    "condenser.cw_outlet_temperature": "ps:temperature.coolant",
+    "stripper.level": "ps:fraction.level",
+    "stripper.pressure": "ps:pressure.gauge",
+    "stripper.underflow": "ps:volume-flow",
+    "stripper.temperature": "ps:temperature.process",
+    "stripper.steam_flow": "ps:mass-flow",
+    "compressor.work": "ps:power",
+    "compressor.running": "ps:running",
+    **{tag: "ps:fraction.valve-position" for tag in _VALVES},
+    **{
+        f"analyzer.{c}": "ps:fraction.mole"
+        for c in ("feed_a", "feed_b", "feed_c", "feed_d", "feed_e", "feed_f", "product_g", "product_h")
+    },
+    "product.current_batch": "ps:lot-id",
+    "product.batch_count": "ps:lot-count",
+}
+
+
 def build(seed: int, step_us: int = 1_000_000, run: str = "") -> PlantModel:
     lp = lot_prefix(seed, run)  # the run in every lot id: ids are never reused across runs
 
@@ -70,6 +108,7 @@ def build(seed: int, step_us: int = 1_000_000, run: str = "") -> PlantModel:
     def T(tag: str, unit_: str, eu: str, lo: float, hi: float, signal: Signal, **kw: Unpack[SimTagOptions]) -> TagModel:
         if kw.get("spec_property"):
             kw["material"] = MATERIAL
+        kw.setdefault("std_property", STD_PROPERTIES.get(tag, ""))
         return TagModel(sim_tag(PLANT, tag, f"{TRAIN}/{unit_}", eu, lo, hi, **kw), signal)
 
     def A(name: str, base: float, noise: float, wander: float, decimals: int = 2, **kw: float) -> Analog:

@@ -30,6 +30,7 @@ def _meta(t: SimTag) -> dict[str, Any]:
         "hi": t.hi if ok_range else None,
         "grade": Grade(t.grade),
         "spec_property": t.spec_property,
+        "property": t.std_property,
         "description": t.description,
     }
 

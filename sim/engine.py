@@ -345,6 +345,7 @@ class SimTagOptions(TypedDict, total=False):
     spec_property: str
     material: str
     description: str
+    std_property: str
 
 
 def sim_tag(
@@ -361,6 +362,7 @@ def sim_tag(
     spec_property: str = "",
     material: str = "",
     description: str = "",
+    std_property: str = "",
 ) -> SimTag:
     """A catalog entry with its OPC-UA NodeId or MQTT topic filled in."""
     return SimTag(
@@ -377,6 +379,7 @@ def sim_tag(
         spec_property=spec_property,
         material=material,
         description=description,
+        std_property=std_property,
     )
 
 

@@ -40,6 +40,39 @@ CF = f"{SITE}/carbonfiber/cf1"
 LAB_TYPICAL = {"strain": (1.95, 2.2)}
 
 
+# Standard property per tag (shared vocabulary, docs/vocabulary.md): what lines up across plants.
+STD_PROPERTIES: dict[str, str] = {
+    "poy1.melt_temperature": "ps:temperature.melt",
+    "poy1.extruder_pressure": "ps:pressure.gauge",
+    "poy1.screw_speed": "ps:rotational-speed",
+    "poy1.pack_pressure": "ps:pressure.gauge",
+    "poy1.metering_pump_speed": "ps:rotational-speed",
+    "poy1.quench_air_temperature": "ps:temperature.air",
+    "poy1.quench_air_velocity": "ps:linear-speed.air",
+    "poy1.quench_humidity": "ps:fraction.relative-humidity",
+    "poy1.spin_finish_level": "ps:fraction.mass",
+    "poy1.godet1_speed": "ps:linear-speed.material",
+    "poy1.winding_speed": "ps:linear-speed.material",
+    "poy1.yarn_tension": "ps:force.tension",
+    "poy1.yarn_count": "ps:linear-density",
+    "poy1.winder_running": "ps:running",
+    "poy1.current_doff": "ps:lot-id",
+    "poy1.doff_count": "ps:lot-count",
+    **{f"cf1.oxidation_zone{n}_temperature": "ps:temperature.furnace" for n in range(1, 4)},
+    "cf1.oxidation_exhaust_fan_running": "ps:running",
+    "cf1.lt_furnace_temperature": "ps:temperature.furnace",
+    "cf1.ht_furnace_temperature": "ps:temperature.furnace",
+    "cf1.ht_furnace_n2_flow": "ps:volume-flow.gas",
+    "cf1.tension_ox": "ps:force.tension",
+    "cf1.tension_lt": "ps:force.tension",
+    "cf1.tension_ht": "ps:force.tension",
+    "cf1.line_speed": "ps:linear-speed.material",
+    "cf1.current_spool": "ps:lot-id",
+    "cf1.current_precursor": "ps:lot-id",
+    "cf1.spool_count": "ps:lot-count",
+}
+
+
 def build(seed: int, step_us: int = 1_000_000, run: str = "") -> PlantModel:
     lp = lot_prefix(seed, run)  # the run in every lot id: ids are never reused across runs
 
@@ -65,6 +98,7 @@ def build(seed: int, step_us: int = 1_000_000, run: str = "") -> PlantModel:
     ) -> TagModel:
         if kw.get("spec_property"):
             kw["material"] = CF_MATERIAL if equipment.startswith(CF) else POY_MATERIAL
+        kw.setdefault("std_property", STD_PROPERTIES.get(tag, ""))
         return TagModel(sim_tag(PLANT, tag, equipment, unit, lo, hi, **kw), signal)
 
     def A(name: str, base: float, noise: float, wander: float, decimals: int = 2, **kw: float) -> Analog:

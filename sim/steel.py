@@ -51,6 +51,40 @@ LAB_TYPICAL = {
 }
 
 
+# Standard property per tag (shared vocabulary, docs/vocabulary.md): what lines up across plants.
+# Temperature differences (tundish superheat, mould cooling-water delta T) are in ΔK: a bare K is
+# an absolute temperature and would be normalized to -243.15 degC for 30 K.
+STD_PROPERTIES: dict[str, str] = {
+    "lf1.bath_temperature": "ps:temperature.melt",
+    "caster1.tundish_superheat": "ps:temperature-difference.superheat",
+    "caster1.mould_cw_delta_t": "ps:temperature-difference.coolant",
+    "lf1.arc_power": "ps:power.electric",
+    "lf1.arc_on": "ps:running",
+    "lf1.argon_flow": "ps:volume-flow.gas",
+    "lf1.alloy_added": "ps:mass",
+    "lf1.current_heat": "ps:lot-id",
+    "lf1.heat_count": "ps:lot-count",
+    "caster1.mould_level": "ps:length.level",
+    "caster1.casting_speed": "ps:linear-speed.material",
+    "caster1.mould_cw_flow": "ps:volume-flow.coolant",
+    "caster1.tundish_temperature": "ps:temperature.melt",
+    "caster1.tundish_weight": "ps:mass",
+    **{f"caster1.segment{n}_temperature": "ps:temperature.surface" for n in range(1, 5)},
+    "caster1.cooling_water_pressure": "ps:pressure.gauge",
+    "caster1.current_heat": "ps:lot-id",
+    "caster1.current_slab": "ps:lot-id",
+    "caster1.slab_count": "ps:lot-count",
+    "caster1.strand_running": "ps:running",
+    **{f"hsm1.roll_force_f{n}": "ps:force.rolling" for n in range(1, 7)},
+    "hsm1.finishing_exit_temperature": "ps:temperature.surface",
+    "hsm1.strip_thickness": "ps:length.thickness",
+    "hsm1.strip_speed": "ps:linear-speed.material",
+    "hsm1.coiling_temperature": "ps:temperature.surface",
+    "hsm1.current_coil": "ps:lot-id",
+    "hsm1.coil_count": "ps:lot-count",
+}
+
+
 def build(seed: int, step_us: int = 1_000_000, run: str = "") -> PlantModel:
     lp = lot_prefix(seed, run)  # the run in every lot id: ids are never reused across runs
 
@@ -126,6 +160,7 @@ def build(seed: int, step_us: int = 1_000_000, run: str = "") -> PlantModel:
     ) -> TagModel:
         if kw.get("spec_property"):
             kw["material"] = MATERIAL
+        kw.setdefault("std_property", STD_PROPERTIES.get(tag, ""))
         return TagModel(sim_tag(PLANT, tag, equipment, unit, lo, hi, **kw), signal)
 
     furnace, mould, tund, strand = f"{LF}/furnace", f"{CASTER}/mould", f"{CASTER}/tundish", f"{CASTER}/strand"
@@ -147,9 +182,9 @@ def build(seed: int, step_us: int = 1_000_000, run: str = "") -> PlantModel:
           Analog(key("speed"), 1.2, noise=0.005, wander=0.08, wander_s=900, wave=0.03, decimals=3),
           grade="core", spec_property="casting_speed"),
         T("caster1.mould_cw_flow", mould, "m**3/h", 0, 600, Analog(key("mcw"), 380.0, noise=2, wander=6, decimals=1)),
-        T("caster1.mould_cw_delta_t", mould, "K", 0, 20, Analog(key("mdt"), 8.5, noise=0.15, wander=0.6, decimals=2)),
+        T("caster1.mould_cw_delta_t", mould, "ΔK", 0, 20, Analog(key("mdt"), 8.5, noise=0.15, wander=0.6, decimals=2)),
         T("caster1.tundish_temperature", tund, "degC", 1450, 1650, tundish, grade="important"),
-        T("caster1.tundish_superheat", tund, "K", 0, 100, superheat, grade="important", spec_property="tundish_superheat"),
+        T("caster1.tundish_superheat", tund, "ΔK", 0, 100, superheat, grade="important", spec_property="tundish_superheat"),
         T("caster1.tundish_weight", tund, "t", 0, 80, Analog(key("tw"), 58.0, noise=0.2, wander=3, decimals=2)),
         *(
             T(f"caster1.segment{n}_temperature", strand, "degC", 600, 1300,

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from plantstream.bench import pull as bench
+from plantstream.bench.copyload import T0
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -24,13 +25,13 @@ def test_copy_loader_writes_the_described_readings(fresh_db: str) -> None:
         row = conn.execute("SELECT count(*), count(DISTINCT tag_id), min(time), max(time) FROM readings").fetchone()
         assert row is not None
         assert row[0] == tags * seconds and row[1] == tags
-        assert row[2] == bench.T0 and (row[3] - bench.T0).total_seconds() == seconds - 1
+        assert row[2] == T0 and (row[3] - T0).total_seconds() == seconds - 1
         # Spot checks against the formula: value, lot (by name), sequence.
         for s in (0, 1_234, seconds - 1):
             got = conn.execute(
                 "SELECT r.v_float, t.id, l.lot, r.seq, r.quality FROM readings r JOIN tags t ON t.id = r.tag_id "
                 "JOIN lots l ON l.id = r.lot_id WHERE t.tag = 'tag0002' AND r.time = %s",
-                (bench.T0 + timedelta(seconds=s),),
+                (T0 + timedelta(seconds=s),),
             ).fetchone()
             assert got is not None
             v, tag_id, lot, seq, quality = got

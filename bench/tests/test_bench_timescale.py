@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from plantstream.bench import timescale as bt
-from plantstream.bench.pull import T0
+from plantstream.bench.copyload import T0
 from plantstream.monitor.queries import flavor
 from plantstream.sinks.timescaledb.migrate import migrate
 from plantstream.testing.sinks import timescale_db

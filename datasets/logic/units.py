@@ -11,6 +11,9 @@ import re
 
 # Aliases of whole atoms -> UCUM.
 _ALIAS = {
+    # A temperature difference: UCUM's K (a difference in K equals one in Cel; Cel itself is absolute).
+    "delta_degC": "K",
+    "ΔK": "K",
     "degC": "Cel",
     "°C": "Cel",
     "celsius": "Cel",

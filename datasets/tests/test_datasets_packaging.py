@@ -102,7 +102,7 @@ def test_croissant_is_complete_with_rai_and_validates_without_warnings(fresh_db:
     issues = ds.metadata.ctx.issues
     assert not issues.errors and not issues.warnings, issues.report()
     md = ds.metadata
-    assert md.version == f"2.0.0+{rec.snapshot}"
+    assert md.version == f"2.1.0+{rec.snapshot}"
     # The newest reading (599 s), not the clock: a re-pull is byte-identical (test_datasets_pull).
     assert md.date_published == T0 + timedelta(seconds=599)
     assert [c.name for c in md.creators] == ["acme"] and md.publisher and md.keywords
@@ -144,3 +144,96 @@ def test_units_of_the_fiber_plant_as_ucum(fresh_db: str, tmp_path: Path) -> None
     codes = {f["name"]: f.get("sc:unitCode") for rs in doc["recordSet"] for f in rs["field"]}
     assert codes["rows-acme.nantong.carbonfiber.cf1/cf1.n2_flow"] == "m3/h"
     assert codes["rows-acme.nantong.spinning.poy1/poy1.titer"] == "dg/km"
+
+
+# --- standard properties (issue 18) ---------------------------------------------------------------
+
+STEEL_PROPS = {
+    "mould.level": "ps:length.level",
+    "mould.speed": "ps:linear-speed.material",
+    "mould.recipe_setpoint": "ps:temperature",
+    "mould.running": "ps:running",
+}
+
+
+def test_columns_carry_their_standard_property_in_parquet_and_croissant(fresh_db: str, tmp_path: Path) -> None:
+    import json
+
+    import mlcroissant as mlc
+    import psycopg
+    import pyarrow.parquet as pq
+
+    from plantstream.domain.vocabulary import current
+
+    testing.load(fresh_db, 600, lot_s=60)
+    with psycopg.connect(fresh_db) as conn:  # as the sink stores them from the tags' metadata
+        for tag, prop in STEEL_PROPS.items():
+            conn.execute("UPDATE tags SET std_property = %s WHERE plant = 'steel' AND tag = %s", (prop, tag))
+    base: dict[str, Any] = {"plant": testing.PLANT, "start": T0, "end": T0 + timedelta(seconds=600), "interval": "5s"}
+    pull(fresh_db, validate_request({**base, "labels": True}), OWNER, out=tmp_path / "ds")
+    vocab = current()
+    schema = pq.read_schema(next((tmp_path / "ds" / "data").rglob("*.parquet")))
+    for tag, prop in STEEL_PROPS.items():
+        meta = schema.field(tag).metadata
+        assert meta[b"plantstream.property"] == prop.encode(), tag
+        # Pulled values are in the canonical unit, which is the property's unit.
+        assert meta.get(b"unit", b"").decode() == vocab.get(prop).unit, tag
+    assert b"plantstream.property" not in schema.field("mould.strands").metadata
+    assert b"plantstream.property" not in schema.field("lot").metadata
+    ref = json.loads(schema.metadata[b"plantstream.vocabulary"])
+    assert ref == {"name": vocab.name, "version": vocab.version, "iri": vocab.iri, "prefix": "ps"}
+
+    path = tmp_path / "ds" / "croissant.json"
+    ds = mlc.Dataset(jsonld=str(path))
+    assert not ds.metadata.ctx.issues.errors and not ds.metadata.ctx.issues.warnings, ds.metadata.ctx.issues.report()
+    doc = json.loads(path.read_text())
+    fields = {f["name"]: f for rs in doc["recordSet"] for f in rs["field"]}
+    level = fields["rows/mould.level"]["sc:additionalProperty"]
+    assert level["sc:propertyID"] == "ps:length.level" and level["sc:value"] == vocab.property_iri("ps:length.level")
+    assert level["sc:unitText"] == fields["rows/mould.level"]["sc:unitText"] == "mm" and level["sc:unitCode"] == "mm"
+    assert fields["rows/mould.running"]["sc:additionalProperty"]["sc:propertyID"] == "ps:running"
+    assert "sc:unitText" not in fields["rows/mould.running"]["sc:additionalProperty"]
+    assert "sc:additionalProperty" not in fields["rows/mould.strands"]
+    assert doc["sc:additionalProperty"]["sc:value"] == vocab.iri  # which vocabulary, at the dataset level
+    assert any("Standard properties: 4 tag column(s)" in p for p in doc["rai:dataPreprocessingProtocol"])
+    card = (tmp_path / "ds" / "README.md").read_text()
+    assert (
+        "| `mould.level` | `acme/duisburg/steelmaking/caster1/mould` | mm | float | general | `ps:length.level` |"
+        in card
+    )
+
+
+def test_a_pull_without_properties_carries_none(fresh_db: str, tmp_path: Path) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+
+    rec = steel(fresh_db, tmp_path)
+    schema = pq.read_schema(next((tmp_path / "ds" / "data").rglob("*.parquet")))
+    assert b"plantstream.vocabulary" not in schema.metadata and rec.files
+    assert all(b"plantstream.property" not in (f.metadata or {}) for f in schema)
+    doc = json.loads((tmp_path / "ds" / "croissant.json").read_text())
+    assert "sc:additionalProperty" not in doc
+
+
+def test_a_column_whose_unit_is_not_its_propertys_is_refused() -> None:
+    import pyarrow as pa
+
+    from plantstream.datasets.output import Column
+
+    assert Column("t", pa.float64(), unit="degC", std_property="ps:temperature.melt").unit_code == "Cel"
+    with pytest.raises(ValueError, match="unit 'degF' is not the unit 'degC' of its standard property ps:temperature"):
+        Column("t", pa.float64(), unit="degF", std_property="ps:temperature")
+    # The vocabulary's UCUM code where the certain mapping has none; an id of another vocabulary is kept as is.
+    assert Column("s", pa.float64(), unit="1/min", std_property="ps:rotational-speed").unit_code == "/min"
+    other = Column("x", pa.float64(), unit="furlong", std_property="acme:odd")
+    assert other.standard_property is None and other.arrow_field().metadata[b"plantstream.property"] == b"acme:odd"
+
+
+def test_the_vocabulary_ucum_codes_agree_with_the_dataset_unit_mapping() -> None:
+    from plantstream.datasets.logic.units import ucum
+    from plantstream.domain.vocabulary import current
+
+    for p in current():
+        if p.unit and ucum(p.unit) is not None:  # where the mapping is certain, both say the same
+            assert ucum(p.unit) == p.ucum, p.id

@@ -14,14 +14,14 @@ Contracts (the failure contract of edge/source.py):
   leave ``failing``.
 * A timeout or a lost / refused connection: every tag gets a gap marker (bad, NaN, status
   BadNoCommunication like OPC-UA's, reason) at the moment of the loss, once per loss; the
-  client is closed and a new one connects with backoff (``reconnect``), doubling to ``max_s``.
+  client is closed and a new one connects with backoff (``reconnect``), doubling to ``max_s``
+  (the shared loop, ``edge.source.Reconnect``).
   Nothing is raised out of ``run()``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import struct
@@ -35,9 +35,8 @@ from plantstream.contract import Origin, Quality, Value
 from plantstream.edge.batcher import Sample
 from plantstream.edge.modbus.config import ModbusSource, ModbusTag
 from plantstream.edge.registry import SourceContext
-from plantstream.edge.source import DeadLetter, Delivery, Inbox, Source, now_us
+from plantstream.edge.source import DeadLetter, Delivery, Inbox, Reconnect, Source, now_us
 from plantstream.edge.vet import DEFAULT_LIMITS, Limits, Uncarriable, vet
-from plantstream.log import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -119,63 +118,46 @@ class ModbusTcpSource(Source):  # type: ignore[misc]  # Source is Any to mypy: e
         self.cfg = cfg
         self.limits = limits
         self.blocks = plan(cfg)
-        self._throttle = Throttle(30.0)
         self._last: dict[str, Value] = {}
         self.polls = 0
 
     # --- connection loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        backoff = self.cfg.reconnect.min_s
-        attempts = 0
-        while not self._stop.is_set():
-            client = AsyncModbusTcpClient(
-                self.cfg.host,
-                port=self.cfg.port,
-                timeout=self.cfg.timeout_s,
-                retries=0,
-                reconnect_delay=0,  # reconnects are ours (backoff, gap markers), not pymodbus's
-            )
-            session_up = False
-            try:
-                if not await asyncio.wait_for(client.connect(), self.cfg.timeout_s * 2):
-                    raise ConnectionLost(f"cannot connect to {self.cfg.host}:{self.cfg.port}")
-                session_up = True
-                self.status.connected = True
-                if attempts:
-                    self.status.reconnects += 1
-                self.status.last_error = ""
-                await self._poll_loop(client)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the contract: nothing leaves run() but a stop
-                self.status.last_error = f"{type(exc).__name__}: {exc}"
-                n = self._throttle.should("conn")
-                if n >= 0:
-                    log.warning(
-                        "modbus: connection failed or lost; reconnecting with backoff",
-                        extra={
-                            "kv": {
-                                "source": self.id,
-                                "endpoint": self.status.endpoint,
-                                "error": self.status.last_error,
-                                "retry_in_s": backoff,
-                                "suppressed": n,
-                            }
-                        },
-                    )
-            finally:
-                self.status.connected = False
-                if session_up and not self._stop.is_set():
-                    self._gap(GAP_REASON + (f" ({self.status.last_error})" if self.status.last_error else ""))
-                with contextlib.suppress(Exception):
-                    client.close()
-            attempts += 1
-            if session_up:
-                backoff = self.cfg.reconnect.min_s
-            if await self.sleep(backoff):
-                break
-            backoff = min(backoff * 2, self.cfg.reconnect.max_s)
+        await Reconnect(
+            self,
+            "modbus",
+            self.cfg.reconnect,
+            open=self._client,
+            connect=self._connect,
+            session=self._session,
+            close=self._close,
+            on_lost=self._lost,
+        ).run()
+
+    def _client(self) -> AsyncModbusTcpClient:
+        return AsyncModbusTcpClient(
+            self.cfg.host,
+            port=self.cfg.port,
+            timeout=self.cfg.timeout_s,
+            retries=0,
+            reconnect_delay=0,  # reconnects are ours (backoff, gap markers), not pymodbus's
+        )
+
+    async def _connect(self, client: AsyncModbusTcpClient) -> None:
+        if not await asyncio.wait_for(client.connect(), self.cfg.timeout_s * 2):
+            raise ConnectionLost(f"cannot connect to {self.cfg.host}:{self.cfg.port}")
+
+    async def _session(self, client: AsyncModbusTcpClient) -> None:
+        self.status.connected = True
+        self.status.last_error = ""
+        await self._poll_loop(client)
+
+    async def _close(self, client: AsyncModbusTcpClient) -> None:
+        client.close()
+
+    def _lost(self) -> None:
+        self._gap(GAP_REASON + (f" ({self.status.last_error})" if self.status.last_error else ""))
 
     async def _poll_loop(self, client: AsyncModbusTcpClient) -> None:
         loop = asyncio.get_running_loop()

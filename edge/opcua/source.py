@@ -48,9 +48,8 @@ from plantstream.edge.config import OpcuaSource, OpcuaTag
 from plantstream.edge.opcua.fastpath import FastDataChange, FastPublish
 from plantstream.edge.opcua.secure import secure
 from plantstream.edge.registry import SourceContext
-from plantstream.edge.source import DeadLetter, Delivery, Inbox, Source, now_us
+from plantstream.edge.source import DeadLetter, Delivery, Inbox, Reconnect, Source, now_us
 from plantstream.edge.vet import DEFAULT_LIMITS, Limits, Uncarriable, vet
-from plantstream.log import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +108,6 @@ class OpcuaSourceRunner(Source):  # type: ignore[misc]  # Source is Any to mypy:
         self.cfg = cfg
         self.limits = limits
         self.state_dir = state_dir if state_dir is not None else Settings.from_env().state_dir
-        self._throttle = Throttle(30.0)
         self._items: list[_Item] = []
         for t in cfg.tags:
             try:
@@ -131,59 +129,43 @@ class OpcuaSourceRunner(Source):  # type: ignore[misc]  # Source is Any to mypy:
     # --- connection loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        backoff = self.cfg.reconnect.min_s
-        attempts = 0
-        while not self._stop.is_set():
-            self._lost = asyncio.Event()
-            client = Client(
-                self.cfg.endpoint, timeout=self.cfg.request_timeout_s, watchdog_intervall=self.cfg.watchdog_interval_s
-            )
+        await Reconnect(
+            self,
+            "opcua",
+            self.cfg.reconnect,
+            open=self._client,
+            connect=self._connect,
+            session=self._session,
+            close=self._close,
+            on_lost=self._mark_gap,
+        ).run()
 
-            async def lost(exc: Exception, ev: asyncio.Event = self._lost) -> None:
-                ev.set()
+    def _client(self) -> Client:
+        self._lost = asyncio.Event()
+        client = Client(
+            self.cfg.endpoint, timeout=self.cfg.request_timeout_s, watchdog_intervall=self.cfg.watchdog_interval_s
+        )
 
-            client.connection_lost_callback = lost
-            session_up = False
-            try:
-                await asyncio.wait_for(self._secure(client), self.cfg.request_timeout_s * 2)
-                await asyncio.wait_for(client.connect(), self.cfg.request_timeout_s * 2)
-                session_up = True
-                if attempts:
-                    self.status.reconnects += 1
-                if self.cfg.mode == "subscription":
-                    await self._run_subscription(client)
-                else:
-                    await self._run_poll(client)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.status.last_error = f"{type(exc).__name__}: {exc}"
-                n = self._throttle.should("conn")
-                if n >= 0:
-                    log.warning(
-                        "opcua: connection failed or lost; reconnecting with backoff",
-                        extra={
-                            "kv": {
-                                "source": self.id,
-                                "endpoint": self.cfg.endpoint,
-                                "error": self.status.last_error,
-                                "retry_in_s": backoff,
-                                "suppressed": n,
-                            }
-                        },
-                    )
-            finally:
-                self.status.connected = False
-                if session_up and not self._stop.is_set():
-                    self._mark_gap()
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.wait_for(client.disconnect(), 2)
-            attempts += 1
-            if session_up:
-                backoff = self.cfg.reconnect.min_s  # it worked for a while: start the backoff over
-            if await self.sleep(backoff):
-                break
-            backoff = min(backoff * 2, self.cfg.reconnect.max_s)
+        async def lost(exc: Exception, ev: asyncio.Event = self._lost) -> None:
+            ev.set()
+
+        client.connection_lost_callback = lost
+        return client
+
+    async def _connect(self, client: Client) -> None:
+        await asyncio.wait_for(self._secure(client), self.cfg.request_timeout_s * 2)
+        await asyncio.wait_for(client.connect(), self.cfg.request_timeout_s * 2)
+
+    async def _session(self, client: Client) -> None:
+        if self.cfg.mode == "subscription":
+            await self._run_subscription(client)
+        else:
+            await self._run_poll(client)
+
+    async def _close(self, client: Client) -> None:
+        # A failed or interrupted disconnect of a dead session must not end the loop.
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(client.disconnect(), 2)
 
     def _mark_gap(self) -> None:
         """A lost session loses the values that changed until the next one is up (a new session

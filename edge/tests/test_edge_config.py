@@ -132,3 +132,83 @@ def test_simconfig_round_trips_through_yaml(tmp_path: Path) -> None:
     assert [s.client_id for s in own.sources if isinstance(s, MqttSource)] == ["plantstream-edge-sim-steel-t1a2b"]
     assert {m.tag for m in again.tag_metas()} == {"caster1.mould_level", "ladle.temp"}
     assert _cli("edge", "check", "--config", str(path)).returncode == 0
+
+
+# --- standard properties (issue 18) ---------------------------------------------------------------
+
+PROPS = """\
+agent_id: a1
+plant: steel
+sources:
+  - type: opcua
+    id: plc1
+    endpoint: opc.tcp://127.0.0.1:4840
+    defaults:
+      unit: psi
+    tags:
+      - node_id: ns=2;s=x
+        tag: x
+        equipment: acme/site/area
+        unit: degF
+        property: ps:temperature.melt
+      - node_id: ns=2;s=y
+        tag: y
+        equipment: acme/site/area
+        property: ps:pressure.gauge
+"""
+
+
+def test_a_tag_carries_a_standard_property_into_its_meta(tmp_path: Path) -> None:
+    p = tmp_path / "edge.yaml"
+    p.write_text(PROPS)
+    metas = {m.tag: m for m in load_config(p).tag_metas()}
+    # degF converts to the property's degC; y's psi (from the source defaults) to kPa.
+    assert metas["x"].std_property == "ps:temperature.melt" and metas["x"].unit == "degF"
+    assert metas["y"].std_property == "ps:pressure.gauge" and metas["y"].unit == "psi"
+    assert _cli("edge", "check", "--config", str(p)).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "line", "key", "says"),
+    [
+        # An id the vocabulary does not have.
+        (("property: ps:temperature.melt", "property: ps:temperature.lava"), 14, "sources.0.tags.0.property",
+         "unknown standard property 'ps:temperature.lava'"),
+        # The tag's own unit is no temperature.
+        (("unit: degF", "unit: bar"), 14, "sources.0.tags.0.property",
+         "unit 'bar' cannot be converted to ps:temperature.melt's unit 'degC'"),
+        # A unit pint cannot read at all.
+        (("unit: degF", "unit: furlongs_per_fortnight"), 14, "sources.0.tags.0.property", "cannot be converted"),
+        # The unit comes from the source's defaults (psi -> degC fails): checked after the tags.
+        (("property: ps:pressure.gauge", "property: ps:temperature"), 18, "sources.0.tags.1.property",
+         "unit 'psi' cannot be converted to ps:temperature's unit 'degC'"),
+        # A unit-less property on a tag with a unit.
+        (("property: ps:temperature.melt", "property: ps:running"), 14, "sources.0.tags.0.property",
+         "has no unit"),
+    ],
+)  # fmt: skip
+def test_a_bad_standard_property_exits_2_naming_file_line_and_key(
+    tmp_path: Path, change: tuple[str, str], line: int, key: str, says: str
+) -> None:
+    p = tmp_path / "edge.yaml"
+    p.write_text(PROPS.replace(*change))
+    res = _cli("edge", "check", "--config", str(p))
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert f"{p}:{line}: key '{key}'" in res.stderr, res.stderr
+    assert says in res.stderr, res.stderr
+
+
+def test_a_vocabulary_set_by_the_environment_is_the_one_checked(tmp_path: Path) -> None:
+    vocab = tmp_path / "vocab.yaml"
+    vocab.write_text(
+        "vocabulary: site\nprefix: acme\nversion: 0.1.0\niri: 'urn:acme:vocab#'\nproperties:\n"
+        "  - {id: 'acme:heat', label: heat, description: a temperature, kind: temperature, unit: degC, ucum: Cel}\n"
+    )
+    p = tmp_path / "edge.yaml"
+    p.write_text(PROPS.replace("ps:temperature.melt", "acme:heat").replace("ps:pressure.gauge", "acme:heat"))
+    env = {**os.environ, "PLANTSTREAM_LOG_FORMAT": "text", "PLANTSTREAM_VOCABULARY": str(vocab)}
+    cmd = [sys.executable, "-m", "plantstream.cli", "edge", "check", "--config", str(p)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    # x (degF) fits acme:heat; y's psi does not, and the shipped ps: ids are unknown there.
+    assert res.returncode == 2 and "sources.0.tags.1.property" in res.stderr, res.stderr
+    assert "sources.0.tags.0.property" not in res.stderr, res.stderr

@@ -154,6 +154,11 @@ def walk(pulls: dict[str, Any]) -> dict[str, list[Req]]:
         + [(g, f"/api/history?plant=steel&tag={t}", none) for t in tags],
         "/api/lots": [(g, f"/api/lots?plant={p}&equipment={e}&start=-1h", none) for p in PLANTS for e in EQUIPMENT],
         "/api/lots/current": [(g, "/api/lots/current", none)],
+        "/api/catalog": [(g, "/api/catalog", none)],
+        "/api/products/{name}/{version}": [(g, "/api/products/caster/1.0.0", none), (g, "/api/products/x/1.0", none)],
+        "/api/products/{name}/{version}/croissant.json": [(g, "/api/products/caster/1.0.0/croissant.json", none)],
+        "/api/products/{name}/{version}/quality.json": [(g, "/api/products/caster/1.0.0/quality.json", none)],
+        "/api/products/{name}/{version}/files/{path}": [(g, "/api/products/caster/1.0.0/files/../x", none)],
         "/api/specs": [(g, "/api/specs", none)],
         "/api/limits": [(g, f"/api/limits?plant={t[0]}&tag={t[1]}", none) for t in TAGS]
         + [(g, f"/api/limits?plant=steel&tag={t}&lot=H240117", none) for t in tags],

@@ -87,7 +87,7 @@ class SemVer:
 class FileEntry(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    path: str = Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", max_length=300)
+    path: str = Field(pattern=r"^[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*$", max_length=300)
     bytes: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     media_type: str = Field(max_length=100)

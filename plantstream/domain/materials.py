@@ -61,7 +61,7 @@ _S355J2 = MaterialSpec(
         L("KV", "J", min=27, condition="test_temperature=-20degC", test_method="ISO 148-1"),
         # Process window the plant runs this grade in (live tags are checked against these).
         L("casting_speed", "m/min", min=0.9, max=1.6, target=1.2, basis="process"),
-        L("tundish_superheat", "K", min=15, max=45, target=30, basis="process"),
+        L("tundish_superheat", "ΔK", min=15, max=45, target=30, basis="process"),
         L("mould_level", "mm", min=90, max=110, target=100, basis="process"),
         L("finishing_exit_temperature", "degC", min=850, max=950, target=900, basis="process"),
         L("coiling_temperature", "degC", min=550, max=650, target=600, basis="process"),

@@ -6,6 +6,7 @@ Canonical table (by pint dimensionality):
 quantity                       canonical     converts from (examples)
 =============================  ============  ===========================================
 temperature                    degC          degF, K, degR
+temperature difference         delta_degC    delta_degF, ΔK, Δ°C, Δ°F (never offset)
 pressure                       kPa           Pa, bar, mbar, psi, MPa, atm
 length                         mm            m, cm, um, in, ft
 speed                          m/min         m/s, mm/s, ft/min, km/h
@@ -24,6 +25,9 @@ current / voltage              A / V         mA, kV
 intrinsic viscosity            dL/g          m**3/kg
 ratio (dimensionless)          percent       ppm, ppb, permille
 =============================  ============  ===========================================
+
+A temperature *difference* (a superheat, a cooling-water delta T) must be spelled as one (``ΔK``,
+``Δ°C``, ``delta_degC``): a bare ``K`` is a thermodynamic temperature, and 30 K is -243.15 degC.
 
 Dimensionless units *with a scale* (``%``, ``ppm``, ``ppb``, ``permille``) become percent.
 Unit-less tags (``""``, ``1``, ``count``, ``dimensionless``) and non-numeric tags pass through
@@ -66,7 +70,16 @@ ALIASES: dict[str, str] = {
     "kg/m³": "kg/m**3",
     "µm": "um",
     "dl/g": "dL/g",
+    # Differences: pint's delta units scale without an offset.
+    "ΔK": "delta_degC",
+    "Δ°C": "delta_degC",
+    "ΔC": "delta_degC",
+    "delta_K": "delta_degC",
+    "Δ°F": "delta_degF",
+    "ΔF": "delta_degF",
 }
+
+DELTA_TEMPERATURE = "delta_degC"  # canonical unit of a temperature difference
 
 PASSTHROUGH = frozenset({"", "1", "count", "dimensionless", "-", "n/a"})
 
@@ -164,6 +177,9 @@ def compile_converter(symbol: str) -> Converter:
     if symbol.strip() in PASSTHROUGH:
         return Converter(symbol, symbol)
     unit = parse_unit(symbol)
+    if str(unit).startswith("delta_"):
+        # Same dimensionality as a temperature, so the table cannot tell them apart.
+        return _linear(symbol, unit, DELTA_TEMPERATURE)
     dims = _dims(unit)
     if dims == "dimensionless" and _UREG.Quantity(1.0, unit).to("").magnitude == 1.0:
         return Converter(symbol, symbol)  # a pure count, not a scaled ratio

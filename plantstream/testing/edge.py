@@ -15,6 +15,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from plantstream.edge.agent import Agent
 from plantstream.edge.config import EdgeConfig
 from plantstream.producers.codec import ReadingBatch, decode_readings
 from plantstream.producers.kafka import librdkafka_conf
+from plantstream.producers.topics import Topics
 from plantstream.stack import tansu_binary, wait_port
 from plantstream.testing.plugin import free_port
 from plantstream.testing.proxy import TcpProxy
@@ -76,6 +78,49 @@ def batches(messages: list[Message]) -> list[ReadingBatch]:
 
 def reading_count(messages: list[Message]) -> int:
     return sum(len(b) for b in batches(messages))
+
+
+@dataclass(frozen=True)
+class AgentSetup:
+    """An edge agent's config with one source, the settings it runs under, the topics it writes."""
+
+    cfg: EdgeConfig
+    settings: Settings
+    topics: Topics
+
+
+def one_source_agent(
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    source: dict[str, Any],
+    *,
+    agent_id: str,
+    plant: str = "steel",
+    partitions: int = 2,
+    batch: dict[str, Any] | None = None,
+) -> AgentSetup:
+    """What a connector's agent test runs: ``source`` (a config mapping) in an agent of ``plant``
+    whose buffer and state live under ``tmp_path``, writing to this test's topics (created by the
+    agent with ``partitions``). ``batch`` defaults to a 20 ms delay so readings arrive quickly."""
+    cfg = EdgeConfig.model_validate(
+        {
+            "agent_id": agent_id,
+            "plant": plant,
+            "sources": [source],
+            "batch": batch if batch is not None else {"max_delay_ms": 20},
+            "kafka": {"partitions": partitions},
+        }
+    )
+    settings = Settings.model_validate(
+        {
+            "kafka_bootstrap": kafka_bootstrap,
+            "topic_prefix": topic_prefix,
+            "partitions": partitions,
+            "state_dir": tmp_path / "state",
+        }
+    )
+    return AgentSetup(cfg, settings, Topics(topic_prefix, partitions))
 
 
 class AgentThread:

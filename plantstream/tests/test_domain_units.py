@@ -74,3 +74,13 @@ def test_streams_units_compiled_matches_pint(value: float, unit: str) -> None:
 def test_streams_units_convert_to_rejects_incompatible() -> None:
     with pytest.raises(UnitError):
         convert_to(1.0, "kg", "m")
+
+
+def test_temperature_differences_scale_without_offset() -> None:
+    # A superheat of 30 K is 30 degC of difference, not -243.15 degC (a bare K stays absolute).
+    for unit, value, want in [("ΔK", 30.0, 30.0), ("Δ°C", 30.0, 30.0), ("delta_degC", 5.0, 5.0), ("Δ°F", 9.0, 5.0)]:
+        conv = compile_converter(unit)
+        assert conv.canonical == "delta_degC" and conv.offset == 0.0
+        assert conv(value) == pytest.approx(want)
+    assert compile_converter("K")(30.0) == pytest.approx(-243.15)
+    assert convert_to(15.0, "ΔK", "delta_degC") == pytest.approx(15.0)

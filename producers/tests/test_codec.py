@@ -164,3 +164,28 @@ def test_an_unknown_origin_id_decodes_and_a_bad_one_is_refused() -> None:
         else:
             with pytest.raises(codec.CodecError, match="origin"):
                 codec.decode_readings(data)
+
+
+def test_tag_meta_std_property_round_trips_and_is_optional_on_the_wire() -> None:
+    """Issue 18: ``std_property`` is an optional map key: present only when set, absent decodes to
+    "", and a reader that knows only the older keys still reads the message."""
+    with_prop = TagMeta("fiber", "poy1.melt_temperature", "a/b", "degC", std_property="ps:temperature.melt")
+    without = TagMeta("fiber", "poy1.melt_temperature", "a/b", "degC")
+    assert decode_tag_meta(encode_tag_meta(with_prop)) == with_prop
+    assert decode_tag_meta(encode_tag_meta(without)) == without
+    assert decode_tag_meta(encode_tag_meta(without)).std_property == ""
+    body_with = msgpack.unpackb(encode_tag_meta(with_prop)[4:])
+    body_without = msgpack.unpackb(encode_tag_meta(without)[4:])
+    assert body_with["std_property"] == "ps:temperature.melt" and "std_property" not in body_without
+    # An older consumer takes the keys it knows and ignores the rest: the message still reads.
+    old_keys = [k for k in body_with if k != "std_property"]
+    assert TagMeta(**{**{k: body_with[k] for k in old_keys}, "grade": Grade(body_with["grade"])}) == without
+    # A newer producer's unknown key does not break this reader either.
+    future = codec.MAGIC + bytes((1, 5)) + msgpack.packb({**body_with, "later_key": [1, 2]})
+    assert decode_tag_meta(future) == with_prop
+
+
+def test_tag_meta_std_property_of_the_wrong_type_is_a_codec_error() -> None:
+    body = msgpack.unpackb(encode_tag_meta(TagMeta("p", "t", "e", "degC"))[4:])
+    with pytest.raises(CodecError, match="std_property must be a string"):
+        decode_tag_meta(codec.MAGIC + bytes((1, 5)) + msgpack.packb({**body, "std_property": 7}))

@@ -58,6 +58,16 @@ def _tag() -> bytes:
     return codec.encode_tag_meta(m)
 
 
+def _tag_property() -> bytes:
+    # The optional key std_property (issue 18): written only when set.
+    m = TagMeta(
+        "fiber", "poy1.melt_temperature", "acme/nantong/spinning/poy1/extruder", "degC", "float", lo=250.0,
+        hi=320.0, grade=Grade.CORE, source_address="ns=2;s=poy1.melt_temperature",
+        spec_property="melt_temperature", std_property="ps:temperature.melt",
+    )  # fmt: skip
+    return codec.encode_tag_meta(m)
+
+
 def _deviation() -> bytes:
     return codec.encode_deviation(
         {"id": "d-1", "kind": "process", "plant": "steel", "equipment": EQ, "lot": "H-1001", "tag": "lf1.temp",
@@ -71,6 +81,7 @@ MESSAGES: dict[str, Callable[[], bytes]] = {
     "aggregates": _aggregates,
     "context": _context,
     "tag": _tag,
+    "tag_property": _tag_property,
     "deviation": _deviation,
 }
 
@@ -114,5 +125,8 @@ def test_a_plain_msgpack_reader_finds_the_documented_fields() -> None:
         assert raw[3] == kind and isinstance(msgpack.unpackb(raw[4:], raw=False), dict), name
     tag = msgpack.unpackb((GOLDEN / "tag.bin").read_bytes()[4:], raw=False)
     assert tag["grade"] == "important" and tag["hi"] == 1800.0
+    assert "std_property" not in tag  # optional: absent when the tag has none (bytes as before issue 18)
+    tagp = msgpack.unpackb((GOLDEN / "tag_property.bin").read_bytes()[4:], raw=False)
+    assert tagp["std_property"] == "ps:temperature.melt" and tagp["spec_property"] == "melt_temperature"
     ctx = msgpack.unpackb((GOLDEN / "context.bin").read_bytes()[4:], raw=False)
     assert ctx["kind"] == "lab_result" and ctx["results"] == {"C": [0.18, "percent"], "Mn": [1.42, "percent"]}

@@ -155,18 +155,18 @@ class Registry:
         ident = self.upsert_returning(
             cur,
             """INSERT INTO tags AS t (plant, tag, equipment_id, unit, datatype, lo, hi, roc_limit, grade, source_address,
-                                    spec_property, description, registered_by)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'meta')
+                                    spec_property, description, std_property, registered_by)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'meta')
                ON CONFLICT (plant, tag) DO UPDATE SET equipment_id = EXCLUDED.equipment_id, unit = EXCLUDED.unit,
                    datatype = EXCLUDED.datatype, lo = EXCLUDED.lo, hi = EXCLUDED.hi, roc_limit = EXCLUDED.roc_limit,
                    grade = EXCLUDED.grade, source_address = EXCLUDED.source_address,
                    spec_property = EXCLUDED.spec_property, description = EXCLUDED.description,
-                   registered_by = 'meta', updated_at = now()
+                   std_property = EXCLUDED.std_property, registered_by = 'meta', updated_at = now()
                WHERE (t.equipment_id, t.unit, t.datatype, t.lo, t.hi, t.roc_limit, t.grade, t.source_address,
-                      t.spec_property, t.description, t.registered_by)
+                      t.spec_property, t.description, t.std_property, t.registered_by)
                      IS DISTINCT FROM (EXCLUDED.equipment_id, EXCLUDED.unit, EXCLUDED.datatype, EXCLUDED.lo,
                       EXCLUDED.hi, EXCLUDED.roc_limit, EXCLUDED.grade, EXCLUDED.source_address,
-                      EXCLUDED.spec_property, EXCLUDED.description, 'meta')
+                      EXCLUDED.spec_property, EXCLUDED.description, EXCLUDED.std_property, 'meta')
                RETURNING id""",
             (
                 m.plant,
@@ -181,6 +181,7 @@ class Registry:
                 m.source_address,
                 m.spec_property,
                 m.description,
+                m.std_property,
             ),
             "SELECT id FROM tags WHERE plant = %s AND tag = %s",
             (m.plant, m.tag),

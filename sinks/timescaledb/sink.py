@@ -47,7 +47,13 @@ from plantstream.sinks.base import (
     SinkUnavailable,
 )
 from plantstream.sinks.timescaledb.context import write_context, write_deviation
-from plantstream.sinks.timescaledb.copybin import KIND, ReadingColumns, encode_parts
+from plantstream.sinks.timescaledb.copybin import (
+    DIRECT_COLUMNS,
+    KIND,
+    STAGING_COLUMNS,
+    ReadingColumns,
+    encode_parts,
+)
 from plantstream.sinks.timescaledb.ids import RecordError, Registry
 from plantstream.sinks.timescaledb.partitions import Partitions
 from plantstream.sinks.timescaledb.timesql import TS
@@ -120,22 +126,7 @@ def _copy_columns(cur: psycopg.Cursor[Any], statement: str, cols: ReadingColumns
 
 
 def _slice_batch(b: ReadingBatch, lo: int, hi: int) -> ReadingBatch:
-    return ReadingBatch(
-        b.plant,
-        b.equipment,
-        b.origin,
-        b.source,
-        b.tag[lo:hi],
-        b.unit[lo:hi],
-        b.ts_us[lo:hi],
-        b.value[lo:hi],
-        b.quality[lo:hi],
-        b.status_code[lo:hi],
-        b.seq[lo:hi],
-        b.server_ts_us[lo:hi],
-        b.lot[lo:hi],
-        b.reason[lo:hi],
-    )
+    return b.slice(lo, hi)  # every column of the contract (codec.ReadingBatch.slice)
 
 
 def _reason(exc: BaseException) -> str:
@@ -181,25 +172,9 @@ _AGG_TYPES = [
     "int4",
 ]
 
-# The readings table's columns (table order) with the binary COPY type of each: the one place
-# benchmarks and the sink take them from.
-READINGS_COLUMN_TYPES: dict[str, str] = {
-    "time": "timestamptz",
-    "tag_id": "int4",
-    "v_float": "float8",
-    "v_int": "int8",
-    "v_bool": "bool",
-    "v_text": "text",
-    "quality": "int2",
-    "status_code": "int8",
-    "lot_id": "int4",
-    "server_time": "timestamptz",
-    "seq": "int8",
-}
-# Direct COPY uses the staging column order, with times as timestamptz.
-_DIRECT_ORDER = ("tag_id", "time", "v_float", "v_int", "v_bool", "v_text", "quality", "status_code", "lot_id",
-                 "server_time", "seq")  # fmt: skip
-_COPY_READINGS = f"COPY readings ({', '.join(_DIRECT_ORDER)}) FROM STDIN (FORMAT BINARY)"
+# The readings columns and their order: derived from the reading contract by copybin (COPY_COLUMNS).
+_COPY_READINGS = f"COPY readings ({', '.join(DIRECT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_COPY_STAGE_READINGS = f"COPY ps_stage_readings ({', '.join(STAGING_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 # After a conflict, flushes on the staging path before trying direct COPY again: 1 after an
 # isolated duplicate (a late re-send), doubling while conflicts repeat (a replay), at most 20.
 _FAST_PROBE_MAX = 20
@@ -462,8 +437,7 @@ class PostgresSink:
             self._fast_probe_in -= 1
         _copy_columns(
             cur,
-            "COPY ps_stage_readings (tag_id, ts_us, v_float, v_int, v_bool, v_text, quality, status_code, lot_id, "
-            "server_ts_us, seq) FROM STDIN (FORMAT BINARY)",
+            _COPY_STAGE_READINGS,
             cols,
             0,  # bigint Unix microseconds in the staging table
         )

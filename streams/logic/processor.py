@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from plantstream.contract import ContextEvent, ContextKind, TagMeta
+from plantstream.contract import READING_COLUMN_NAMES, ContextEvent, ContextKind, TagMeta
 from plantstream.domain.units import Converter, UnitError, compile_converter
 from plantstream.domain.validate import BAD, RuleError, TagRule, Validator, compile_rule
 from plantstream.producers.codec import (
@@ -37,6 +37,11 @@ from plantstream.streams.logic.windows import ACCEPTED, LATE, MINUTE_US, SECOND_
 log = logging.getLogger(__name__)
 
 LATE_REASON = "late: its aggregation window had closed"
+# Reading columns (contract.READING_COLUMNS) this stage rewrites per row: the unit normalized, the
+# value converted, quality and reason from validation, the lot stamped. The others are carried
+# over as they came, so a new contract column passes through without a change here.
+STAMPED = ("unit", "value", "quality", "lot", "reason")
+CARRIED = tuple(name for name in READING_COLUMN_NAMES if name not in STAMPED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,10 +267,10 @@ class Processor:
         lots = self.shared.lots
         uniform, batch_lot = lots.uniform(plant, eq, ts_min, ts_max)
         clean = ReadingBatch(plant, eq, batch.origin, batch.source)
-        c_tag, c_unit, c_ts, c_val, c_q = clean.tag, clean.unit, clean.ts_us, clean.value, clean.quality
-        c_sc, c_seq, c_sts, c_lot, c_reason = clean.status_code, clean.seq, clean.server_ts_us, clean.lot, clean.reason
+        # The columns this stage rewrites are built row by row below (STAMPED); every other
+        # column of the contract is carried over for the kept rows after the loop.
+        c_unit, c_val, c_q, c_lot, c_reason = clean.unit, clean.value, clean.quality, clean.lot, clean.reason
         tags, units, vals, quals, reasons = batch.tag, batch.unit, batch.value, batch.quality, batch.reason
-        scs, seqs, stss = batch.status_code, batch.seq, batch.server_ts_us
         check = self.validator.check
         wadd = self.windows.add
         wstate = self.windows.state
@@ -307,16 +312,14 @@ class Processor:
                     found = self.specs.check(plant, eq, tag, tc.prop, tc.unit, t, wv, lot)
                     if found:
                         devs += found
-            c_tag.append(tag)
             c_unit.append(tc.unit)
-            c_ts.append(t)
             c_val.append(v)
             c_q.append(q)
-            c_sc.append(scs[i])
-            c_seq.append(seqs[i])
-            c_sts.append(stss[i])
             c_lot.append(lot)
             c_reason.append(r)
+        for name in CARRIED:
+            col = getattr(batch, name)
+            setattr(clean, name, col[:] if keep is None else list(map(col.__getitem__, rows)))
         out.clean.append(clean)
         if late:
             out.late = sum(x[0] for x in late.values())

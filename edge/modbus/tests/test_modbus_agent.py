@@ -11,13 +11,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Message
 
-from plantstream.config import Settings
 from plantstream.contract import Origin
-from plantstream.edge.config import EdgeConfig
 from plantstream.edge.modbus.tests.test_modbus_source import server
-from plantstream.producers.kafka import ensure_contract_topics
-from plantstream.producers.topics import Topics
-from plantstream.testing.edge import AgentThread, batches, read_topic
+from plantstream.testing.edge import AgentThread, batches, one_source_agent, read_topic
 from plantstream.testing.plugin import free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -53,33 +49,26 @@ def test_agent_delivers_modbus_readings_to_kafka(tmp_path: Path, kafka_bootstrap
     port = free_port()
     hi, lo = struct.unpack(">HH", struct.pack(">f", 2.5))
     equipment = f"acme/mb{uuid.uuid4().hex[:6]}/area"
-    cfg = EdgeConfig.model_validate(
-        {
-            "agent_id": "mbagent",
-            "plant": "steel",
-            "sources": [
-                {
-                    "type": "modbus",
-                    "id": "mb1",
-                    "host": "127.0.0.1",
-                    "port": port,
-                    "poll_interval_ms": 50,
-                    "tags": [
-                        {"tag": "mb.speed", "equipment": equipment, "address": 0, "data_type": "float32"},
-                        {"tag": "mb.count", "equipment": equipment, "address": 2, "data_type": "uint16"},
-                    ],
-                }
-            ],
-            "kafka": {"bootstrap": kafka_bootstrap, "create_topics": False},
-            "buffer": {"path": str(tmp_path / "buffer.db")},
-            "batch": {"max_readings": 10, "max_delay_ms": 10},
-        }
+    source = {
+        "type": "modbus",
+        "id": "mb1",
+        "host": "127.0.0.1",
+        "port": port,
+        "poll_interval_ms": 50,
+        "tags": [
+            {"tag": "mb.speed", "equipment": equipment, "address": 0, "data_type": "float32"},
+            {"tag": "mb.count", "equipment": equipment, "address": 2, "data_type": "uint16"},
+        ],
+    }
+    setup = one_source_agent(
+        tmp_path,
+        kafka_bootstrap,
+        topic_prefix,
+        source,
+        agent_id="mbagent",
+        batch={"max_readings": 10, "max_delay_ms": 10},
     )
-    settings = Settings.model_validate(
-        {"kafka_bootstrap": kafka_bootstrap, "topic_prefix": topic_prefix, "state_dir": tmp_path / "state"}
-    )
-    topics = Topics(topic_prefix, 2)
-    ensure_contract_topics(kafka_bootstrap, topics)
+    cfg, settings, topics = setup.cfg, setup.settings, setup.topics
     with ServerThread(port, [hi, lo, 77]), AgentThread(cfg, settings) as agent:
         wait_until(lambda: agent.agent.readings_in >= 4, 20, "modbus readings in")
 

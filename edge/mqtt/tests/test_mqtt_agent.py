@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from plantstream.config import Settings
 from plantstream.edge.config import EdgeConfig
 from plantstream.producers.topics import Topics
-from plantstream.testing.edge import AgentThread, batches, read_topic
+from plantstream.testing.edge import AgentThread, batches, one_source_agent, read_topic
 from plantstream.testing.plugin import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -23,31 +23,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 def _setup(tmp_path: Path, kafka_bootstrap: str, mqtt_port: int, prefix: str) -> tuple[EdgeConfig, Settings, str]:
     root = f"ps-test-{uuid.uuid4().hex[:8]}"
-    cfg = EdgeConfig.model_validate(
-        {
-            "agent_id": "mqtt-test",
-            "plant": "steel",
-            "sources": [
-                {
-                    "type": "mqtt",
-                    "id": "m1",
-                    "url": f"mqtt://127.0.0.1:{mqtt_port}",
-                    "client_id": f"edge-{root}",
-                    "qos": 1,
-                    "max_payload_bytes": 4096,
-                    "reconnect": {"min_s": 0.2, "max_s": 1},
-                    "subscriptions": [{"template": f"{root}/{{equipment+}}/{{tag}}"}],
-                    "tags": [{"tag": "temp", "equipment": "acme/site/area", "unit": "degC", "lo": 0, "hi": 100}],
-                }
-            ],
-            "batch": {"max_delay_ms": 20},
-            "kafka": {"partitions": 2},
-        }
-    )
-    settings = Settings.model_validate(
-        {"kafka_bootstrap": kafka_bootstrap, "topic_prefix": prefix, "partitions": 2, "state_dir": tmp_path / "state"}
-    )
-    return cfg, settings, root
+    source = {
+        "type": "mqtt",
+        "id": "m1",
+        "url": f"mqtt://127.0.0.1:{mqtt_port}",
+        "client_id": f"edge-{root}",
+        "qos": 1,
+        "max_payload_bytes": 4096,
+        "reconnect": {"min_s": 0.2, "max_s": 1},
+        "subscriptions": [{"template": f"{root}/{{equipment+}}/{{tag}}"}],
+        "tags": [{"tag": "temp", "equipment": "acme/site/area", "unit": "degC", "lo": 0, "hi": 100}],
+    }
+    setup = one_source_agent(tmp_path, kafka_bootstrap, prefix, source, agent_id="mqtt-test")
+    return setup.cfg, setup.settings, root
 
 
 def _publisher(port: int) -> mqtt.Client:

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plantstream.sinks.timescaledb.copybin import ReadingColumns, encode, encode_parts
+from plantstream.sinks.timescaledb.copybin import DIRECT_COLUMNS, STAGING_COLUMNS, ReadingColumns, encode, encode_parts
 
 pytestmark = [pytest.mark.integration, pytest.mark.db]
 
 _PG_EPOCH_US = 946_684_800_000_000
-_COLS = "tag_id, time, v_float, v_int, v_bool, v_text, quality, status_code, lot_id, server_time, seq"
+_COLS = ", ".join(DIRECT_COLUMNS)  # the encoder's column order (derived from the reading contract)
 
 value = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
@@ -96,10 +96,12 @@ def test_every_shape_reads_back_exactly(conn: Any, rows: list[tuple[Any, ...]], 
         got = cur.execute(f"SELECT {_COLS} FROM copybin_rt ORDER BY seq").fetchall()
     assert len(got) == len(rows)
     want = sorted(rows, key=lambda r: r[7])
-    for (tag, t, v, q, sc, lot, srv, seq), g in zip(want, got, strict=True):
-        vals = [x for x in g[2:6] if x is not None]
+    for (tag, t, v, q, sc, lot, srv, seq), row in zip(want, got, strict=True):
+        g = dict(zip(DIRECT_COLUMNS, row, strict=True))
+        vals = [g[c] for c in ("v_float", "v_int", "v_bool", "v_text") if g[c] is not None]
         assert len(vals) == 1 and _same(v, vals[0]), (v, g)
-        assert (g[0], _us(g[1]), g[6], g[7], g[8], _us(g[9]), g[10]) == (tag, t, q, sc, lot, srv, seq)
+        stored = (g["tag_id"], _us(g["time"]), g["quality"], g["status_code"], g["lot_id"], _us(g["server_time"]))
+        assert (*stored, g["seq"]) == (tag, t, q, sc, lot, srv, seq)
 
 
 def test_staging_origin_and_empty_stream(conn: Any) -> None:
@@ -111,9 +113,10 @@ def test_staging_origin_and_empty_stream(conn: Any) -> None:
     conn.execute("TRUNCATE copybin_stage")
     rows = [(7, 1_700_000_000_000_001, 1.5, 0, None, None, 1_700_000_000_000_009, 1), (7, 5, "RUN", 1, 3, 2, None, 2)]
     with conn.cursor() as cur:
-        with cur.copy("COPY copybin_stage FROM STDIN (FORMAT BINARY)") as cp:
+        stage = f"COPY copybin_stage ({', '.join(STAGING_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+        with cur.copy(stage) as cp:
             cp.write(encode(_columns(rows), 0))
-        with cur.copy("COPY copybin_stage FROM STDIN (FORMAT BINARY)") as cp:
+        with cur.copy(stage) as cp:
             cp.write(encode(ReadingColumns(), 0))
         got = cur.execute(
             "SELECT ts_us, server_ts_us, v_float, v_text, lot_id FROM copybin_stage ORDER BY seq"

@@ -295,3 +295,62 @@ def test_an_isolated_duplicate_costs_one_flush_on_the_staging_path(sink: Postgre
     assert conflicts_at == [4, 6, 9]
     total = sum(len(c) for c in chunks)
     assert _one(fresh_db, "SELECT count(*) FROM readings") == total
+
+
+def test_the_standard_property_is_stored_and_reaches_the_dataset_view(sink: PostgresSink, fresh_db: str) -> None:
+    """Issue 18: the tag-meta message's std_property lands in tags.std_property (migration 0013),
+    follows a change, and ds_tags (what pulls read, under a tier role) carries it."""
+    melt = TagMeta("fiber", "poy1.melt_temperature", "acme/nantong/spinning/poy1/extruder", "degC", grade=Grade.GENERAL,
+                   spec_property="melt_temperature", std_property="ps:temperature.melt")  # fmt: skip
+    bare = TagMeta("fiber", "poy1.note", "acme/nantong/spinning/poy1", "", "str", grade=Grade.GENERAL)
+    legacy = TagMeta("steel", "caster1.cooling_water_pressure", EQ, "psi", grade=Grade.GENERAL,
+                     std_property="ps:pressure.gauge")  # fmt: skip
+    sink.write(records("tags", [melt, bare, legacy]))
+    sink.flush()
+    with psycopg.connect(fresh_db) as conn:
+        rows: dict[str, tuple[str, str]] = dict(conn.execute("SELECT tag, (std_property, unit) FROM tags").fetchall())
+    assert rows["poy1.melt_temperature"] == ("ps:temperature.melt", "degC")
+    assert rows["poy1.note"] == ("", "")  # no property: the column default, never NULL
+    # Stored in the canonical unit, which is the property's unit.
+    assert rows["caster1.cooling_water_pressure"] == ("ps:pressure.gauge", "kPa")
+    sink.write(records("tags", [dataclasses.replace(melt, std_property="ps:temperature")]))
+    sink.flush()
+    assert _one(fresh_db, "SELECT std_property FROM tags WHERE tag = 'poy1.melt_temperature'") == "ps:temperature"
+    with psycopg.connect(fresh_db) as conn, conn.transaction():
+        conn.execute("SET LOCAL ROLE plantstream_public")
+        seen: dict[str, str] = dict(conn.execute("SELECT tag, std_property FROM ds_tags").fetchall())
+    assert seen == {"poy1.melt_temperature": "ps:temperature", "poy1.note": "", "caster1.cooling_water_pressure":
+                    "ps:pressure.gauge"}  # fmt: skip
+
+
+def test_two_plants_tags_line_up_by_standard_property_in_the_database(sink: PostgresSink, fresh_db: str) -> None:
+    """The simulated steel and fiber plants' edge configs, through the real sink: one query by
+    property finds both plants' tags, under different names, in the same unit."""
+    from plantstream.sim.edgeconfig import config_for_sim
+
+    metas = [
+        m
+        for plant, port in (("steel", 4841), ("fiber", 4843))
+        for m in config_for_sim(plant, f"opc.tcp://127.0.0.1:{port}/x", "mqtt://127.0.0.1:11883").tag_metas()
+    ]
+    sink.write(records("tags", metas))
+    sink.flush()
+    with psycopg.connect(fresh_db) as conn:
+        melt = conn.execute(
+            "SELECT plant, tag, unit FROM tags WHERE std_property = 'ps:temperature.melt' ORDER BY plant, tag"
+        ).fetchall()
+        speed = conn.execute(
+            "SELECT plant, tag, unit FROM tags WHERE std_property = 'ps:linear-speed.material' ORDER BY plant, tag"
+        ).fetchall()
+        temps = conn.execute(
+            "SELECT DISTINCT plant, unit FROM tags WHERE std_property = 'ps:temperature' OR std_property LIKE 'ps:temperature.%' ORDER BY plant"
+        ).fetchall()
+    assert melt == [
+        ("fiber", "poy1.melt_temperature", "degC"),
+        ("steel", "caster1.tundish_temperature", "degC"),
+        ("steel", "lf1.bath_temperature", "degC"),
+    ]
+    # hsm1.strip_speed is sent in m/s; the registry keeps the canonical unit, the property's.
+    assert {u for _, _, u in speed} == {"m/min"} and {p for p, _, _ in speed} == {"steel", "fiber"}
+    assert ("steel", "hsm1.strip_speed", "m/min") in speed and ("fiber", "poy1.winding_speed", "m/min") in speed
+    assert temps == [("fiber", "degC"), ("steel", "degC")]
