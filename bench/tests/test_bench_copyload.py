@@ -50,7 +50,9 @@ def test_block_reads_back_exactly(fresh_db: str) -> None:
             "FROM readings ORDER BY tag_id, time"
         ).fetchall()
     t0, us = copyload.T0, timedelta(microseconds=1)
-    want: list[tuple[object, ...]] = [(7, t0 + timedelta(seconds=i), i * 0.25, None, None, 0, 0x80310000, i + 1, i + 100, None) for i in range(5)]
+    want: list[tuple[object, ...]] = [
+        (7, t0 + timedelta(seconds=i), i * 0.25, None, None, 0, 0x80310000, i + 1, i + 100, None) for i in range(5)
+    ]
     want += [(8, t0 + timedelta(seconds=i), None, -i, None, 1, None, None, i, None) for i in range(5)]
     want += [(9, t0 + i * us, None, None, bool(i % 2), 2, None, None, i, t0 + (i + 1) * us) for i in range(5)]
     assert got == want
