@@ -16,7 +16,7 @@ from pathlib import Path
 
 from plantstream.paths import project_root
 
-STAGES = ("sim", "edge", "producers", "streams", "sinks", "datasets", "monitor", "bench")
+STAGES = ("sim", "edge", "producers", "streams", "sinks", "datasets", "monitor", "federation", "bench")
 
 
 def build_runtime_tree(root: Path, out: Path) -> Path:

@@ -40,7 +40,7 @@ from plantstream.stack import Stack
 from plantstream.testing import datasets as testing
 from plantstream.testing.plugin import free_port, wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.db, pytest.mark.timeout(300)]
 
 T0 = datetime.fromtimestamp(testing.T0_US / 1e6, UTC)
 SECONDS = 600
