@@ -15,32 +15,17 @@ Secrets (node credentials, member tokens, the DSN's password) are ``SecretStr``:
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from plantstream.access import Tier
-from plantstream.config import ConfigError, load_yaml, mask_url
+from plantstream.config import ConfigError, is_loopback, load_yaml, mask_url
 from plantstream.domain.catalog import Access
 
 _ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 DEFAULT_PORT = 8790
-
-
-def is_loopback(host: str) -> bool:
-    """Does ``host`` (an address or a name) resolve to loopback addresses only?"""
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False  # unresolvable: not provably loopback
-    return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
 
 
 class Listen(BaseModel):

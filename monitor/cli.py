@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import socket
 import ssl
 from pathlib import Path
 
 import click
 
-from plantstream.config import Settings, layered
+from plantstream.config import Settings, is_loopback, layered
 from plantstream.monitor.auth import MonitorConfig, load_config
 
 log = logging.getLogger(__name__)
-
-
-def is_loopback(host: str) -> bool:
-    """Does ``host`` (an address or a name) resolve to loopback addresses only?"""
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False  # unresolvable: not provably loopback, so not allowed without tokens
-    return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
 
 
 def check_listen(host: str, cfg: MonitorConfig) -> None:

@@ -7,8 +7,10 @@ pydantic; an error names the file, the line and the key, and the CLI exits with 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -27,6 +29,20 @@ class ConfigError(Exception):
     """A configuration problem a human must fix; ``str()`` is the pointed message."""
 
     exit_code = 2
+
+
+def is_loopback(host: str) -> bool:
+    """Does ``host`` (an address or a name) resolve to loopback addresses only? Services that
+    may listen without credentials only on loopback (monitor, platform) ask this."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False  # unresolvable: not provably loopback, so it counts as exposed
+    return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
 
 
 def mask_url(url: str) -> str:

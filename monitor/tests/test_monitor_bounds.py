@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from plantstream.config import Settings
+from plantstream.config import Settings, is_loopback
 from plantstream.monitor.auth import MonitorConfig, token_label
-from plantstream.monitor.cli import check_listen, is_loopback
+from plantstream.monitor.cli import check_listen
 from plantstream.monitor.web import make_app
 from plantstream.testing import datasets as dstesting
 from plantstream.testing.monitor import MEMBER, OWNER, PUBLIC, TOKENS, TOKENS_ENV, Served, ServerThread, SseReader
