@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 
 from plantstream.config import ConfigError
-from plantstream.contract import ContextEvent, ContextKind, Origin, Quality, Reading, TagMeta
-from plantstream.datasets.models import RequestError, validate_request
+from plantstream.contract import Aggregate, ContextEvent, ContextKind, Origin, Quality, Reading, TagMeta
+from plantstream.domain.pullrequest import RequestError, validate_request
 from plantstream.edge.config import EdgeConfig, MqttSource, SparkplugSource
 from plantstream.edge.mqtt.decode import Malformed as MqttMalformed
 from plantstream.edge.mqtt.decode import MqttDecoder
@@ -35,7 +35,7 @@ from plantstream.edge.sparkplug.decode import DOUBLE, INT64, STRING, UINT64, Spa
 from plantstream.edge.sparkplug.decode import Malformed as SpbMalformed
 from plantstream.monitor.web import BadParam, parse_time
 from plantstream.producers import codec
-from plantstream.producers.codec import Aggregate, CodecError
+from plantstream.producers.codec import CodecError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "edge"
 
@@ -302,7 +302,10 @@ def codec_target() -> tuple[Callable[[random.Random], Any], Callable[[Any], obje
         (codec.decode_aggregates, codec.encode_aggregates([agg])),
         (codec.decode_context, codec.encode_context(ctx)),
         (codec.decode_tag_meta, codec.encode_tag_meta(TagMeta("steel", "t", "acme/site", "degC"))),
-        (codec.decode_deviation, codec.encode_deviation({"plant": "steel", "tag": "t", "kind": "process"})),
+        (
+            codec.decode_deviation,
+            codec.encode_deviation_map({"plant": "steel", "tag": "t", "kind": "process", "start_us": 1}),
+        ),
     ]
 
     def gen(rng: random.Random) -> tuple[Callable[[bytes], object], bytes]:

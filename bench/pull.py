@@ -349,8 +349,8 @@ def _vm(key: str) -> float:
 
 def _child(dsn: str, seconds: int, out: Path, labels: bool = False) -> None:
     from plantstream.access import Tier
-    from plantstream.datasets.models import Requester, validate_request
     from plantstream.datasets.pull import pull
+    from plantstream.domain.pullrequest import Requester, validate_request
 
     req = validate_request(
         {

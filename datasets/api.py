@@ -14,8 +14,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from plantstream.config import Settings
-from plantstream.datasets.models import PullRecord, PullRequest, Requester, RequestError, validate_request
-from plantstream.datasets.pull import Plan, Progress, ProgressFn, PullCancelled, get_pull, list_pulls, pull
+from plantstream.datasets.pull import Plan, get_pull, list_pulls, pull
+from plantstream.domain.pullrequest import (
+    Progress,
+    ProgressFn,
+    PullCancelled,
+    PullEngine,
+    PullRecord,
+    PullRequest,
+    Requester,
+    RequestError,
+    validate_request,
+)
 
 
 def pull_dataset(
@@ -48,6 +58,41 @@ def pull_dataset(
     )
 
 
+class DatasetsEngine:
+    """The datasets stage as the monitor's ``PullEngine`` (handed over by the console entry point)."""
+
+    def run(
+        self,
+        request: PullRequest,
+        requester: Requester,
+        *,
+        dsn: str,
+        out_root: Path,
+        progress: ProgressFn | None,
+        on_begin: Callable[[int], None] | None,
+        on_resolved: Callable[[Plan], None] | None,
+        cancel: threading.Event | None,
+        application_name: str,
+    ) -> PullRecord:
+        return pull(
+            dsn,
+            request,
+            requester,
+            progress=progress,
+            application_name=application_name,
+            out_root=out_root,
+            on_begin=on_begin,
+            on_resolved=on_resolved,
+            cancel=cancel,
+        )
+
+    def record(self, dsn: str, pull_id: int) -> PullRecord | None:
+        return get_pull(dsn, pull_id)
+
+
+ENGINE: PullEngine = DatasetsEngine()
+
+
 def list_dataset_pulls(
     settings: Settings | None = None, limit: int = 50, requester: str | None = None
 ) -> list[PullRecord]:
@@ -61,6 +106,8 @@ def show_dataset_pull(ident: int | str, settings: Settings | None = None) -> Pul
 
 
 __all__ = [
+    "ENGINE",
+    "DatasetsEngine",
     "Plan",
     "Progress",
     "PullCancelled",

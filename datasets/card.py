@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 from plantstream.access import Tier
 from plantstream.contract import Grade
-from plantstream.datasets.logic.durations import format_duration_us
 from plantstream.datasets.logic.units import ucum
-from plantstream.datasets.models import PullRequest
 from plantstream.datasets.output import FORMAT_SEMVER, PROPERTY_KEY, vocabulary_ref
 from plantstream.datasets.provenance import missing_summary
+from plantstream.domain.durations import format_duration_us
+from plantstream.domain.pullrequest import PullRequest
 
 if TYPE_CHECKING:
     from plantstream.datasets.pull import Plan, TableOut

@@ -57,7 +57,14 @@ def pull_cmd(request_file: Path | None, requester: str | None, tier: str, out: P
 
     from plantstream.config import load_yaml
     from plantstream.datasets.api import pull_dataset
-    from plantstream.datasets.models import GapSpec, PullRequest, Requester, RequestError, RequestFile, validate_request
+    from plantstream.domain.pullrequest import (
+        GapSpec,
+        PullRequest,
+        Requester,
+        RequestError,
+        RequestFile,
+        validate_request,
+    )
 
     data: dict[str, Any] = {}
     if request_file is not None:
@@ -195,7 +202,7 @@ def publish_cmd(
     field when refused (relative range, duplicate, bad semver, a bump that understates the change)."""
     from plantstream.config import load_yaml
     from plantstream.datasets import products as P
-    from plantstream.datasets.models import RequestError, RequestFile
+    from plantstream.domain.pullrequest import RequestError, RequestFile
 
     data = load_yaml(request_file, RequestFile).model_dump()
     settings = Settings.from_env()
@@ -245,7 +252,7 @@ def verify_product_cmd(key: str, products_dir: Path | None) -> None:
     """Re-pull NAME@VERSION and check every file is byte-identical to the recorded manifest (exit 0),
     naming each difference otherwise (exit 1)."""
     from plantstream.datasets import products as P
-    from plantstream.datasets.models import RequestError
+    from plantstream.domain.pullrequest import RequestError
 
     settings = Settings.from_env()
     try:

@@ -47,8 +47,8 @@ from plantstream.access import Tier
 from plantstream.config import ConfigError, Settings, layered
 from plantstream.contract import Grade
 from plantstream.datasets.api import Plan, pull_dataset
-from plantstream.datasets.models import FileEntry, PullRequest, Requester, RequestError, validate_request
 from plantstream.domain.catalog import NAME_RE, Access, ChangeKind, MaterialField, SemVer
+from plantstream.domain.pullrequest import FileEntry, PullRequest, Requester, RequestError, validate_request
 
 log = logging.getLogger(__name__)
 

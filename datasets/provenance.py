@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from plantstream.datasets.logic.durations import format_duration_us
-from plantstream.datasets.models import PullRequest
 from plantstream.datasets.output import FORMAT_SEMVER, PROPERTY_KEY, vocabulary_ref
+from plantstream.domain.durations import format_duration_us
+from plantstream.domain.pullrequest import PullRequest
 
 if TYPE_CHECKING:
     from plantstream.datasets.pull import Plan, TableOut

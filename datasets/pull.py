@@ -45,14 +45,11 @@ from psycopg.types.json import Jsonb
 from plantstream.access import DB_ROLE, READABLE
 from plantstream.datasets import output, report
 from plantstream.datasets.card import render_card
-from plantstream.datasets.logic.durations import format_duration_us
 from plantstream.datasets.logic.labels import Limit, governing_limits, in_spec
 from plantstream.datasets.logic.quality import Moments, Runs, TagQuality, stuck_rows
 from plantstream.datasets.logic.resample import NO_LOT, Resampler, Rows, TagPlan
 from plantstream.datasets.logic.segments import LineLots, line_of
-from plantstream.datasets.logic.split import SplitError, assign_splits
 from plantstream.datasets.lots import LotAggregator, table_of
-from plantstream.datasets.models import FileEntry, PullRecord, PullRequest, Requester, RequestError, _us
 from plantstream.datasets.provenance import croissant_extra
 from plantstream.datasets.report import check_minimums
 from plantstream.datasets.source import (
@@ -63,15 +60,21 @@ from plantstream.datasets.source import (
     snapshot_helpers,
     tune_for_windows,
 )
+from plantstream.domain.durations import format_duration_us
+from plantstream.domain.pullrequest import (
+    FileEntry,
+    Progress,
+    ProgressFn,
+    PullCancelled,
+    PullRecord,
+    PullRequest,
+    Requester,
+    RequestError,
+    _us,
+)
+from plantstream.domain.split import SplitError, assign_splits
 
 log = logging.getLogger(__name__)
-
-ProgressFn = Callable[["Progress"], None]
-
-
-class PullCancelled(Exception):
-    """The caller's ``cancel`` event was set; the pull is recorded as 'failed' and nothing is kept."""
-
 
 TARGET_READINGS_PER_WINDOW = 1_000_000
 MAX_CELLS_PER_WINDOW = 2_000_000
@@ -80,18 +83,6 @@ MAX_CELLS_PER_WINDOW = 2_000_000
 FETCH_CONNECTIONS = 2
 _ARROW = {"float": pa.float64(), "int": pa.int64(), "bool": pa.bool_(), "str": pa.string()}
 _SUBTREE = "(equipment = %(path)s OR equipment LIKE %(prefix)s)"
-
-
-@dataclass(slots=True)
-class Progress:
-    rows: int = 0
-    cells: int = 0
-    readings: int = 0
-    seconds: float = 0.0
-
-    @property
-    def cells_per_s(self) -> float:
-        return self.cells / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass(frozen=True, slots=True)

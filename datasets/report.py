@@ -13,12 +13,12 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from plantstream.datasets.logic.durations import format_duration_us
 from plantstream.datasets.logic.labels import in_spec
 from plantstream.datasets.logic.quality import STUCK_MIN_US, stuck_rows
 from plantstream.datasets.logic.units import ucum
-from plantstream.datasets.models import PullRequest, RequestError
 from plantstream.datasets.provenance import iso_us
+from plantstream.domain.durations import format_duration_us
+from plantstream.domain.pullrequest import PullRequest, RequestError
 
 if TYPE_CHECKING:
     from plantstream.datasets.pull import Plan, TableOut

@@ -78,7 +78,11 @@ def monitor(
     cfg = load_config(config_path)
     check_listen(host, cfg)
     ctx = tls_context(tls_cert, tls_key)
-    app = make_app(settings, cfg)
+    # The console entry point hands over the datasets stage's pull engine (monitor and datasets
+    # are sibling stages and never import each other).
+    root = click.get_current_context().find_root().obj
+    factory = root.get("pull_engine") if isinstance(root, dict) else None
+    app = make_app(settings, cfg, engine=factory() if factory is not None else None)
     metrics_at = layered(cli=metrics_port, env=settings.metrics_port, file=cfg.metrics_port)
     if metrics_at is not None:
         # The stack-wide contract: every long-running process serves /metrics on this port too.

@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 LIVE_DEVIATION_KEYS = (
     "id",
     "kind",
-    "state",
     "status",
     "plant",
     "equipment",
@@ -86,17 +85,10 @@ def decode(kind: str, value: bytes, grades: GradeBook, forward_1m: bool = False)
             )
         return [Event("aggregates", plant, items) for plant, items in by_plant.items()]
     if kind == "deviations":
-        d = codec.decode_deviation(value)
-        plant = d.get("plant")
-        if not isinstance(plant, str) or not plant:
-            raise codec.CodecError("deviation without a plant")
-        item = finite({k: d[k] for k in LIVE_DEVIATION_KEYS if k in d})
-        item.setdefault("id", "")
-        item.setdefault("kind", "process")
-        item.setdefault("state", d.get("status") or "open")
-        if item.get("tag") == "":
-            item["tag"] = None
-        return [Event("deviation", plant, [item], single=True)]
+        # The contract checks the map (plant and start required, status open or closed, ...).
+        dev = codec.decode_deviation(value).to_map()
+        item = finite({k: dev[k] for k in LIVE_DEVIATION_KEYS if k in dev})
+        return [Event("deviation", dev["plant"], [item], single=True)]
     if kind == "context":
         ev = codec.decode_context(value)
         if ev.kind.value not in ("lot_start", "lot_end"):

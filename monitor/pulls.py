@@ -1,5 +1,5 @@
-"""Dataset pulls started over HTTP: a bounded set of background threads running
-``plantstream.datasets.api.pull_dataset``, their live progress, and who may see what.
+"""Dataset pulls started over HTTP: a bounded set of background threads running the
+``PullEngine`` the entry point handed over (the datasets stage's), their live progress, and who may see what.
 
 Contract:
 
@@ -23,7 +23,6 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -33,9 +32,15 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from plantstream.access import Tier
 from plantstream.config import Settings
-from plantstream.datasets.api import Plan, Progress, PullCancelled, pull_dataset
-from plantstream.datasets.models import PullRecord, PullRequest, Requester, RequestError
-from plantstream.datasets.pull import get_pull
+from plantstream.domain.pullrequest import (
+    Progress,
+    PullCancelled,
+    PullEngine,
+    PullRecord,
+    PullRequest,
+    Requester,
+    RequestError,
+)
 from plantstream.monitor import models as M
 from plantstream.monitor.auth import Identity
 from plantstream.monitor.metrics import Metrics
@@ -43,7 +48,7 @@ from plantstream.monitor.metrics import Metrics
 log = logging.getLogger(__name__)
 
 JobState = Literal["starting", "running", "done", "failed", "rejected"]
-__all__ = ["Busy", "Progress", "PullCancelled", "PullJob", "PullRunner", "file_of", "may_see"]
+__all__ = ["Busy", "NoEngine", "Progress", "PullCancelled", "PullJob", "PullRunner", "file_of", "may_see"]
 
 KEEP_FINISHED = 256  # finished jobs kept in memory (the database keeps every record anyway)
 RETRY_AFTER_S = 30  # what a 429 tells a client to wait; pulls take tens of seconds at least
@@ -59,6 +64,10 @@ CONTENT_TYPES = {
 
 class Busy(Exception):
     """Every pull slot of this monitor (or of this token) is taken; the message says which."""
+
+
+class NoEngine(Exception):
+    """The monitor runs without a pull engine (embedded without the datasets stage): HTTP 503."""
 
 
 def bounded_settings(settings: Settings, statement_timeout_s: float) -> Settings:
@@ -94,7 +103,7 @@ class PullJob:
         self.state = "running"
         self.began.set()
 
-    def _on_resolved(self, plan: Plan) -> None:
+    def _on_resolved(self, plan: object) -> None:
         self.answered.set()
 
     def _on_progress(self, p: Progress) -> None:
@@ -109,7 +118,7 @@ class PullRunner:
         root: Path,
         max_concurrent: int = 1,
         metrics: Metrics | None = None,
-        run: Callable[..., PullRecord] = pull_dataset,
+        engine: PullEngine | None = None,
         max_per_token: int | None = None,
     ) -> None:
         self.settings = settings
@@ -117,7 +126,7 @@ class PullRunner:
         self.max_concurrent = max_concurrent
         self.max_per_token = max_per_token or max_concurrent
         self.metrics = metrics
-        self._run = run
+        self.engine = engine
         self._lock = threading.Lock()
         self._active: set[PullJob] = set()
         self._threads: list[threading.Thread] = []
@@ -131,6 +140,8 @@ class PullRunner:
 
     def start(self, request: PullRequest, requester: Requester, key: str = "") -> PullJob:
         """Start a pull on a background thread; Busy when every slot (or the token's) is taken."""
+        if self.engine is None:
+            raise NoEngine("this monitor was started without a dataset pull engine (the datasets stage)")
         job = PullJob(request, requester, key)
         with self._lock:
             if self._cancel.is_set():
@@ -166,11 +177,13 @@ class PullRunner:
                     self._by_id.popitem(last=False)
             job._on_begin(pull_id)
 
+        engine = self.engine
+        assert engine is not None  # start() refuses without one
         try:
-            job.record = self._run(
+            job.record = engine.run(
                 job.request,
                 job.requester,
-                settings=self.settings,
+                dsn=self.settings.dsn,
                 progress=job._on_progress,
                 out_root=self.root,
                 on_begin=began,
@@ -191,7 +204,7 @@ class PullRunner:
             if job.record is None and job.pull_id is not None:
                 # Rejected and failed pulls are recorded too; keep the record for the status answer.
                 with contextlib.suppress(psycopg.Error):
-                    job.record = get_pull(self.settings.dsn, job.pull_id)
+                    job.record = engine.record(self.settings.dsn, job.pull_id)
             with self._lock:
                 self._active.discard(job)
                 running = len(self._active)

@@ -20,7 +20,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from plantstream.datasets.models import PullRecord
+from plantstream.domain.pullrequest import PullRecord
 from plantstream.monitor import models as M
 from plantstream.monitor import queries as Q
 
@@ -376,7 +376,7 @@ def deviations(
             M.Deviation(
                 id=ident,
                 kind=kind,
-                status=str(attrs.get("state") or status),
+                status=str(status),
                 plant=pl,
                 tag=tg,
                 lot=lot,

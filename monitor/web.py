@@ -46,9 +46,16 @@ from pydantic.json_schema import models_json_schema
 from plantstream import audit as chain  # the hash-chained audit log (``audit`` is the API log)
 from plantstream.access import Tier
 from plantstream.config import Settings, layered
-from plantstream.datasets.models import PullRecord, PullRequest, Requester, RequestError, validate_request
 from plantstream.domain.catalog import AUDIT_HEADER, CATALOG_PATH, catalog_jsonld
 from plantstream.domain.catalog import CONTEXT as CATALOG_CONTEXT
+from plantstream.domain.pullrequest import (
+    PullEngine,
+    PullRecord,
+    PullRequest,
+    Requester,
+    RequestError,
+    validate_request,
+)
 from plantstream.monitor import models as M
 from plantstream.monitor import products, pulls, store
 from plantstream.monitor.auth import Authenticator, Identity, MonitorConfig, token_of, visible_grades
@@ -314,6 +321,8 @@ async def h_pull_start(request: web.Request) -> web.Response:
     runner = request.app[K_PULLS]
     try:
         job = runner.start(req, Requester(name=who.name, tier=who.tier), who.key)
+    except pulls.NoEngine as exc:
+        raise ApiError(503, "pulls unavailable", str(exc)) from None
     except pulls.Busy as exc:
         raise ApiError(429, "too many pulls", str(exc), {"Retry-After": str(pulls.RETRY_AFTER_S)}) from None
     # The record exists within a connection's time; then give the database checks a bounded wait.
@@ -1124,8 +1133,12 @@ def _check_query(request: web.Request) -> None:
 # --- application -------------------------------------------------------------------------------
 
 
-def make_app(settings: Settings, cfg: MonitorConfig, kafka: bool = True) -> web.Application:
-    """The monitor application. ``kafka=False`` serves the API without the live feed (tests)."""
+def make_app(
+    settings: Settings, cfg: MonitorConfig, kafka: bool = True, engine: PullEngine | None = None
+) -> web.Application:
+    """The monitor application. ``kafka=False`` serves the API without the live feed (tests);
+    ``engine`` serves dataset pulls (the entry point passes the datasets stage's; without one a
+    pull is answered 503)."""
     app = web.Application(middlewares=[middleware])
     metrics = Metrics()
     app[K_SETTINGS] = settings
@@ -1139,6 +1152,7 @@ def make_app(settings: Settings, cfg: MonitorConfig, kafka: bool = True) -> web.
         cfg.datasets_dir or settings.state_dir / "datasets",
         cfg.max_concurrent_pulls,
         metrics,
+        engine=engine,
         max_per_token=cfg.max_pulls_per_token,
     )
     app[K_AUDIT_READY] = {}

@@ -11,6 +11,7 @@ import click
 
 from plantstream import log
 from plantstream.config import ConfigError
+from plantstream.domain.pullrequest import PullEngine
 
 # (command name, module, attribute) - imported lazily so `plantstream stack up` starts fast
 # and a broken optional stage never takes the whole CLI down.
@@ -54,12 +55,22 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (env PLANTSTREAM_LOG_LEVEL)")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default=None, help="env PLANTSTREAM_LOG_FORMAT")
-def cli(log_level: str | None, log_format: str | None) -> None:
+@click.pass_context
+def cli(ctx: click.Context, log_level: str | None, log_format: str | None) -> None:
     """plantstream: factory sensor data from edge to dataset.
 
     Data flow: sim -> edge -> Kafka (producers) -> streams -> sinks -> datasets/monitor.
     """
     log.setup(log_level, log_format)
+    # Wiring between sibling stages happens here, above them: the monitor serves pulls with the
+    # datasets stage's engine (a factory, so commands that do not pull never import pyarrow).
+    ctx.ensure_object(dict)["pull_engine"] = _pull_engine
+
+
+def _pull_engine() -> PullEngine:
+    from plantstream.datasets.api import ENGINE
+
+    return ENGINE
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -36,7 +36,7 @@ DOCS = (
     Doc("streams", "plantstream.streams.config:StreamsConfig", "Streams worker", "plantstream streams worker --config FILE"),
     Doc("sink", "plantstream.sinks.runner:SinkConfig", "Sink", "plantstream sink run --config FILE"),
     Doc("monitor", "plantstream.monitor.auth:MonitorConfig", "Live monitor", "plantstream monitor --config FILE"),
-    Doc("dataset-pull", "plantstream.datasets.models:PullRequest", "Dataset pull request",
+    Doc("dataset-pull", "plantstream.domain.pullrequest:PullRequest", "Dataset pull request",
         "plantstream dataset pull FILE; POST /api/dataset-pulls"),
 )  # fmt: skip
 

@@ -10,17 +10,21 @@ msgpack keeps int, float, bool and str distinct, so values stay exact.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
 from plantstream.contract import (
+    AGGREGATE_FIELDS,
     READING_COLUMN_NAMES,
     READING_COLUMNS,
+    Aggregate,
     ContextEvent,
     ContextKind,
+    ContractError,
+    Deviation,
     Grade,
     Origin,
     Quality,
@@ -263,42 +267,7 @@ def decode_readings(data: bytes) -> ReadingBatch:
 
 # --- aggregates --------------------------------------------------------------------------------
 
-AGGREGATE_FIELDS = (
-    "plant",
-    "equipment",
-    "tag",
-    "window",  # "1s" | "1m"
-    "start_us",
-    "count",
-    "bad_count",
-    "min",
-    "max",
-    "mean",
-    "last",
-    "stddev",
-    "twa",
-    "unit",
-    "lot",
-)
-
-
-@dataclass(slots=True, frozen=True)
-class Aggregate:
-    plant: str
-    equipment: str
-    tag: str
-    window: str
-    start_us: int
-    count: int
-    bad_count: int
-    min: float | None
-    max: float | None
-    mean: float | None
-    last: float | None
-    stddev: float | None
-    twa: float | None
-    unit: str
-    lot: str | None
+# Aggregate and AGGREGATE_FIELDS are the contract's (plantstream.contract); the wire order is the field order.
 
 
 def encode_aggregates(aggs: Iterable[Aggregate]) -> bytes:
@@ -319,15 +288,28 @@ def decode_aggregates(data: bytes) -> list[Aggregate]:
 # --- deviations and context events (low volume: maps, self-describing) -------------------------
 
 
-def encode_deviation(dev: dict[str, Any]) -> bytes:
-    return _pack(Kind.DEVIATION, dev)
+def encode_deviation(dev: Deviation) -> bytes:
+    return _pack(Kind.DEVIATION, dev.to_map())
 
 
-def decode_deviation(data: bytes) -> dict[str, Any]:
+def encode_deviation_map(dev: Mapping[str, Any]) -> bytes:
+    """A deviation map as it is, unchecked: what another (older, newer or hostile) producer may send."""
+    return _pack(Kind.DEVIATION, dict(dev))
+
+
+def decode_deviation_map(data: bytes) -> dict[str, Any]:
+    """The deviation message's map as it was sent (``topics tail`` shows it; readers use decode_deviation)."""
     body = _body(data, Kind.DEVIATION)
     if not isinstance(body, dict):
         raise CodecError("deviation body must be a map")
     return body
+
+
+def decode_deviation(data: bytes) -> Deviation:
+    try:
+        return Deviation.from_map(decode_deviation_map(data))
+    except ContractError as exc:
+        raise CodecError(str(exc)) from None
 
 
 def context_to_dict(ev: ContextEvent) -> dict[str, Any]:

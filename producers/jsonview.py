@@ -58,7 +58,7 @@ def record_objects(
             for a in codec.decode_aggregates(value):
                 yield {**{k: _plain(v) for k, v in dataclasses.asdict(a).items()}, **meta, "type": "aggregate"}
         elif kind is Kind.DEVIATION:
-            yield {**{k: _plain(v) for k, v in codec.decode_deviation(value).items()}, **meta, "type": "deviation"}
+            yield {**{k: _plain(v) for k, v in codec.decode_deviation_map(value).items()}, **meta, "type": "deviation"}
         elif kind is Kind.CONTEXT:
             yield {**codec.context_to_dict(codec.decode_context(value)), **meta, "type": "context"}
         else:

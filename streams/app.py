@@ -308,8 +308,8 @@ class Runtime:
                 for a in too_large:
                     self._oversize(t.aggregates, key, f"{a.tag} {a.window}@{a.start_us}")
         for dev in out.deviations:
-            self._send(t.deviations, encode_deviation(dev), f"{dev['plant']}/{dev['equipment']}")
-            DEVIATIONS.labels(dev["kind"]).inc()
+            self._send(t.deviations, encode_deviation(dev), dev.key)
+            DEVIATIONS.labels(dev.kind).inc()
         for dl in out.deadletters:
             self.deadletter(dl)
         if out.readings_in:

@@ -15,8 +15,8 @@ import pytest
 
 from plantstream.access import Tier
 from plantstream.datasets.logic.segments import NO_LOT, LineLots, line_of
-from plantstream.datasets.models import Requester, validate_request
 from plantstream.datasets.pull import pull
+from plantstream.domain.pullrequest import Requester, validate_request
 from plantstream.testing import datasets as testing
 
 T0 = datetime.fromtimestamp(testing.T0_US / 1e6, UTC)
@@ -143,7 +143,7 @@ def test_plant_wide_without_lots_keeps_every_line_apart(db: str, tmp_path: Path)
 
 
 def test_a_split_that_one_line_cannot_fill_is_refused_naming_the_line(db: str, tmp_path: Path) -> None:
-    from plantstream.datasets.models import RequestError
+    from plantstream.domain.pullrequest import RequestError
 
     with pytest.raises(RequestError) as err:
         pull(db, request(split={"seed": 0}), OWNER, out=tmp_path / "x")  # every lot: 2 precursors

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from plantstream.access import Tier
-from plantstream.datasets.models import Requester, validate_request
 from plantstream.datasets.pull import pull
+from plantstream.domain.pullrequest import Requester, validate_request
 from plantstream.testing import datasets as testing
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from plantstream import audit
 from plantstream.config import Settings
 from plantstream.datasets import products as P
-from plantstream.datasets.models import FileEntry, RequestError
 from plantstream.domain.catalog import ChangeKind
+from plantstream.domain.pullrequest import FileEntry, RequestError
 from plantstream.testing import datasets as testing
 
 T0 = datetime.fromtimestamp(testing.T0_US / 1e6, UTC)

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from plantstream.access import DB_ROLE, Tier
-from plantstream.datasets.models import PullRequest, Requester, RequestError, validate_request
 from plantstream.datasets.pull import get_pull, list_pulls, pull
+from plantstream.domain.pullrequest import PullRequest, Requester, RequestError, validate_request
 from plantstream.testing import datasets as testing
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

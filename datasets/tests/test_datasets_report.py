@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from plantstream.access import Tier
-from plantstream.datasets.models import Requester, RequestError, validate_request
 from plantstream.datasets.pull import list_pulls, pull
+from plantstream.domain.pullrequest import Requester, RequestError, validate_request
 from plantstream.testing import datasets as testing
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -131,13 +131,14 @@ def test_min_completeness_refuses_naming_the_failing_tags(
 def test_event_labels_from_deviations_respect_the_tier(db: str, tmp_path: Path) -> None:
     """Deviations written through the sink become per-row event.<kind> labels; one on a core tag
     is invisible to a member (migration 0011 filters it like the readings)."""
+    from plantstream.contract import Deviation
     from plantstream.sinks.base import Record, RecordOrigin
 
     def dev(n: int, kind: str, tag: str, a: int, b: int | None) -> Record:
         d: dict[str, Any] = {"kind": kind, "plant": testing.PLANT, "equipment": testing.EQ, "tag": tag}
         d |= {"lot": testing.lot_of(a), "start_us": testing.T0_US + a * testing.S}
         d["end_us"] = None if b is None else testing.T0_US + b * testing.S
-        return Record(RecordOrigin("test-dev", 0, n), "deviations", d, b"", None)
+        return Record(RecordOrigin("test-dev", 0, n), "deviations", Deviation.from_map(d), b"", None)
 
     testing.write(
         db,

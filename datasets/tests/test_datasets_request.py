@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from plantstream.datasets.models import RequestError, validate_request
+from plantstream.domain.pullrequest import RequestError, validate_request
 
 BASE = {"plant": "steel", "start": "2026-11-01T00:00:00Z", "end": "2026-11-02T00:00:00Z", "interval": "1s"}
 

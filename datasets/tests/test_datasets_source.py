@@ -15,7 +15,6 @@ from psycopg import sql
 
 from plantstream.access import DB_ROLE, Tier
 from plantstream.datasets import pull as pull_mod
-from plantstream.datasets.models import Requester, validate_request
 from plantstream.datasets.source import (
     PG_EPOCH_US,
     RECORD,
@@ -25,6 +24,7 @@ from plantstream.datasets.source import (
     parse_blob_copy,
     share_snapshot,
 )
+from plantstream.domain.pullrequest import Requester, validate_request
 from plantstream.testing import datasets as testing
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plantstream.datasets.logic.split import SPLITS, SplitError, assign_splits, lot_counts
+from plantstream.domain.split import SPLITS, SplitError, assign_splits, lot_counts
 
 props_st = st.sampled_from(
     [

@@ -429,7 +429,7 @@
     return {
       id: d.id,
       kind: d.kind,
-      state: live ? d.state || d.status || "open" : d.status,
+      state: d.status,
       plant: d.plant,
       tag: d.tag ?? null,
       lot: d.lot ?? null,

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from plantstream.config import Settings
+from plantstream.datasets.api import ENGINE
 from plantstream.monitor.auth import MonitorConfig
 from plantstream.monitor.web import make_app
 from plantstream.testing.monitor import TOKENS, Served, ServerThread, load
@@ -22,6 +23,6 @@ def loaded_db(fresh_db: str) -> tuple[str, int]:
 def api(loaded_db: tuple[str, int], settings: Settings) -> Iterator[Served]:
     """The monitor without its Kafka feed, over the loaded database."""
     cfg = MonitorConfig(tokens=TOKENS, anonymous_tier="none")
-    with ServerThread(make_app(settings, cfg, kafka=False)) as served:
+    with ServerThread(make_app(settings, cfg, kafka=False, engine=ENGINE)) as served:
         wait_until(lambda: served.get("/healthz", None)[0] == 200, 10, "monitor /healthz")
         yield served

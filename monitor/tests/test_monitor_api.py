@@ -11,6 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from plantstream.datasets.api import ENGINE
 from plantstream.testing.monitor import MEMBER, OWNER, PUBLIC, TAGS, TOKENS_ENV, Served, ServerThread, value_at
 from plantstream.testing.plugin import free_port, wait_until
 
@@ -188,7 +189,7 @@ def test_database_down_gives_503_not_a_crash(settings: Any) -> None:
     from plantstream.monitor.web import make_app
 
     dead = settings.model_copy(update={"db_dsn": SecretStr(f"postgresql://nobody@127.0.0.1:{free_port()}/none")})
-    with ServerThread(make_app(dead, MonitorConfig(), kafka=False)) as served:
+    with ServerThread(make_app(dead, MonitorConfig(), kafka=False, engine=ENGINE)) as served:
         status, body = served.get("/api/tags", None)  # no tokens configured: anonymous is public
         assert status == 503 and body["title"] == "database unavailable"
         assert served.get("/healthz", None)[0] == 200

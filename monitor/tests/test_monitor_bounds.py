@@ -18,11 +18,22 @@ from typing import Any
 import pytest
 
 from plantstream.config import Settings, is_loopback
+from plantstream.datasets.api import ENGINE
 from plantstream.monitor.auth import MonitorConfig, token_label
 from plantstream.monitor.cli import check_listen
 from plantstream.monitor.web import make_app
 from plantstream.testing import datasets as dstesting
-from plantstream.testing.monitor import MEMBER, OWNER, PUBLIC, TOKENS, TOKENS_ENV, Served, ServerThread, SseReader
+from plantstream.testing.monitor import (
+    MEMBER,
+    OWNER,
+    PUBLIC,
+    TOKENS,
+    TOKENS_ENV,
+    EngineOf,
+    Served,
+    ServerThread,
+    SseReader,
+)
 from plantstream.testing.plugin import free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -31,7 +42,9 @@ TAG = "caster1.cooling_water_flow"  # general grade: every tier may read it
 
 
 def serve(settings: Settings, **kw: Any) -> ServerThread:
-    return ServerThread(make_app(settings, MonitorConfig(tokens=TOKENS, anonymous_tier="none", **kw), kafka=False))
+    return ServerThread(
+        make_app(settings, MonitorConfig(tokens=TOKENS, anonymous_tier="none", **kw), kafka=False, engine=ENGINE)
+    )
 
 
 # --- listening ------------------------------------------------------------------------------------
@@ -314,7 +327,7 @@ def test_requests_in_progress_capped_per_token(pulling: Served, settings: Settin
     (``pulling`` loads the tags the POST's checks read)."""
     import threading
 
-    from plantstream.datasets.models import PullRecord
+    from plantstream.domain.pullrequest import PullRecord
     from plantstream.monitor import pulls
     from plantstream.monitor.web import K_PULLS
 
@@ -324,8 +337,13 @@ def test_requests_in_progress_capped_per_token(pulling: Served, settings: Settin
         assert release.wait(30)
         raise RuntimeError("stub: never a real pull")
 
-    app = make_app(settings, MonitorConfig(tokens=TOKENS, anonymous_tier="none", api_max_inflight_per_token=1), False)
-    app[K_PULLS] = pulls.PullRunner(settings, tmp_path / "ds", run=held)
+    app = make_app(
+        settings,
+        MonitorConfig(tokens=TOKENS, anonymous_tier="none", api_max_inflight_per_token=1),
+        False,
+        engine=ENGINE,
+    )
+    app[K_PULLS] = pulls.PullRunner(settings, tmp_path / "ds", engine=EngineOf(held))
     with ServerThread(app) as s:
         answer: list[Any] = []
         poster = threading.Thread(target=lambda: answer.append(s.post("/api/dataset-pulls", _pull(), OWNER)))

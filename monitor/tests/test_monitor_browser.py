@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 
 from plantstream.config import Settings
-from plantstream.contract import now_us
+from plantstream.contract import Aggregate, Deviation, now_us
 from plantstream.producers import codec
 from plantstream.producers.kafka import ensure_contract_topics, make_producer, produce
 from plantstream.producers.topics import Topics
@@ -65,9 +65,7 @@ class Feeder(threading.Thread):
             for k, (tag, eq, base, amp) in LIVE:
                 v = base + amp * ((i * 7 + k * 3) % 11 - 5) / 5
                 aggs.append(
-                    codec.Aggregate(
-                        "steel", eq, tag, "1s", start + i * 1_000_000, 10, 0, v, v, v, v, 0.0, v, "", "H240117"
-                    )
+                    Aggregate("steel", eq, tag, "1s", start + i * 1_000_000, 10, 0, v, v, v, v, 0.0, v, "", "H240117")
                 )
             produce(self.producer, self.topics.aggregates, codec.encode_aggregates(aggs), key=f"steel/{CASTER}/strand")
             self.producer.poll(0)
@@ -79,7 +77,7 @@ class Feeder(threading.Thread):
         dev = {
             "id": ident,
             "kind": "process",
-            "state": "open",
+            "status": "open",
             "plant": "steel",
             "equipment": f"{CASTER}/strand",
             "tag": CORE_TAG,
@@ -93,7 +91,12 @@ class Feeder(threading.Thread):
             "end_us": None,
             "peak": 1.74,
         }
-        produce(self.producer, self.topics.deviations, codec.encode_deviation(dev), key=f"steel/{CASTER}/strand")
+        produce(
+            self.producer,
+            self.topics.deviations,
+            codec.encode_deviation(Deviation.from_map(dev)),
+            key=f"steel/{CASTER}/strand",
+        )
         self.producer.flush(5)
 
 

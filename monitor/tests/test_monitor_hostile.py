@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from plantstream.config import Settings
+from plantstream.datasets.api import ENGINE
 from plantstream.monitor import web
 from plantstream.monitor.auth import MonitorConfig
 from plantstream.monitor.hub import Event
@@ -111,7 +112,7 @@ class Client:
 def hostile(loaded_db: tuple[str, int], settings: Settings) -> Iterator[tuple[Served, dict[str, Any]]]:
     """The monitor over the loaded database with an owner's pull (core tags) and a public pull."""
     cfg = MonitorConfig(tokens=TOKENS, anonymous_tier="none", datasets_dir=settings.state_dir / "datasets")
-    with ServerThread(web.make_app(settings, cfg, kafka=False)) as s:
+    with ServerThread(web.make_app(settings, cfg, kafka=False, engine=ENGINE)) as s:
         wait_until(lambda: s.get("/healthz", None)[0] == 200, 10, "monitor /healthz")
         wait_until(lambda: len(s.hub.grades) == len(TAGS), 20, "grades from the tag registry")
         t0 = datetime.fromtimestamp(loaded_db[1] / 1e6, UTC)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from plantstream.config import Settings
-from plantstream.contract import ContextEvent, ContextKind, Grade, TagMeta, now_us
+from plantstream.contract import Aggregate, ContextEvent, ContextKind, Deviation, Grade, TagMeta, now_us
+from plantstream.datasets.api import ENGINE
 from plantstream.monitor.auth import MonitorConfig
 from plantstream.monitor.web import make_app
 from plantstream.producers import codec
@@ -19,10 +20,8 @@ pytestmark = pytest.mark.integration
 EQ = "acme/duisburg/steelmaking/caster1/strand"
 
 
-def _agg(tag: str, start_us: int, value: float) -> codec.Aggregate:
-    return codec.Aggregate(
-        "steel", EQ, tag, "1s", start_us, 10, 0, value, value, value, value, 0.0, value, "m/min", "H1"
-    )
+def _agg(tag: str, start_us: int, value: float) -> Aggregate:
+    return Aggregate("steel", EQ, tag, "1s", start_us, 10, 0, value, value, value, value, 0.0, value, "m/min", "H1")
 
 
 def test_aggregates_deviations_and_lots_reach_sse_clients_by_tier(settings: Settings) -> None:
@@ -44,7 +43,7 @@ def test_aggregates_deviations_and_lots_reach_sse_clients_by_tier(settings: Sett
     )
     producer.flush(10)
     cfg = MonitorConfig(tokens=TOKENS, anonymous_tier="none")
-    with ServerThread(make_app(settings, cfg)) as served:
+    with ServerThread(make_app(settings, cfg, engine=ENGINE)) as served:
         wait_until(lambda: served.feed.ready.is_set(), 20, "the monitor's Kafka feed to be assigned")
         wait_until(
             lambda: served.hub.grades.grade("steel", "caster1.cooling_water_flow"), 10, "grades from the tags topic"
@@ -61,7 +60,7 @@ def test_aggregates_deviations_and_lots_reach_sse_clients_by_tier(settings: Sett
             dev = {
                 "id": f"dev-{settings.topic_prefix}",
                 "kind": "process",
-                "state": "open",
+                "status": "open",
                 "plant": "steel",
                 "equipment": EQ,
                 "tag": "caster1.casting_speed",
@@ -75,7 +74,7 @@ def test_aggregates_deviations_and_lots_reach_sse_clients_by_tier(settings: Sett
                 "end_us": None,
                 "peak": 1.77,
             }
-            produce(producer, topics.deviations, codec.encode_deviation(dev), key=f"steel/{EQ}")
+            produce(producer, topics.deviations, codec.encode_deviation(Deviation.from_map(dev)), key=f"steel/{EQ}")
             lot = ContextEvent(
                 ContextKind.LOT_START, "steel", "acme/duisburg/steelmaking/caster1", t, "H2", "heat", "EN10025-2:S355J2"
             )

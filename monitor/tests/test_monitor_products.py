@@ -21,6 +21,7 @@ from plantstream import audit
 from plantstream.access import Tier
 from plantstream.config import ConfigError, Settings
 from plantstream.datasets import products as P
+from plantstream.datasets.api import ENGINE
 from plantstream.domain.catalog import (
     ACCESS_HEADER,
     AUDIT_HEADER,
@@ -117,7 +118,7 @@ def node(fresh_db: str, settings: Settings, tmp_path: Path) -> Iterator[Node]:
         "caster-core": "core",
     }
     cfg = MonitorConfig(tokens=TOKENS, anonymous_tier="none", products_dir=root, node_id="steel-node")
-    with ServerThread(make_app(settings, cfg, kafka=False)) as s:
+    with ServerThread(make_app(settings, cfg, kafka=False, engine=ENGINE)) as s:
         wait_until(lambda: s.get("/healthz", None)[0] == 200, 10, "monitor /healthz")
         yield Node(s, fresh_db, root, published)
 

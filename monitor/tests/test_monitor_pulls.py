@@ -16,12 +16,13 @@ import pytest
 
 from plantstream.access import Tier
 from plantstream.config import Settings
-from plantstream.datasets.models import PullRecord, PullRequest, Requester
+from plantstream.datasets.api import ENGINE
+from plantstream.domain.pullrequest import PullRecord, PullRequest, Requester
 from plantstream.monitor import pulls
 from plantstream.monitor.auth import MonitorConfig, TokenSpec
 from plantstream.monitor.web import K_METRICS, K_PULLS, make_app
 from plantstream.testing import datasets as testing
-from plantstream.testing.monitor import Served, ServerThread
+from plantstream.testing.monitor import EngineOf, Served, ServerThread
 from plantstream.testing.plugin import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -53,7 +54,7 @@ def body(**kw: Any) -> dict[str, Any]:
 def served(fresh_db: str, settings: Settings, tmp_path: Path) -> Iterator[Served]:
     testing.load(fresh_db, SECONDS, lot_s=60)
     cfg = MonitorConfig(tokens=TOKENS, anonymous_tier="none", datasets_dir=tmp_path / "datasets")
-    with ServerThread(make_app(settings, cfg, kafka=False)) as s:
+    with ServerThread(make_app(settings, cfg, kafka=False, engine=ENGINE)) as s:
         wait_until(lambda: s.get("/healthz", None)[0] == 200, 10, "monitor /healthz")
         yield s
 
@@ -193,7 +194,7 @@ def test_slot_limit_and_live_progress(settings: Settings, fresh_db: str, tmp_pat
         import psycopg
 
         # The DSN the pull connects with (its own and its helper connections) is bounded.
-        with psycopg.connect(kw["settings"].dsn) as conn:
+        with psycopg.connect(kw["dsn"]) as conn:
             row = conn.execute("SHOW statement_timeout").fetchone()
             assert row is not None
             timeouts.append(str(row[0]))
@@ -232,10 +233,15 @@ def test_slot_limit_and_live_progress(settings: Settings, fresh_db: str, tmp_pat
         max_pulls_per_token=1,
         pull_statement_timeout_s=42,
     )
-    app = make_app(settings, cfg, kafka=False)
+    app = make_app(settings, cfg, kafka=False, engine=ENGINE)
     real = app[K_PULLS]
     app[K_PULLS] = pulls.PullRunner(
-        real.settings, tmp_path / "ds", max_concurrent=2, metrics=app[K_METRICS], run=slow_pull, max_per_token=1
+        real.settings,
+        tmp_path / "ds",
+        max_concurrent=2,
+        metrics=app[K_METRICS],
+        engine=EngineOf(slow_pull),
+        max_per_token=1,
     )
     with ServerThread(app) as s:
         status, accepted, _ = s.post("/api/dataset-pulls", body(), MIA)
@@ -294,3 +300,15 @@ def test_openapi_documents_the_pull_routes(served: Served) -> None:
     files = doc["paths"]["/api/dataset-pulls/{id}/files/{path}"]["get"]
     assert {p["name"] for p in files["parameters"] if p["in"] == "path"} == {"id", "path"}
     assert "application/vnd.apache.parquet" in files["responses"]["200"]["content"]
+
+
+def test_a_monitor_embedded_without_a_pull_engine_answers_503(
+    fresh_db: str, settings: Settings, tmp_path: Path
+) -> None:
+    testing.load(fresh_db, 60, lot_s=60)
+    cfg = MonitorConfig(tokens=TOKENS, anonymous_tier="none", datasets_dir=tmp_path / "datasets")
+    with ServerThread(make_app(settings, cfg, kafka=False)) as s:
+        wait_until(lambda: s.get("/healthz", None)[0] == 200, 10, "monitor /healthz")
+        status, problem, _ = s.post("/api/dataset-pulls", body(), MIA)
+    assert status == 503 and "pull engine" in problem["detail"], problem
+    assert not (tmp_path / "datasets").exists() or not any((tmp_path / "datasets").iterdir())

@@ -11,7 +11,7 @@ import pytest
 
 from plantstream.access import Tier
 from plantstream.config import ConfigError
-from plantstream.contract import Grade, TagMeta
+from plantstream.contract import Aggregate, Grade, TagMeta
 from plantstream.monitor.auth import (
     Authenticator,
     MonitorConfig,
@@ -25,6 +25,7 @@ from plantstream.monitor.hub import END, Event, GradeBook, Hub
 from plantstream.monitor.store import bucket_for
 from plantstream.monitor.web import BadParam, parse_time
 from plantstream.producers import codec
+from plantstream.testing.monitor import EngineOf
 
 
 def test_tokens_from_env_and_yaml(tmp_path: Path) -> None:
@@ -98,14 +99,16 @@ def test_decode_topics() -> None:
     grades = GradeBook()
     meta = TagMeta("steel", "t1", "a/b", "degC", grade=Grade.IMPORTANT)
     assert decode("tags", codec.encode_tag_meta(meta), grades) == [] and grades.grade("steel", "t1") == "important"
-    a1 = codec.Aggregate("steel", "a/b", "t1", "1s", 1, 1, 0, float("nan"), 2.0, 2.0, 2.0, 0.0, 2.0, "degC", None)
-    a2 = codec.Aggregate("steel", "a/b", "t1", "1m", 1, 1, 0, 1.0, 2.0, 2.0, 2.0, 0.0, 2.0, "degC", None)
+    a1 = Aggregate("steel", "a/b", "t1", "1s", 1, 1, 0, float("nan"), 2.0, 2.0, 2.0, 0.0, 2.0, "degC", None)
+    a2 = Aggregate("steel", "a/b", "t1", "1m", 1, 1, 0, 1.0, 2.0, 2.0, 2.0, 0.0, 2.0, "degC", None)
     [ev] = decode("aggregates", codec.encode_aggregates([a1, a2]), grades)
     assert len(ev.items) == 1 and ev.items[0]["min"] is None  # NaN is not JSON; 1 min windows not forwarded
-    [dev] = decode("deviations", codec.encode_deviation({"plant": "steel", "tag": "", "peak": 1}), grades)
-    assert dev.items[0]["tag"] is None and dev.items[0]["state"] == "open"
-    with pytest.raises(codec.CodecError):
-        decode("deviations", codec.encode_deviation({"tag": "x"}), grades)
+    # A raw map as an older producer sent it: empty tag read as none, ``state`` read as the status.
+    raw = {"plant": "steel", "tag": "", "peak": 1, "start_us": 5, "state": "closed"}
+    [dev] = decode("deviations", codec.encode_deviation_map(raw), grades)
+    assert dev.items[0]["tag"] is None and dev.items[0]["status"] == "closed" and "state" not in dev.items[0]
+    with pytest.raises(codec.CodecError, match="'plant' is required"):
+        decode("deviations", codec.encode_deviation_map({"tag": "x", "start_us": 5}), grades)
     with pytest.raises(codec.CodecError):
         decode("aggregates", b"garbage", grades)
 
@@ -150,7 +153,7 @@ def test_pull_runner_cancels_on_close(tmp_path: Path) -> None:
     from typing import Any
 
     from plantstream.config import Settings
-    from plantstream.datasets.models import Requester, validate_request
+    from plantstream.domain.pullrequest import Requester, validate_request
     from plantstream.monitor import pulls
 
     started = threading.Event()
@@ -162,7 +165,7 @@ def test_pull_runner_cancels_on_close(tmp_path: Path) -> None:
         raise pulls.PullCancelled("cancelled")
 
     dead = Settings.from_env({"PLANTSTREAM_DB_DSN": "postgresql://nobody@127.0.0.1:1/none"})
-    runner = pulls.PullRunner(dead, tmp_path, max_concurrent=1, run=waits_for_cancel)
+    runner = pulls.PullRunner(dead, tmp_path, max_concurrent=1, engine=EngineOf(waits_for_cancel))
     req = validate_request({"plant": "p", "start": "2025-01-01T00:00:00Z", "end": "2025-01-01T00:01:00Z"})
     job = runner.start(req, Requester(name="mia", tier=Tier.MEMBER))
     assert started.wait(10) and runner.get(7) is job
@@ -172,3 +175,29 @@ def test_pull_runner_cancels_on_close(tmp_path: Path) -> None:
     assert job.finished.is_set() and job.state == "failed" and runner.running == 0
     with pytest.raises(pulls.Busy):  # closed: nothing new starts
         runner.start(req, Requester(name="mia", tier=Tier.MEMBER))
+
+
+def test_a_runner_without_a_pull_engine_refuses_instead_of_guessing(tmp_path: Path) -> None:
+    from plantstream.config import Settings
+    from plantstream.domain.pullrequest import Requester, validate_request
+    from plantstream.monitor import pulls
+
+    runner = pulls.PullRunner(Settings.from_env({}), tmp_path)
+    req = validate_request({"plant": "p", "start": "2025-01-01T00:00:00Z", "end": "2025-01-01T00:01:00Z"})
+    with pytest.raises(pulls.NoEngine, match="datasets stage"):
+        runner.start(req, Requester(name="mia", tier=Tier.MEMBER))
+    assert runner.running == 0
+
+
+def test_the_console_entry_point_hands_the_datasets_engine_to_the_monitor() -> None:
+    import click
+
+    from plantstream import cli as entry
+    from plantstream.datasets.api import ENGINE
+
+    ctx = click.Context(entry.cli)
+    callback = entry.cli.callback
+    assert callback is not None
+    with ctx:  # click's pass_context takes ctx from here
+        callback(None, None)
+    assert ctx.obj["pull_engine"]() is ENGINE

@@ -10,13 +10,16 @@ import math
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from plantstream.access import Tier
-from plantstream.contract import ContextEvent, ContextKind, Grade, Origin, Quality, Reading, TagMeta, now_us
+from plantstream.contract import ContextEvent, ContextKind, Deviation, Grade, Origin, Quality, Reading, TagMeta, now_us
+from plantstream.datasets.api import ENGINE
+from plantstream.domain.pullrequest import PullRecord, PullRequest, Requester
 from plantstream.monitor.auth import TokenSpec
 from plantstream.monitor.web import K_FEED, K_HUB
 from plantstream.sinks.base import Record, RecordOrigin
@@ -132,7 +135,7 @@ def load(dsn: str, minutes: int = 10) -> int:
         ),
         _dev("dev-lab-1", "steel", None, CASTER, "rm", t0 + 120 * SEC, 655.0, 470.0, 630.0, "MPa", kind="lab"),
     ]
-    recs += [("deviations", d) for d in devs]
+    recs += [("deviations", Deviation.from_map(d)) for d in devs]
     sink = PostgresSink(dsn)
     sink.connect()
     sink.write([Record(RecordOrigin("t", 0, i), kind, payload, b"", None) for i, (kind, payload) in enumerate(recs)])
@@ -164,7 +167,7 @@ def _dev(
     return {
         "id": ident,
         "kind": kind,
-        "state": "closed",
+        "status": "closed",
         "plant": plant,
         "equipment": eq,
         "tag": tag,
@@ -328,3 +331,18 @@ class SseReader:
                 self._sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(5)
         self._conn.close()
+
+
+@dataclass
+class EngineOf:
+    """A PullEngine around one function, for tests that hold, slow or fail a pull; stored records
+    come from the datasets stage's own store."""
+
+    fn: Callable[..., PullRecord]
+
+    def run(self, request: PullRequest, requester: Requester, **kw: Any) -> PullRecord:
+        record: PullRecord = self.fn(request, requester, **kw)
+        return record
+
+    def record(self, dsn: str, pull_id: int) -> PullRecord | None:
+        return ENGINE.record(dsn, pull_id)

@@ -6,7 +6,7 @@ from typing import Any
 
 import psycopg
 
-from plantstream.contract import Origin, Quality, Reading, now_us
+from plantstream.contract import Deviation, Origin, Quality, Reading, now_us
 from plantstream.producers import codec
 from plantstream.sinks.base import Record, RecordOrigin
 
@@ -50,6 +50,9 @@ def messages(rs: list[Reading], per: int = 500) -> list[bytes]:
 
 
 def records(kind: str, payloads: list[Any], raw: list[bytes] | None = None, topic: str = "t") -> list[Record]:
+    """Sink records as the decoder would hand them over; deviation maps become the contract's Deviation."""
+    if kind == "deviations":
+        payloads = [Deviation.from_map(p) if isinstance(p, dict) else p for p in payloads]
     return [Record(RecordOrigin(topic, 0, i), kind, p, raw[i] if raw else b"", None) for i, p in enumerate(payloads)]
 
 

@@ -7,10 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from plantstream.contract import ContextEvent, ContextKind, Grade, Origin, Quality, Reading, TagMeta
+from plantstream.contract import Aggregate, ContextEvent, ContextKind, Grade, Origin, Quality, Reading, TagMeta
 from plantstream.producers import codec
 from plantstream.producers.codec import (
-    Aggregate,
     CodecError,
     ReadingBatch,
     decode_aggregates,

@@ -14,9 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from plantstream.config import Settings
-from plantstream.contract import ContextEvent, ContextKind, Grade, Origin, Quality, Reading, TagMeta
+from plantstream.contract import Aggregate, ContextEvent, ContextKind, Grade, Origin, Quality, Reading, TagMeta
 from plantstream.producers import codec
-from plantstream.producers.codec import Aggregate
 from plantstream.producers.jsonview import record_objects
 from plantstream.producers.kafka import ensure_contract_topics, make_producer, produce
 from plantstream.producers.topics import DEADLETTER_REASON_HEADER, Topics
@@ -74,7 +73,7 @@ def test_every_message_kind_has_a_json_view() -> None:
     (a,) = record_objects(codec.encode_aggregates([agg]))
     (c,) = record_objects(codec.encode_context(ctx))
     (m,) = record_objects(codec.encode_tag_meta(meta))
-    (d,) = record_objects(codec.encode_deviation(dev))
+    (d,) = record_objects(codec.encode_deviation_map(dev))
     assert a["type"] == "aggregate" and a["count"] == 3 and a["lot"] == "L1" and a["window"] == "1s"
     assert c["type"] == "context" and c["kind"] == "lot_start" and c["lot"] == "H1"
     assert m["type"] == "tag" and m["grade"] == "important" and m["unit"] == "degC"

@@ -12,9 +12,21 @@ import msgpack
 import orjson
 import pytest
 
-from plantstream.contract import ContextEvent, ContextKind, Grade, Origin, Quality, Reading, TagMeta
+from plantstream.contract import (
+    DEVIATION_KEYS,
+    Aggregate,
+    ContextEvent,
+    ContextKind,
+    Deviation,
+    DeviationKind,
+    DeviationStatus,
+    Grade,
+    Origin,
+    Quality,
+    Reading,
+    TagMeta,
+)
 from plantstream.producers import codec
-from plantstream.producers.codec import Aggregate
 from plantstream.producers.jsonview import record_objects
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -70,9 +82,9 @@ def _tag_property() -> bytes:
 
 def _deviation() -> bytes:
     return codec.encode_deviation(
-        {"id": "d-1", "kind": "process", "plant": "steel", "equipment": EQ, "lot": "H-1001", "tag": "lf1.temp",
-         "property": "tap_temperature", "start_us": T0, "end_us": None, "peak": 1650.0, "limit": 1640.0,
-         "status": "open"}
+        Deviation("d-1", DeviationKind.PROCESS, DeviationStatus.OPEN, "steel", EQ, T0, lot="H-1001",
+                  spec="EN10025-2:S355J2", property="tap_temperature", tag="lf1.temp", peak=1650.0, limit=1640.0,
+                  unit="degC", limit_min=1580.0, limit_max=1640.0, details={"duration_s": None})
     )  # fmt: skip
 
 
@@ -95,6 +107,17 @@ def test_the_codec_writes_the_golden_bytes(name: str) -> None:
 def test_the_golden_bytes_read_as_the_golden_json(name: str) -> None:
     objs = list(record_objects((GOLDEN / f"{name}.bin").read_bytes()))
     assert objs == orjson.loads((GOLDEN / f"{name}.json").read_bytes())
+
+
+def test_a_deviation_map_of_an_older_producer_reads_as_the_same_record() -> None:
+    # Before the contract typed it, streams sent ``state`` beside ``status`` and left unset keys out.
+    old = {"id": "d-1", "kind": "process", "state": "open", "status": "open", "plant": "steel", "equipment": EQ,
+           "lot": "H-1001", "spec": "EN10025-2:S355J2", "property": "tap_temperature", "tag": "lf1.temp",
+           "start_us": T0, "end_us": None, "peak": 1650.0, "limit": 1640.0, "unit": "degC", "limit_min": 1580.0,
+           "limit_max": 1640.0, "duration_s": None}  # fmt: skip
+    golden = codec.decode_deviation((GOLDEN / "deviation.bin").read_bytes())
+    assert codec.decode_deviation(codec.encode_deviation_map(old)) == golden
+    assert codec.decode_deviation(codec.encode_deviation(golden)) == golden
 
 
 def test_a_plain_msgpack_reader_finds_the_documented_fields() -> None:
@@ -120,6 +143,9 @@ def test_a_plain_msgpack_reader_finds_the_documented_fields() -> None:
     assert agg == [
         ["steel", EQ, "lf1.temp", "1s", T0, 2, 0, 1592.5, 1593.0, 1592.75, 1593.0, 0.25, 1592.75, "degC", "H-1001"]
     ]
+    dev = msgpack.unpackb((GOLDEN / "deviation.bin").read_bytes()[4:], raw=False)
+    assert list(dev)[:13] == list(DEVIATION_KEYS) and dev["status"] == "open" and "state" not in dev
+    assert (dev["unit"], dev["limit_min"], dev["duration_s"]) == ("degC", 1580.0, None)
     for name, kind in (("context", 4), ("tag", 5), ("deviation", 3)):
         raw = (GOLDEN / f"{name}.bin").read_bytes()
         assert raw[3] == kind and isinstance(msgpack.unpackb(raw[4:], raw=False), dict), name

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from plantstream.contract import ContextEvent, ContextKind
-from plantstream.sinks.timescaledb.ids import RecordError, Registry
+from plantstream.contract import DEVIATION_KEYS, ContextEvent, ContextKind, Deviation
+from plantstream.sinks.timescaledb.ids import Registry
 from plantstream.sinks.timescaledb.timesql import TS
 
 
@@ -60,9 +58,11 @@ def write_context(cur: psycopg.Cursor[Any], reg: Registry, ev: ContextEvent) -> 
             )
 
 
-def write_deviation(cur: psycopg.Cursor[Any], reg: Registry, dev: dict[str, Any]) -> None:
-    """One deviation, upserted by id (a re-emission with other values updates the row)."""
-    d = Deviation.parse(dev)
+def write_deviation(cur: psycopg.Cursor[Any], reg: Registry, d: Deviation) -> None:
+    """One deviation, upserted by id (a re-emission with other values updates the row).
+
+    The columns hold the contract's core fields; ``attrs`` the rest of its map (limits, unit, details).
+    """
     lot = reg.lot_id(cur, d.plant, d.lot) if d.lot else None
     tag = reg.tag_id(cur, d.plant, d.tag, d.equipment, "", "float") if d.tag and d.equipment else None
     if d.tag and tag is None:
@@ -88,110 +88,15 @@ def write_deviation(cur: psycopg.Cursor[Any], reg: Registry, dev: dict[str, Any]
             d.kind,
             d.plant,
             lot,
-            d.spec or None,
-            d.property,
+            d.spec,
+            d.property or "",
             tag,
             d.start_us,
             d.end_us,
             d.end_us,
             d.peak,
             d.limit,
-            d.status,
-            Jsonb(d.attrs),
+            d.status.value,
+            Jsonb({k: v for k, v in d.to_map().items() if k not in DEVIATION_KEYS}),
         ),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Deviation:
-    """The deviation map on Topics.deviations, as this sink reads it.
-
-    Keys: ``id`` (stable; a re-emission with the same id updates the row; derived from
-    kind/plant/lot/tag/property/start when absent), ``kind`` (process | lab | late_data),
-    ``plant``, ``equipment``, ``lot``, ``spec``, ``property``, ``tag``, ``start_us``, ``end_us``,
-    ``peak``, ``limit``, ``status`` (streams also sends it as ``state``: either is read). Other
-    keys (``limit_min``, ``limit_max``, ``unit``, ``duration_s``, ``count``, ...) are kept in
-    ``attrs``. Without ``limit``, the bound ``peak`` crossed is taken from ``limit_min``/``limit_max``.
-    """
-
-    id: str
-    kind: str
-    plant: str
-    equipment: str
-    lot: str
-    spec: str
-    property: str
-    tag: str
-    start_us: int
-    end_us: int | None
-    peak: float | None
-    limit: float | None
-    status: str
-    attrs: dict[str, Any]
-
-    KNOWN = (
-        "id",
-        "kind",
-        "plant",
-        "equipment",
-        "lot",
-        "spec",
-        "property",
-        "tag",
-        "start_us",
-        "end_us",
-        "peak",
-        "limit",
-        "status",
-    )
-
-    @classmethod
-    def parse(cls, d: dict[str, Any]) -> Deviation:
-        def text(k: str) -> str:
-            v = d.get(k) or ""
-            if not isinstance(v, str):
-                raise RecordError(f"deviation field {k!r} must be a string, got {type(v).__name__}")
-            return v
-
-        def num(k: str) -> float | None:
-            v = d.get(k)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
-                raise RecordError(f"deviation field {k!r} must be a number, got {type(v).__name__}")
-            return None if v is None else float(v)
-
-        start = d.get("start_us")
-        end = d.get("end_us")
-        if type(start) is not int:
-            raise RecordError("deviation field 'start_us' (integer microseconds) is required")
-        if end is not None and type(end) is not int:
-            raise RecordError("deviation field 'end_us' must be integer microseconds")
-        kind, plant = text("kind") or "process", text("plant")
-        if not plant:
-            raise RecordError("deviation field 'plant' is required")
-        ident = (
-            text("id")
-            or hashlib.sha1(
-                "|".join((kind, plant, text("lot"), text("tag"), text("property"), str(start))).encode()
-            ).hexdigest()
-        )
-        attrs = {k: v for k, v in d.items() if k not in cls.KNOWN and k != "state"}
-        peak, limit = num("peak"), num("limit")
-        if limit is None and peak is not None:
-            lo, hi = num("limit_min"), num("limit_max")
-            limit = lo if lo is not None and peak < lo else hi if hi is not None and peak > hi else None
-        return cls(
-            ident,
-            kind,
-            plant,
-            text("equipment"),
-            text("lot"),
-            text("spec"),
-            text("property"),
-            text("tag"),
-            start,
-            end,
-            peak,
-            limit,
-            text("status") or text("state") or "open",
-            attrs,
-        )

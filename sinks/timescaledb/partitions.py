@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import psycopg
 
-from plantstream.producers.codec import Aggregate
+from plantstream.contract import Aggregate
 from plantstream.sinks.timescaledb.timesql import DAY_US, TS
 
 

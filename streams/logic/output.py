@@ -14,7 +14,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from plantstream.producers.codec import Aggregate, ReadingBatch, encode_aggregates, encode_readings
+from plantstream.contract import Aggregate
+from plantstream.producers.codec import ReadingBatch, encode_aggregates, encode_readings
 
 _COLUMNS = ("tag", "unit", "ts_us", "value", "quality", "status_code", "seq", "server_ts_us", "lot", "reason")
 

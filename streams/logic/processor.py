@@ -17,11 +17,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from plantstream.contract import READING_COLUMN_NAMES, ContextEvent, ContextKind, TagMeta
+from plantstream.contract import (
+    READING_COLUMN_NAMES,
+    Aggregate,
+    ContextEvent,
+    ContextKind,
+    Deviation,
+    DeviationKind,
+    DeviationStatus,
+    TagMeta,
+)
 from plantstream.domain.units import Converter, UnitError, compile_converter
 from plantstream.domain.validate import BAD, RuleError, TagRule, Validator, compile_rule
 from plantstream.producers.codec import (
-    Aggregate,
     CodecError,
     ReadingBatch,
     decode_context,
@@ -31,7 +39,7 @@ from plantstream.producers.codec import (
 from plantstream.streams.logic.dedup import Deduplicator
 from plantstream.streams.logic.lot_tags import LotTagSpec, LotTagTracker
 from plantstream.streams.logic.lots import LotTracker
-from plantstream.streams.logic.specs import Deviation, SpecChecker, SpecRegistry, deviation_id
+from plantstream.streams.logic.specs import SpecChecker, SpecRegistry, deviation_id
 from plantstream.streams.logic.windows import ACCEPTED, LATE, MINUTE_US, SECOND_US, WindowEngine
 
 log = logging.getLogger(__name__)
@@ -326,22 +334,18 @@ class Processor:
             self.late += out.late
             for (tag, wstart), (count, lo, hi) in sorted(late.items()):
                 devs.append(
-                    {
-                        "id": deviation_id("late", plant, tag, wstart, offset),
-                        "kind": "late_data",
-                        "state": "closed",
-                        "status": "closed",
-                        "plant": plant,
-                        "equipment": eq,
-                        "tag": tag,
-                        "lot": lots.lot_at(plant, eq, lo),
-                        "window_start_us": wstart,
-                        "count": count,
-                        "start_us": lo,
-                        "end_us": hi,
-                        "reason": "late",
-                        "source": batch.source,
-                    }
+                    Deviation(
+                        id=deviation_id("late", plant, tag, wstart, offset),
+                        kind=DeviationKind.LATE_DATA,
+                        status=DeviationStatus.CLOSED,
+                        plant=plant,
+                        equipment=eq,
+                        start_us=lo,
+                        end_us=hi,
+                        lot=lots.lot_at(plant, eq, lo),
+                        tag=tag,
+                        details={"window_start_us": wstart, "count": count, "reason": "late", "source": batch.source},
+                    )
                 )
         out.aggregates = self.windows.collect()
         return out

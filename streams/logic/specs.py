@@ -2,18 +2,16 @@
 
 * Process: a tag whose ``TagMeta.spec_property`` names a property with a ``basis="process"``
   limit in the active lot's material spec is checked on every non-BAD reading. Leaving the
-  limits opens an excursion (a deviation record with ``state="open"``); coming back, a change of
-  lot, or :meth:`SpecChecker.close_all` closes it (same ``id``, ``state="closed"``, with end,
-  duration and peak). A live page can upsert by ``id``.
+  limits opens an excursion (a :class:`~plantstream.contract.Deviation` with status open);
+  coming back, a change of lot, or :meth:`SpecChecker.close_all` closes it (same ``id``, status
+  closed, with end, duration and peak). A live page can upsert by ``id``.
 
-Record (one map per message on the deviations topic; the sink stores it in ``deviations``):
-``id`` (deterministic), ``kind`` (process | lab | late_data), ``state`` and its alias ``status``
-(open | closed), ``plant``, ``equipment``, ``tag``, ``lot``, ``spec``, ``property``, ``start_us``,
-``end_us`` (None while open), ``peak`` (the value furthest outside), ``limit`` (the bound it
-crossed), ``limit_min``/``limit_max``/``unit`` (the whole window, tag's canonical unit),
-``duration_s``; lab records add ``condition`` and ``test_method``.
+Records are the contract's ``Deviation`` (one per message on the deviations topic; the sink
+stores it in ``deviations``): ``id`` is deterministic, ``peak`` the value furthest outside,
+``limit`` the bound it crossed, ``limit_min``/``limit_max``/``unit`` the window in the tag's
+canonical unit; details carry ``duration_s`` and, for lab records, ``condition`` and ``test_method``.
 * Lab: a ``lab_result`` context event is checked against the ``basis="lab"`` limits of the lot's
-  material; each result outside becomes a lot-level deviation (``state="closed"`` at once).
+  material; each result outside becomes a lot-level deviation (closed at once).
 
 Limits are converted into the tag's canonical unit once per (spec, property, unit). Conditioned
 limits (``"thickness_mm<=16"``) apply when the lot's attributes satisfy them; a lone limit
@@ -33,14 +31,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from plantstream.contract import ContextEvent, ContextKind
+from plantstream.contract import ContextEvent, ContextKind, Deviation, DeviationKind, DeviationStatus
 from plantstream.domain.materials import MaterialSpec, PropertyLimit
 from plantstream.domain.units import UnitError, convert_to
 from plantstream.streams.logic.lots import LotTracker
 
 log = logging.getLogger(__name__)
-
-Deviation = dict[str, Any]
 
 
 class SpecRegistry(Protocol):
@@ -193,7 +189,7 @@ class SpecChecker:
         out: list[Deviation] = []
         key = (plant, tag)
         exc = self._open.get(key)
-        if exc is not None and exc.record["lot"] != lot:
+        if exc is not None and exc.record.lot != lot:
             out.append(self._close(key, exc, exc.last_ts))
             exc = None
         limit = self.process_limit(plant, lot, prop, unit) if lot else None
@@ -202,28 +198,26 @@ class SpecChecker:
         if limit.outside(value):
             excess = limit.excess(value)
             if exc is None:
-                rec: Deviation = {
-                    "id": deviation_id("process", plant, tag, lot, limit.spec_id, prop, ts),
-                    "kind": "process",
-                    "state": "open",
-                    "status": "open",
-                    "limit": limit.violated(value),
-                    "plant": plant,
-                    "equipment": equipment,
-                    "tag": tag,
-                    "lot": lot,
-                    "spec": limit.spec_id,
-                    "property": prop,
-                    "limit_min": limit.lo,
-                    "limit_max": limit.hi,
-                    "unit": unit,
-                    "start_us": ts,
-                    "end_us": None,
-                    "peak": value,
-                    "duration_s": None,
-                }
+                rec = Deviation(
+                    id=deviation_id("process", plant, tag, lot, limit.spec_id, prop, ts),
+                    kind=DeviationKind.PROCESS,
+                    status=DeviationStatus.OPEN,
+                    plant=plant,
+                    equipment=equipment,
+                    start_us=ts,
+                    lot=lot,
+                    spec=limit.spec_id,
+                    property=prop,
+                    tag=tag,
+                    peak=value,
+                    limit=limit.violated(value),
+                    unit=unit,
+                    limit_min=limit.lo,
+                    limit_max=limit.hi,
+                    details={"duration_s": None},
+                )
                 self._open[key] = _Excursion(rec, limit, value, excess, ts)
-                out.append(dict(rec))
+                out.append(rec)
             else:
                 exc.last_ts = ts
                 if excess > exc.peak_excess:
@@ -234,16 +228,16 @@ class SpecChecker:
 
     def _close(self, key: tuple[str, str], exc: _Excursion, end: int) -> Deviation:
         del self._open[key]
-        rec = dict(exc.record)
-        rec.update(
-            state="closed",
-            status="closed",
+        rec = exc.record
+        # An excursion's readings may arrive out of order: it never ends before it started.
+        end = max(end, rec.start_us)
+        return rec.replace(
+            status=DeviationStatus.CLOSED,
             end_us=end,
             peak=exc.peak,
             limit=exc.limit.violated(exc.peak),
-            duration_s=(end - rec["start_us"]) / 1e6,
+            details={**rec.details, "duration_s": (end - rec.start_us) / 1e6},
         )
-        return rec
 
     def close_all(self) -> list[Deviation]:
         """Close every open excursion at its last out-of-spec sample (shutdown of a bounded run)."""
@@ -287,27 +281,23 @@ class SpecChecker:
                 continue
             if (lim.min is not None and v < lim.min) or (lim.max is not None and v > lim.max):
                 out.append(
-                    {
-                        "id": deviation_id("lab", ev.plant, ev.lot, spec.spec_id, prop, ev.ts_us),
-                        "kind": "lab",
-                        "state": "closed",
-                        "status": "closed",
-                        "limit": lim.min if lim.min is not None and v < lim.min else lim.max,
-                        "plant": ev.plant,
-                        "equipment": ev.equipment,
-                        "tag": None,
-                        "lot": ev.lot,
-                        "spec": spec.spec_id,
-                        "property": prop,
-                        "limit_min": lim.min,
-                        "limit_max": lim.max,
-                        "unit": lim.unit,
-                        "start_us": ev.ts_us,
-                        "end_us": ev.ts_us,
-                        "peak": v,
-                        "duration_s": 0.0,
-                        "condition": lim.condition,
-                        "test_method": lim.test_method,
-                    }
+                    Deviation(
+                        id=deviation_id("lab", ev.plant, ev.lot, spec.spec_id, prop, ev.ts_us),
+                        kind=DeviationKind.LAB,
+                        status=DeviationStatus.CLOSED,
+                        plant=ev.plant,
+                        equipment=ev.equipment,
+                        start_us=ev.ts_us,
+                        end_us=ev.ts_us,
+                        lot=ev.lot,
+                        spec=spec.spec_id,
+                        property=prop,
+                        peak=v,
+                        limit=lim.min if lim.min is not None and v < lim.min else lim.max,
+                        unit=lim.unit,
+                        limit_min=lim.min,
+                        limit_max=lim.max,
+                        details={"duration_s": 0.0, "condition": lim.condition, "test_method": lim.test_method},
+                    )
                 )
         return out

@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from plantstream.producers.codec import Aggregate
+from plantstream.contract import Aggregate
 
 SECOND_US = 1_000_000
 MINUTE_US = 60 * SECOND_US

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plantstream.contract import Origin, Quality, Reading, TagMeta
-from plantstream.producers.codec import Aggregate, encode_readings
+from plantstream.contract import Aggregate, Origin, Quality, Reading, TagMeta
+from plantstream.producers.codec import encode_readings
 from plantstream.streams.config import StreamsConfig
 from plantstream.streams.logic.lot_tags import LotTagSpec
 from plantstream.streams.logic.processor import Output, Processor, SharedContext

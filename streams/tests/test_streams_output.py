@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plantstream.config import Settings
-from plantstream.contract import Origin
-from plantstream.producers.codec import Aggregate, ReadingBatch, decode_aggregates, decode_readings, encode_readings
+from plantstream.contract import Aggregate, Origin
+from plantstream.producers.codec import ReadingBatch, decode_aggregates, decode_readings, encode_readings
 from plantstream.producers.kafka import make_producer
 from plantstream.producers.topics import Topics
 from plantstream.streams import app as streams_app

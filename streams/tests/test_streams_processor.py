@@ -99,8 +99,8 @@ def test_streams_processor_late_readings_kept_in_clean_and_reported() -> None:
     p.process_raw(encode_readings([reading("temp", T0 + 3_000_000, 212.0, 1)]), "raw/0/0", 0, 0)
     out = p.process_raw(encode_readings([reading("temp", T0 + 100, 212.0, 2)]), "raw/0/1", 1, 0)
     assert out.late == 1 and out.clean[0].reason == [LATE_REASON]
-    late = [d for d in out.deviations if d["kind"] == "late_data"]
-    assert len(late) == 1 and late[0]["count"] == 1 and late[0]["window_start_us"] == T0
+    late = [d for d in out.deviations if d.kind == "late_data"]
+    assert len(late) == 1 and late[0].details["count"] == 1 and late[0].details["window_start_us"] == T0
 
 
 def test_streams_processor_spec_excursion_from_process_tag() -> None:
@@ -108,10 +108,10 @@ def test_streams_processor_spec_excursion_from_process_tag() -> None:
     # m/s on the wire, m/min canonical: 0.04 m/s = 2.4 m/min > 2.0
     rows = [reading("speed", T0 + i * 1_000_000, v, i + 1, unit="m/s") for i, v in enumerate([0.02, 0.04, 0.05, 0.02])]
     out = p.process_raw(encode_readings(rows), "raw/0/0", 0, 0)
-    devs = [d for d in out.deviations if d["kind"] == "process"]
-    assert [d["state"] for d in devs] == ["open", "closed"]
-    assert devs[0]["id"] == devs[1]["id"] and devs[1]["peak"] == pytest.approx(3.0)
-    assert devs[1]["duration_s"] == pytest.approx(2.0) and devs[1]["lot"] == "H1"
+    devs = [d for d in out.deviations if d.kind == "process"]
+    assert [d.status for d in devs] == ["open", "closed"]
+    assert devs[0].id == devs[1].id and devs[1].peak == pytest.approx(3.0)
+    assert devs[1].details["duration_s"] == pytest.approx(2.0) and devs[1].lot == "H1"
 
 
 def test_streams_processor_lab_result_only_when_asked() -> None:

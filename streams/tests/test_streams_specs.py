@@ -39,15 +39,15 @@ def test_streams_specs_excursion_open_then_closed_same_id() -> None:
     # tag in m/s: limits converted (0.8..2.0 m/min = 0.01333..0.0333 m/s)
     assert sc.check("steel", CASTER, "speed", "casting_speed", "m/min", 10, 1.5, "H1") == []
     opened = sc.check("steel", CASTER, "speed", "casting_speed", "m/min", 20, 2.3, "H1")
-    assert len(opened) == 1 and opened[0]["state"] == "open" and opened[0]["start_us"] == 20
-    assert opened[0]["limit_max"] == pytest.approx(2.0) and opened[0]["lot"] == "H1"
+    assert len(opened) == 1 and opened[0].status == "open" and opened[0].start_us == 20
+    assert opened[0].limit_max == pytest.approx(2.0) and opened[0].lot == "H1"
     assert sc.check("steel", CASTER, "speed", "casting_speed", "m/min", 30, 2.6, "H1") == []
     assert sc.check("steel", CASTER, "speed", "casting_speed", "m/min", 40, 2.1, "H1") == []
     closed = sc.check("steel", CASTER, "speed", "casting_speed", "m/min", 2_000_020, 1.9, "H1")
     assert len(closed) == 1
     c = closed[0]
-    assert c["id"] == opened[0]["id"] and c["state"] == "closed"
-    assert (c["peak"], c["end_us"], c["duration_s"]) == (2.6, 2_000_020, 2.0)
+    assert c.id == opened[0].id and c.status == "closed"
+    assert (c.peak, c.end_us, c.details["duration_s"]) == (2.6, 2_000_020, 2.0)
 
 
 def test_streams_specs_limits_converted_to_tag_unit() -> None:
@@ -55,14 +55,14 @@ def test_streams_specs_limits_converted_to_tag_unit() -> None:
     lim = sc.process_limit("steel", "H1", "casting_speed", "m/min")
     assert lim is not None and lim.hi == pytest.approx(2.0)
     opened = sc.check("steel", CASTER, "speed", "casting_speed", "m/min", 1, 0.5, "H1")
-    assert opened and opened[0]["limit_min"] == pytest.approx(0.8)
+    assert opened and opened[0].limit_min == pytest.approx(0.8)
 
 
 def test_streams_specs_lot_change_closes_excursion() -> None:
     sc = checker()
     sc.check("steel", CASTER, "speed", "casting_speed", "m/min", 10, 3.0, "H1")
     out = sc.check("steel", CASTER, "speed", "casting_speed", "m/min", 20, 3.0, "H2")  # H2 has no material
-    assert [d["state"] for d in out] == ["closed"] and out[0]["lot"] == "H1"
+    assert [d.status for d in out] == ["closed"] and out[0].lot == "H1"
     assert sc.open_count() == 0
 
 
@@ -83,10 +83,10 @@ def test_streams_specs_lab_results_with_conditions_and_units() -> None:
         results={"C": (0.25, "percent"), "ReH": (350.0, "MPa"), "KV": (20.0, "J"), "Mn": (9.0, "percent")},
     )
     devs = sc.lab_result(ev)
-    props = sorted(d["property"] for d in devs)
+    props = sorted(d.property or "" for d in devs)
     assert props == ["C", "KV"]  # ReH 350 >= 345 for 16 < t <= 40; Mn has no limit
-    c = next(d for d in devs if d["property"] == "C")
-    assert c["kind"] == "lab" and c["lot"] == "H1" and c["peak"] == pytest.approx(0.25)
+    c = next(d for d in devs if d.property == "C")
+    assert c.kind == "lab" and c.lot == "H1" and c.peak == pytest.approx(0.25)
     assert sc.lab_result(ev) == devs  # deterministic ids
 
 
@@ -94,7 +94,7 @@ def test_streams_specs_lab_result_in_ppm_against_percent_limit() -> None:
     sc = checker()
     ev = ContextEvent(ContextKind.LAB_RESULT, "steel", CASTER, 5, "H1", results={"C": (2500.0, "ppm")})
     devs = sc.lab_result(ev)
-    assert len(devs) == 1 and devs[0]["peak"] == pytest.approx(0.25)
+    assert len(devs) == 1 and devs[0].peak == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plantstream.producers.codec import Aggregate
+from plantstream.contract import Aggregate
 from plantstream.streams.logic.windows import ACCEPTED, LATE, MINUTE_US, REPLAYED, SECOND_US, WindowEngine
 
 T0 = 1_700_000_040 * SECOND_US - (1_700_000_040 * SECOND_US) % MINUTE_US  # a minute boundary

@@ -13,9 +13,8 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from plantstream.config import Settings
-from plantstream.contract import ContextEvent, ContextKind, Origin, Quality, Reading, TagMeta
+from plantstream.contract import Aggregate, ContextEvent, ContextKind, Origin, Quality, Reading, TagMeta
 from plantstream.producers.codec import (
-    Aggregate,
     ReadingBatch,
     decode_aggregates,
     decode_deviation,
@@ -145,7 +144,9 @@ def test_streams_worker_end_to_end(settings: Settings, worker: subprocess.Popen[
     devs = TopicReader(bs, topics.deviations, settings.partitions)
     wait_until(devs.poll, timeout=30, what="the late-data record")
     late_recs = [decode_deviation(v) for v, _ in devs.messages if v is not None]
-    assert any(d["kind"] == "late_data" and d["count"] == 1 and d["window_start_us"] == T0 for d in late_recs)
+    assert any(
+        d.kind == "late_data" and d.details["count"] == 1 and d.details["window_start_us"] == T0 for d in late_recs
+    )
     assert worker.poll() is None  # still running after the bad record
 
     # at-least-once: nothing is committed while the first minute is open; a reading a minute

@@ -9,9 +9,19 @@ from typing import Any
 import psycopg
 import pytest
 
-from plantstream.contract import ContextEvent, ContextKind, Grade, Origin, Quality, Reading, TagMeta, Value, now_us
+from plantstream.contract import (
+    Aggregate,
+    ContextEvent,
+    ContextKind,
+    Grade,
+    Origin,
+    Quality,
+    Reading,
+    TagMeta,
+    Value,
+    now_us,
+)
 from plantstream.producers import codec
-from plantstream.producers.codec import Aggregate
 from plantstream.sinks.base import DeadLetter, RecordOrigin, decode
 from plantstream.sinks.timescaledb.migrate import migrate
 from plantstream.sinks.timescaledb.sink import PostgresSink

@@ -1,4 +1,7 @@
-"""What a dataset pull asks for, who asks, and what a pull produced.
+"""What a dataset pull asks for, who asks, and what a pull produced: the contract between the
+datasets stage (which runs pulls) and the monitor (which serves them over HTTP), so neither imports
+the other. ``PullEngine`` is the extension point; the console entry point hands the datasets
+stage's engine to the monitor.
 
 ``PullRequest`` is validated by pydantic (YAML via ``load_yaml``, JSON from the HTTP monitor, or
 the CLI's options). Every problem found before touching the database or the disk raises
@@ -10,14 +13,18 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from plantstream.access import Tier
-from plantstream.datasets.logic.durations import format_duration_us, parse_duration_us
-from plantstream.datasets.logic.split import SPLITS, SplitError, lot_counts
+from plantstream.domain.durations import format_duration_us, parse_duration_us
+from plantstream.domain.split import SPLITS, SplitError, lot_counts
 
 DEFAULT_ROW_CAP = 20_000_000
 
@@ -250,3 +257,52 @@ def _guess_field(msg: str) -> str:
         if key in msg:
             return {"row cap": "interval", "end must": "end", "gap for": "gap", "split": "split"}[key]
     return "(request)"
+
+
+@dataclass(slots=True)
+class Progress:
+    """A running pull's counters, reported after every window."""
+
+    rows: int = 0
+    cells: int = 0
+    readings: int = 0
+    seconds: float = 0.0
+
+    @property
+    def cells_per_s(self) -> float:
+        return self.cells / self.seconds if self.seconds > 0 else 0.0
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+class PullCancelled(Exception):
+    """The caller's ``cancel`` event was set; the pull is recorded as 'failed' and nothing is kept."""
+
+
+class PullEngine(Protocol):
+    """What serves a pull: the datasets stage implements it (``plantstream.datasets.api.ENGINE``).
+
+    ``run`` raises RequestError (a client error) before anything is written, PullCancelled when
+    ``cancel`` is set, and any other exception for a server-side failure (recorded as 'failed').
+    ``on_begin`` gets the record id once it exists; ``on_resolved`` the resolved plan once the
+    request passed the database checks (its type is the engine's own).
+    """
+
+    def run(
+        self,
+        request: PullRequest,
+        requester: Requester,
+        *,
+        dsn: str,
+        out_root: Path,
+        progress: ProgressFn | None,
+        on_begin: Callable[[int], None] | None,
+        on_resolved: Callable[[Any], None] | None,
+        cancel: threading.Event | None,
+        application_name: str,
+    ) -> PullRecord: ...
+
+    def record(self, dsn: str, pull_id: int) -> PullRecord | None:
+        """The stored record of pull ``pull_id`` (None when there is none)."""
+        ...
